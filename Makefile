@@ -1,0 +1,38 @@
+# kms_pg: PGXS build.  The version lives once, in kms_pg.control.
+EXTENSION = kms_pg
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = kms_pg
+OBJS = \
+	src/kms_pg.o \
+	src/kms_guc.o \
+	src/kms_errors.o \
+	src/kms_secure_mem.o \
+	src/kms_context.o \
+	src/kms_envelope.o \
+	src/kms_provider.o \
+	src/kms_provider_local.o \
+	src/kms_dek_cache.o \
+	src/kms_sql_api.o
+
+# The install script is assembled from one file per concern.
+INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=$(EXTENSION)
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK = -lcurl -lcrypto
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
+	cat $^ > $@
+
+.PHONY: unitcheck
+unitcheck:
+	$(MAKE) -C test/unit check

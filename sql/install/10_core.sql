@@ -1,0 +1,121 @@
+-- Core: envelope encryption, ciphertext inspection, local keys, cache.
+--
+-- Volatility is declared honestly (Citus and the planner rely on it):
+-- kms_encrypt makes a fresh nonce per call: VOLATILE.  kms_decrypt gives
+-- the same answer for the same input within a statement: STABLE (not
+-- IMMUTABLE: keys can be disabled).  kms_rewrap is STABLE: values that
+-- share a wrapped DEK get the same new wrapped DEK within a transaction,
+-- so bulk rotation can run as a distributed UPDATE.
+
+CREATE FUNCTION kms_encrypt(plaintext bytea, context jsonb DEFAULT '{}', key_id text DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_encrypt'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION kms_decrypt(ciphertext bytea, context jsonb DEFAULT '{}')
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION kms_encrypt_text(plaintext text, context jsonb DEFAULT '{}', key_id text DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_encrypt_text'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION kms_decrypt_text(ciphertext bytea, context jsonb DEFAULT '{}')
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_decrypt_text'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION kms_ciphertext_info(ciphertext bytea,
+    OUT format_version int, OUT provider text, OUT key_id text, OUT dek_id text,
+    OUT kms_context_keys text[], OUT wrapped_dek_bytes int, OUT plaintext_bytes int,
+    OUT overhead_bytes int)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kms_ciphertext_info'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION kms_is_ciphertext(value bytea)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'kms_is_ciphertext'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION kms_rewrap(ciphertext bytea, new_key_id text DEFAULT NULL, context jsonb DEFAULT '{}')
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_rewrap'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+CREATE FUNCTION kms_reencrypt(ciphertext bytea, context jsonb, new_key_id text DEFAULT NULL)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_reencrypt'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- Local provider key management.
+CREATE FUNCTION kms_create_key(alias text, description text DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_create_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_disable_key(key text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kms_disable_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_enable_key(key text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kms_enable_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_rotate_key(key text)
+RETURNS int
+AS 'MODULE_PATHNAME', 'kms_rotate_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_local_keys(
+    OUT key_id text, OUT alias text, OUT description text, OUT enabled boolean,
+    OUT created timestamptz, OUT current_version int, OUT versions int)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kms_local_keys'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE VIEW kms_keys AS SELECT * FROM kms_local_keys();
+
+CREATE FUNCTION kms_describe_key(key text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'kms_describe_key'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+-- DEK cache.
+CREATE FUNCTION kms_cache_flush()
+RETURNS int
+AS 'MODULE_PATHNAME', 'kms_cache_flush'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_cache_stats(
+    OUT entries bigint, OUT encrypting_entries bigint, OUT capacity bigint,
+    OUT hits bigint, OUT local_hits bigint, OUT misses bigint,
+    OUT generate_calls bigint, OUT decrypt_calls bigint, OUT rewrap_calls bigint,
+    OUT describe_calls bigint, OUT call_errors bigint, OUT coalesced_waits bigint,
+    OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kms_cache_stats'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE VIEW kms_cache_stats AS SELECT * FROM kms_cache_stats();
+
+-- Privileges: encrypting is open to everyone; decrypting, key management,
+-- cache control and key inspection need an explicit GRANT (README).
+REVOKE EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_reencrypt(bytea, jsonb, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_rewrap(bytea, text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_create_key(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_disable_key(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_enable_key(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_rotate_key(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_local_keys() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_describe_key(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_cache_flush() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_cache_stats() FROM PUBLIC;
+REVOKE ALL ON kms_keys FROM PUBLIC;
+REVOKE ALL ON kms_cache_stats FROM PUBLIC;

@@ -1,0 +1,1374 @@
+/*-------------------------------------------------------------------------
+ * kms_dek_cache.c
+ *	  Shared-memory cache of plaintext data keys (DEKs), single-flight
+ *	  filling across processes, limits, expiry, wiping and statistics.
+ *
+ * Two levels:
+ *	- The shared level: kms_pg.cache_entries slots in shared memory, each
+ *	  holding one plaintext DEK, found through a shared hash table by
+ *	  SHA-256 identities: the decrypt identity is (provider, key id,
+ *	  wrapped DEK) and the encrypt identity is (provider, requested key,
+ *	  canonical provider context).  A DEK made for encryption carries both.
+ *	- The local level: each backend keeps keyed OpenSSL contexts for the
+ *	  DEKs it uses, found by a 64-bit hash of the same identities, and
+ *	  validated on every use against the slot's generation (bumped
+ *	  whenever the slot is wiped) with one atomic read and no lock.
+ *
+ * Locking protocol: one LWLock ("kms_pg dek cache") protects the hash
+ * table and every slot field except the atomics (generation, counters,
+ * last use, statistics).  Lookups that only read take it shared; fills,
+ * evictions, expiry sweeps and flushes take it exclusive.  The lock is
+ * never held across a provider call: a missing DEK is marked FILLING by
+ * the one backend that will ask the provider, others wait on the slot's
+ * condition variable without the lock and then find it READY (or FAILED
+ * with the filler's error).  A filler that errors marks the slot FAILED
+ * (or frees it when it was cancelled), and a before_shmem_exit callback
+ * frees a slot whose filler exits, so no waiter is left behind.
+ *
+ * Limits: a DEK seals values until its age, value count or byte count
+ * limit is reached (kms_pg.dek_max_*; 2^32 values is the hard ceiling for
+ * random 96-bit nonces).  Backends reserve values and bytes from the
+ * shared counters in small leases, so a limit is never exceeded, though a
+ * DEK may retire slightly before it (unused leases are not returned).
+ *
+ * Hygiene: slots are wiped with explicit_bzero on eviction, expiry and
+ * flush; the slot array is page-aligned and excluded from core dumps with
+ * madvise(MADV_DONTDUMP).
+ *-------------------------------------------------------------------------
+ */
+#include "kms_dek_cache.h"
+#include "kms_guc.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#define SLOT_FREE		0
+#define SLOT_FILLING	1
+#define SLOT_READY		2
+#define SLOT_FAILED		3
+
+#define KMS_SLOT_HEADER_MAX	2048
+#define KMS_ID_LEN			SHA256_DIGEST_LENGTH
+#define KMS_LEASE_MESSAGES	64
+#define KMS_LEASE_BYTES		((uint64) 1 << 20)
+#define KMS_L1_MAX			256
+#define KMS_STAT_FLUSH_EVERY 1024
+
+typedef struct KmsCacheSlot
+{
+	int			state;
+	pg_atomic_uint32 generation;
+	int			filler_pid;
+	ConditionVariable cv;
+	bool		has_dec;
+	bool		has_enc;
+	uint8		dec_id[KMS_ID_LEN];
+	uint8		enc_id[KMS_ID_LEN];
+	TimestampTz expires;
+	pg_atomic_uint64 messages;
+	pg_atomic_uint64 bytes;
+	pg_atomic_uint64 last_used;
+	uint64		max_messages;
+	uint64		max_bytes;
+	int			fail_sqlstate;
+	char		fail_message[256];
+	int			header_len;
+	uint8		header[KMS_SLOT_HEADER_MAX];
+	uint8		dek[KMS_DEK_LEN];
+} KmsCacheSlot;
+
+typedef struct KmsCacheShared
+{
+	LWLock	   *lock;
+	int			nslots;
+	KmsCacheSlot *slots;		/* page-aligned, MADV_DONTDUMP */
+	pg_atomic_uint64 stat_hits;
+	pg_atomic_uint64 stat_local_hits;
+	pg_atomic_uint64 stat_misses;
+	pg_atomic_uint64 stat_calls[KMS_STAT_NOPS];
+	pg_atomic_uint64 stat_call_errors;
+	pg_atomic_uint64 stat_coalesced;
+	pg_atomic_uint64 stat_evictions;
+	pg_atomic_uint64 stat_expirations;
+	pg_atomic_uint64 stat_rotations;
+	pg_atomic_uint64 stat_flushes;
+} KmsCacheShared;
+
+typedef struct KmsIndexEntry
+{
+	uint8		id[KMS_ID_LEN];
+	int			slot;
+} KmsIndexEntry;
+
+static KmsCacheShared *kms_cache = NULL;
+static HTAB *kms_cache_index = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* ---- backend-local level ---- */
+
+typedef struct KmsLocalDek
+{
+	uint64		hkey;			/* HTAB key */
+	bool		is_enc;
+	int			slot;			/* shared slot, or -1 when not shared */
+	uint32		slot_gen;
+	TimestampTz expires;
+	/* leases (shared) or totals (local-only) */
+	uint64		lease_messages;
+	uint64		lease_bytes;
+	uint64		max_messages;
+	uint64		max_bytes;
+	uint64		used_messages;	/* local-only entries */
+	uint64		used_bytes;
+	char	   *ident;
+	int			ident_len;
+	KmsDek		dek;
+	uint8	   *header_buf;
+} KmsLocalDek;
+
+static HTAB *kms_l1 = NULL;
+static MemoryContext kms_l1_cxt = NULL;
+static int	kms_filling_slot = -1;
+static uint32 kms_filling_gen = 0;
+static bool kms_exit_cb_registered = false;
+static uint64 pending_local_hits = 0;
+static bool xact_cb_registered = false;
+
+/* rewrap memo for the current transaction */
+static HTAB *kms_rewrap_memo = NULL;
+static MemoryContext kms_rewrap_cxt = NULL;
+
+static Size
+kms_cache_slots_size(void)
+{
+	return add_size(mul_size(sizeof(KmsCacheSlot), kms_guc_cache_entries), 2 * (Size) BLCKSZ * 2);
+}
+
+static void
+kms_cache_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(KmsCacheShared)));
+	RequestAddinShmemSpace(kms_cache_slots_size());
+	RequestAddinShmemSpace(hash_estimate_size(2 * kms_guc_cache_entries, sizeof(KmsIndexEntry)));
+	RequestNamedLWLockTranche("kms_pg dek cache", 1);
+}
+
+static void
+kms_cache_shmem_startup(void)
+{
+	bool		found;
+	bool		found_slots;
+	HASHCTL		info;
+	char	   *raw;
+	Size		page = (Size) sysconf(_SC_PAGESIZE);
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	kms_cache = ShmemInitStruct("kms_pg dek cache", sizeof(KmsCacheShared), &found);
+	raw = ShmemInitStruct("kms_pg dek cache slots", kms_cache_slots_size(), &found_slots);
+	if (!found)
+	{
+		Size		len = mul_size(sizeof(KmsCacheSlot), kms_guc_cache_entries);
+		char	   *aligned = (char *) TYPEALIGN(page, raw);
+
+		memset(kms_cache, 0, sizeof(KmsCacheShared));
+		kms_cache->lock = &(GetNamedLWLockTranche("kms_pg dek cache"))->lock;
+		kms_cache->nslots = kms_guc_cache_entries;
+		kms_cache->slots = (KmsCacheSlot *) aligned;
+		memset(aligned, 0, len);
+		for (int i = 0; i < kms_cache->nslots; i++)
+		{
+			KmsCacheSlot *s = &kms_cache->slots[i];
+
+			s->state = SLOT_FREE;
+			pg_atomic_init_u32(&s->generation, 1);
+			pg_atomic_init_u64(&s->messages, 0);
+			pg_atomic_init_u64(&s->bytes, 0);
+			pg_atomic_init_u64(&s->last_used, 0);
+			ConditionVariableInit(&s->cv);
+		}
+		pg_atomic_init_u64(&kms_cache->stat_hits, 0);
+		pg_atomic_init_u64(&kms_cache->stat_local_hits, 0);
+		pg_atomic_init_u64(&kms_cache->stat_misses, 0);
+		for (int i = 0; i < KMS_STAT_NOPS; i++)
+			pg_atomic_init_u64(&kms_cache->stat_calls[i], 0);
+		pg_atomic_init_u64(&kms_cache->stat_call_errors, 0);
+		pg_atomic_init_u64(&kms_cache->stat_coalesced, 0);
+		pg_atomic_init_u64(&kms_cache->stat_evictions, 0);
+		pg_atomic_init_u64(&kms_cache->stat_expirations, 0);
+		pg_atomic_init_u64(&kms_cache->stat_rotations, 0);
+		pg_atomic_init_u64(&kms_cache->stat_flushes, 0);
+
+		/* Plaintext DEKs must not end up in core dumps. */
+		if (madvise(aligned, TYPEALIGN(page, len), MADV_DONTDUMP) != 0)
+			ereport(LOG,
+					(errmsg("kms_pg: could not exclude the data key cache from core dumps: %m"),
+					 errhint("Disable core dumps of the server, or huge_pages, if data keys must never reach a dump.")));
+	}
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = KMS_ID_LEN;
+	info.entrysize = sizeof(KmsIndexEntry);
+	kms_cache_index = ShmemInitHash("kms_pg dek cache index",
+									2 * kms_guc_cache_entries, 2 * kms_guc_cache_entries,
+									&info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+kms_dek_cache_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = kms_cache_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = kms_cache_shmem_startup;
+}
+
+void
+kms_dek_cache_require(void)
+{
+	if (kms_cache == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg must be loaded via shared_preload_libraries"),
+				 errhint("Add kms_pg to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* ---- statistics ---- */
+
+static void
+flush_pending_stats(void)
+{
+	if (pending_local_hits > 0 && kms_cache)
+	{
+		pg_atomic_fetch_add_u64(&kms_cache->stat_local_hits, pending_local_hits);
+		pending_local_hits = 0;
+	}
+}
+
+static void
+kms_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		flush_pending_stats();
+		/* the rewrap memo lives for one transaction */
+		if (kms_rewrap_cxt)
+			MemoryContextReset(kms_rewrap_cxt);
+		kms_rewrap_memo = NULL;
+	}
+}
+
+void
+kms_stats_count_call(KmsStatOp op, bool failed)
+{
+	if (kms_cache == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&kms_cache->stat_calls[op], 1);
+	if (failed)
+		pg_atomic_fetch_add_u64(&kms_cache->stat_call_errors, 1);
+}
+
+/* ---- slot management (caller holds the lock exclusively) ---- */
+
+static void
+index_remove(const uint8 *id)
+{
+	hash_search(kms_cache_index, id, HASH_REMOVE, NULL);
+}
+
+/* Wipe and free a slot; bumps its generation so local copies retire. */
+static void
+slot_clear(KmsCacheSlot *s)
+{
+	if (s->has_dec)
+		index_remove(s->dec_id);
+	if (s->has_enc)
+		index_remove(s->enc_id);
+	explicit_bzero(s->dek, sizeof(s->dek));
+	explicit_bzero(s->header, sizeof(s->header));
+	s->has_dec = s->has_enc = false;
+	s->header_len = 0;
+	s->filler_pid = 0;
+	s->state = SLOT_FREE;
+	pg_atomic_fetch_add_u32(&s->generation, 1);
+}
+
+static void
+slot_retire_encrypt(KmsCacheSlot *s)
+{
+	if (s->has_enc)
+	{
+		index_remove(s->enc_id);
+		s->has_enc = false;
+		pg_atomic_fetch_add_u64(&kms_cache->stat_rotations, 1);
+	}
+}
+
+/* Wipe every READY slot past its expiry. */
+static void
+sweep_expired(TimestampTz now)
+{
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state == SLOT_READY && now >= s->expires)
+		{
+			slot_clear(s);
+			pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
+		}
+	}
+}
+
+/* A free slot, evicting the least recently used READY one if needed; -1 if none. */
+static int
+slot_allocate(TimestampTz now)
+{
+	int			victim = -1;
+	uint64		oldest = PG_UINT64_MAX;
+
+	sweep_expired(now);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state == SLOT_FREE)
+			return i;
+		if (s->state == SLOT_FAILED && s->filler_pid == 0)
+		{
+			slot_clear(s);
+			return i;
+		}
+		if (s->state == SLOT_READY)
+		{
+			uint64		lu = pg_atomic_read_u64(&s->last_used);
+
+			if (lu < oldest)
+			{
+				oldest = lu;
+				victim = i;
+			}
+		}
+	}
+	if (victim >= 0)
+	{
+		slot_clear(&kms_cache->slots[victim]);
+		pg_atomic_fetch_add_u64(&kms_cache->stat_evictions, 1);
+	}
+	return victim;
+}
+
+static int
+index_lookup(const uint8 *id)
+{
+	KmsIndexEntry *e = hash_search(kms_cache_index, id, HASH_FIND, NULL);
+
+	return e ? e->slot : -1;
+}
+
+static void
+index_insert(const uint8 *id, int slot)
+{
+	bool		found;
+	KmsIndexEntry *e = hash_search(kms_cache_index, id, HASH_ENTER_NULL, &found);
+
+	if (e == NULL)
+		elog(ERROR, "kms_pg dek cache index is full");
+	e->slot = slot;
+}
+
+/* A filler leaving without an answer frees its slot so waiters retry. */
+static void
+release_filling_slot(bool keep_error, int sqlstate, const char *message)
+{
+	KmsCacheSlot *s;
+
+	if (kms_filling_slot < 0 || kms_cache == NULL)
+		return;
+	s = &kms_cache->slots[kms_filling_slot];
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	if (s->state == SLOT_FILLING && s->filler_pid == MyProcPid &&
+		pg_atomic_read_u32(&s->generation) == kms_filling_gen)
+	{
+		if (keep_error)
+		{
+			/* waiters of this fill get the same error; the slot is reusable */
+			if (s->has_dec)
+				index_remove(s->dec_id);
+			if (s->has_enc)
+				index_remove(s->enc_id);
+			s->has_dec = s->has_enc = false;
+			s->state = SLOT_FAILED;
+			s->filler_pid = 0;
+			s->fail_sqlstate = sqlstate;
+			strlcpy(s->fail_message, message, sizeof(s->fail_message));
+		}
+		else
+			slot_clear(s);
+	}
+	LWLockRelease(kms_cache->lock);
+	ConditionVariableBroadcast(&s->cv);
+	kms_filling_slot = -1;
+}
+
+static void
+kms_cache_before_exit(int code, Datum arg)
+{
+	release_filling_slot(false, 0, NULL);
+}
+
+/* ---- local level ---- */
+
+static void
+l1_init(void)
+{
+	HASHCTL		info;
+
+	if (kms_l1 != NULL)
+		return;
+	kms_l1_cxt = AllocSetContextCreate(TopMemoryContext, "kms_pg local data keys",
+									   ALLOCSET_DEFAULT_SIZES);
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(uint64);
+	info.entrysize = sizeof(KmsLocalDek);
+	info.hcxt = kms_l1_cxt;
+	kms_l1 = hash_create("kms_pg local data keys", 64, &info,
+						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (!xact_cb_registered)
+	{
+		RegisterXactCallback(kms_xact_callback, NULL);
+		xact_cb_registered = true;
+	}
+}
+
+static void
+l1_entry_wipe(KmsLocalDek *e)
+{
+	if (e->dek.ctx)
+		EVP_CIPHER_CTX_free(e->dek.ctx);	/* cleanses the key schedule */
+	e->dek.ctx = NULL;
+	if (e->ident)
+		pfree(e->ident);
+	if (e->header_buf)
+		pfree(e->header_buf);
+	e->ident = NULL;
+	e->header_buf = NULL;
+}
+
+static void
+l1_remove(KmsLocalDek *e)
+{
+	uint64		k = e->hkey;
+
+	l1_entry_wipe(e);
+	hash_search(kms_l1, &k, HASH_REMOVE, NULL);
+}
+
+static void
+l1_clear(void)
+{
+	HASH_SEQ_STATUS st;
+	KmsLocalDek *e;
+
+	if (kms_l1 == NULL)
+		return;
+	hash_seq_init(&st, kms_l1);
+	while ((e = hash_seq_search(&st)) != NULL)
+	{
+		l1_entry_wipe(e);
+		hash_search(kms_l1, &e->hkey, HASH_REMOVE, NULL);
+	}
+}
+
+/* A fresh local entry for hkey holding a copy of dek (wiped by the caller). */
+static KmsLocalDek *
+l1_insert(uint64 hkey, bool is_enc, const char *ident, int ident_len, const uint8 *dek,
+		  const uint8 *header, int header_len, int slot, uint32 slot_gen,
+		  TimestampTz expires, uint64 max_messages, uint64 max_bytes)
+{
+	KmsLocalDek *e;
+	bool		found;
+	MemoryContext old;
+
+	if (hash_get_num_entries(kms_l1) >= KMS_L1_MAX)
+		l1_clear();
+	e = hash_search(kms_l1, &hkey, HASH_ENTER, &found);
+	if (found)
+		l1_entry_wipe(e);
+	memset(((char *) e) + sizeof(uint64), 0, sizeof(KmsLocalDek) - sizeof(uint64));
+	e->is_enc = is_enc;
+	e->slot = slot;
+	e->slot_gen = slot_gen;
+	e->expires = expires;
+	e->max_messages = max_messages;
+	e->max_bytes = max_bytes;
+	old = MemoryContextSwitchTo(kms_l1_cxt);
+	e->ident = palloc(ident_len);
+	memcpy(e->ident, ident, ident_len);
+	e->ident_len = ident_len;
+	if (header)
+	{
+		e->header_buf = palloc(header_len);
+		memcpy(e->header_buf, header, header_len);
+		e->dek.header = e->header_buf;
+		e->dek.header_len = header_len;
+		kms_envelope_header_names(e->header_buf, header_len, &e->dek.names_off, &e->dek.names_len);
+	}
+	MemoryContextSwitchTo(old);
+	PG_TRY();
+	{
+		e->dek.ctx = kms_gcm_context_new(dek, is_enc);
+	}
+	PG_CATCH();
+	{
+		l1_remove(e);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return e;
+}
+
+static KmsLocalDek *
+l1_find(uint64 hkey, bool is_enc, const char *ident, int ident_len)
+{
+	KmsLocalDek *e = hash_search(kms_l1, &hkey, HASH_FIND, NULL);
+
+	if (e == NULL)
+		return NULL;
+	if (e->is_enc != is_enc || e->ident_len != ident_len ||
+		memcmp(e->ident, ident, ident_len) != 0)
+		return NULL;
+	return e;
+}
+
+/* Still usable: not expired, and the shared slot not wiped since copied. */
+static bool
+l1_valid(KmsLocalDek *e, TimestampTz now)
+{
+	if (now >= e->expires)
+		return false;
+	if (e->slot >= 0 &&
+		pg_atomic_read_u32(&kms_cache->slots[e->slot].generation) != e->slot_gen)
+		return false;
+	return true;
+}
+
+/*
+ * Take one value of nbytes from the entry's lease, renewing the lease
+ * from the shared counters.  False when the DEK has reached a limit.
+ */
+static bool
+l1_take(KmsLocalDek *e, uint64 nbytes)
+{
+	KmsCacheSlot *s;
+	uint64		want_m;
+	uint64		want_b;
+	uint64		m;
+	uint64		b;
+
+	if (e->slot < 0)
+	{
+		if (e->used_messages + 1 > e->max_messages || e->used_bytes + nbytes > e->max_bytes)
+			return false;
+		e->used_messages++;
+		e->used_bytes += nbytes;
+		return true;
+	}
+	if (e->lease_messages >= 1 && e->lease_bytes >= nbytes)
+	{
+		e->lease_messages--;
+		e->lease_bytes -= nbytes;
+		return true;
+	}
+
+	s = &kms_cache->slots[e->slot];
+	want_m = KMS_LEASE_MESSAGES;
+	want_b = Max(nbytes, KMS_LEASE_BYTES);
+	m = pg_atomic_fetch_add_u64(&s->messages, want_m);
+	if (m >= e->max_messages)
+		return false;
+	if (m + want_m > e->max_messages)
+		want_m = e->max_messages - m;
+	b = pg_atomic_fetch_add_u64(&s->bytes, want_b);
+	if (b + nbytes > e->max_bytes)
+		return false;
+	if (b + want_b > e->max_bytes)
+		want_b = e->max_bytes - b;
+	pg_atomic_write_u64(&s->last_used, (uint64) GetCurrentTimestamp());
+	e->lease_messages = want_m - 1;
+	e->lease_bytes = want_b - nbytes;
+	return true;
+}
+
+/* ---- identities ---- */
+
+static void
+sha256_id(char type, const char *ident, int len, uint8 *out)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int outl;
+
+	if (md == NULL ||
+		EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+		EVP_DigestUpdate(md, &type, 1) != 1 ||
+		EVP_DigestUpdate(md, ident, len) != 1 ||
+		EVP_DigestFinal_ex(md, out, &outl) != 1)
+	{
+		EVP_MD_CTX_free(md);
+		kms_report_openssl_error("SHA-256");
+	}
+	EVP_MD_CTX_free(md);
+}
+
+/* ident = provider byte, key, NUL, tail */
+static char *
+build_ident(uint8 provider, const char *key, int keylen, const void *tail, int taillen,
+			char *stackbuf, int stacklen, int *len)
+{
+	int			n = 1 + keylen + 1 + taillen;
+	char	   *b = n <= stacklen ? stackbuf : palloc(n);
+
+	b[0] = (char) provider;
+	memcpy(b + 1, key, keylen);
+	b[1 + keylen] = '\0';
+	if (taillen > 0)
+		memcpy(b + 2 + keylen, tail, taillen);
+	*len = n;
+	return b;
+}
+
+/* ---- the fill protocol ---- */
+
+typedef enum FillOutcome
+{
+	FILL_FOUND,					/* slot READY: copied */
+	FILL_MINE,					/* we own a FILLING slot */
+	FILL_UNSHARED				/* no slot available: caller fills without sharing */
+} FillOutcome;
+
+/*
+ * Find id in the shared table, or claim a FILLING slot for it, waiting
+ * for another backend's fill when there is one.  On FILL_FOUND the DEK,
+ * header and limits are copied out.
+ */
+static FillOutcome
+shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *gen_out,
+					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
+					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
+{
+	for (;;)
+	{
+		int			idx;
+		KmsCacheSlot *s;
+		uint32		gen;
+		TimestampTz now = GetCurrentTimestamp();
+
+		LWLockAcquire(kms_cache->lock, LW_SHARED);
+		idx = index_lookup(id);
+		if (idx >= 0)
+		{
+			s = &kms_cache->slots[idx];
+			if (s->state == SLOT_READY && now < s->expires &&
+				(!for_encrypt ||
+				 (pg_atomic_read_u64(&s->messages) < s->max_messages &&
+				  pg_atomic_read_u64(&s->bytes) < s->max_bytes)))
+			{
+				memcpy(dek_out, s->dek, KMS_DEK_LEN);
+				if (header_out)
+				{
+					memcpy(header_out, s->header, s->header_len);
+					*header_len_out = s->header_len;
+				}
+				*slot_out = idx;
+				*gen_out = pg_atomic_read_u32(&s->generation);
+				*expires_out = s->expires;
+				*maxm_out = s->max_messages;
+				*maxb_out = s->max_bytes;
+				pg_atomic_write_u64(&s->last_used, (uint64) now);
+				LWLockRelease(kms_cache->lock);
+				pg_atomic_fetch_add_u64(&kms_cache->stat_hits, 1);
+				return FILL_FOUND;
+			}
+			if (s->state == SLOT_FILLING)
+			{
+				int			filler = s->filler_pid;
+
+				gen = pg_atomic_read_u32(&s->generation);
+				LWLockRelease(kms_cache->lock);
+				pg_atomic_fetch_add_u64(&kms_cache->stat_coalesced, 1);
+
+				/* wait for the filler's answer or its departure */
+				ConditionVariablePrepareToSleep(&s->cv);
+				for (;;)
+				{
+					int			st;
+					uint32		g;
+
+					LWLockAcquire(kms_cache->lock, LW_SHARED);
+					st = s->state;
+					g = pg_atomic_read_u32(&s->generation);
+					LWLockRelease(kms_cache->lock);
+					if (g != gen || st != SLOT_FILLING)
+						break;
+					if (filler > 0 && kill(filler, 0) != 0 && errno == ESRCH)
+						break;	/* filler vanished; retry and maybe take over */
+					(void) ConditionVariableTimedSleep(&s->cv, 100, PG_WAIT_EXTENSION);
+				}
+				ConditionVariableCancelSleep();
+
+				LWLockAcquire(kms_cache->lock, LW_SHARED);
+				if (s->state == SLOT_FAILED && pg_atomic_read_u32(&s->generation) == gen)
+				{
+					int			code = s->fail_sqlstate;
+					char		msg[256];
+
+					strlcpy(msg, s->fail_message, sizeof(msg));
+					LWLockRelease(kms_cache->lock);
+					ereport(ERROR,
+							(errcode(code),
+							 errmsg("%s", msg),
+							 errdetail("Another session asked the key provider for this data key and failed.")));
+				}
+				LWLockRelease(kms_cache->lock);
+				continue;
+			}
+			/* READY but expired or exhausted, or FAILED: handled below */
+		}
+		LWLockRelease(kms_cache->lock);
+
+		/* claim under the exclusive lock, re-checking what we saw */
+		LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+		idx = index_lookup(id);
+		if (idx >= 0)
+		{
+			s = &kms_cache->slots[idx];
+			if (s->state == SLOT_FILLING ||
+				(s->state == SLOT_READY && now < s->expires &&
+				 (!for_encrypt || (pg_atomic_read_u64(&s->messages) < s->max_messages &&
+								   pg_atomic_read_u64(&s->bytes) < s->max_bytes))))
+			{
+				LWLockRelease(kms_cache->lock);
+				continue;		/* somebody else got there first */
+			}
+			if (s->state == SLOT_READY && now >= s->expires)
+			{
+				slot_clear(s);
+				pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
+			}
+			else if (s->state == SLOT_READY)
+				slot_retire_encrypt(s); /* limit reached: decrypt only from now on */
+			else
+				index_remove(id);	/* stale FAILED mapping */
+		}
+		idx = slot_allocate(now);
+		if (idx < 0)
+		{
+			LWLockRelease(kms_cache->lock);
+			return FILL_UNSHARED;
+		}
+		s = &kms_cache->slots[idx];
+		s->state = SLOT_FILLING;
+		s->filler_pid = MyProcPid;
+		pg_atomic_fetch_add_u32(&s->generation, 1);
+		if (for_encrypt)
+		{
+			memcpy(s->enc_id, id, KMS_ID_LEN);
+			s->has_enc = true;
+		}
+		else
+		{
+			memcpy(s->dec_id, id, KMS_ID_LEN);
+			s->has_dec = true;
+		}
+		index_insert(id, idx);
+		*slot_out = idx;
+		*gen_out = pg_atomic_read_u32(&s->generation);
+		kms_filling_slot = idx;
+		kms_filling_gen = *gen_out;
+		LWLockRelease(kms_cache->lock);
+		pg_atomic_fetch_add_u64(&kms_cache->stat_misses, 1);
+		if (!kms_exit_cb_registered)
+		{
+			before_shmem_exit(kms_cache_before_exit, 0);
+			kms_exit_cb_registered = true;
+		}
+		return FILL_MINE;
+	}
+}
+
+/* Publish a filled slot.  Returns the generation local copies must match. */
+static uint32
+shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
+			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb)
+{
+	KmsCacheSlot *s = &kms_cache->slots[idx];
+	uint32		gen;
+
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	memcpy(s->dek, dek, KMS_DEK_LEN);
+	if (header)
+	{
+		memcpy(s->header, header, header_len);
+		s->header_len = header_len;
+	}
+	if (dec_id && !s->has_dec)
+	{
+		int			other = index_lookup(dec_id);
+
+		if (other < 0)
+		{
+			memcpy(s->dec_id, dec_id, KMS_ID_LEN);
+			s->has_dec = true;
+			index_insert(dec_id, idx);
+		}
+	}
+	s->expires = expires;
+	s->max_messages = maxm;
+	s->max_bytes = maxb;
+	pg_atomic_write_u64(&s->messages, 0);
+	pg_atomic_write_u64(&s->bytes, 0);
+	pg_atomic_write_u64(&s->last_used, (uint64) GetCurrentTimestamp());
+	s->filler_pid = 0;
+	s->state = SLOT_READY;
+	gen = pg_atomic_read_u32(&s->generation);
+	LWLockRelease(kms_cache->lock);
+	kms_filling_slot = -1;
+	ConditionVariableBroadcast(&s->cv);
+	return gen;
+}
+
+/*
+ * Run fill() as the filler of a claimed slot: on error, waiters get the
+ * same error, except for cancels and terminations, after which they retry.
+ */
+typedef void (*fill_fn) (void *arg, uint8 *dek_out);
+
+static void
+run_fill(fill_fn fill, void *arg, uint8 *dek_out)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		fill(arg, dek_out);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		explicit_bzero(dek_out, KMS_DEK_LEN);
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN || QueryCancelPending || ProcDiePending)
+			release_filling_slot(false, 0, NULL);
+		else
+			release_filling_slot(true, edata->sqlerrcode, edata->message);
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+static void
+limits_now(TimestampTz now, TimestampTz *expires, uint64 *maxm, uint64 *maxb)
+{
+	*expires = TimestampTzPlusMilliseconds(now, (int64) kms_guc_dek_max_age * 1000);
+	*maxm = Min((uint64) kms_guc_dek_max_messages, KMS_GCM_RANDOM_NONCE_CEILING);
+	*maxb = (uint64) kms_guc_dek_max_bytes_mb * 1024 * 1024;
+}
+
+/* ---- encryption ---- */
+
+typedef struct GenerateArgs
+{
+	const KmsProviderRoutine *provider;
+	const char *key;
+	const KmsContext *kctx;
+	KmsWrappedKey wrapped;
+} GenerateArgs;
+
+static void
+fill_generate(void *arg, uint8 *dek_out)
+{
+	GenerateArgs *g = (GenerateArgs *) arg;
+
+	g->provider->generate_data_key(g->key, g->kctx, dek_out, &g->wrapped);
+}
+
+static uint8 *
+header_for(const KmsProviderRoutine *provider, const KmsWrappedKey *w, const KmsContext *kctx,
+		   int *header_len)
+{
+	const char *names[KMS_CTX_KEYS_MAX];
+	int			lens[KMS_CTX_KEYS_MAX];
+
+	for (int i = 0; i < kctx->npairs; i++)
+	{
+		names[i] = kctx->pairs[i].key;
+		lens[i] = kctx->pairs[i].keylen;
+	}
+	return kms_envelope_build_header(provider->id, w->key_id, kctx->npairs, names, lens,
+									 w->wrapped, w->wrapped_len, header_len);
+}
+
+KmsDek *
+kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
+					const KmsContext *kctx, Size nbytes)
+{
+	char		stackbuf[512];
+	int			ident_len;
+	char	   *ident;
+	uint64		hkey;
+	KmsLocalDek *e;
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		id[KMS_ID_LEN];
+	uint8		dek[KMS_DEK_LEN];
+	uint8	   *header = NULL;
+	int			header_len = 0;
+	int			slot;
+	uint32		gen;
+	TimestampTz expires;
+	uint64		maxm;
+	uint64		maxb;
+	FillOutcome outcome;
+
+	kms_dek_cache_require();
+	l1_init();
+	ident = build_ident(provider->id, key, strlen(key), kctx->canonical.data, kctx->canonical.len,
+						stackbuf, sizeof(stackbuf), &ident_len);
+	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x454e43);
+
+	for (int attempt = 0; attempt < 3; attempt++)
+	{
+		e = l1_find(hkey, true, ident, ident_len);
+		if (e != NULL)
+		{
+			if (l1_valid(e, now) && l1_take(e, nbytes))
+			{
+				if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
+					flush_pending_stats();
+				return &e->dek;
+			}
+			l1_remove(e);
+		}
+
+		/* slow path: the shared level */
+		sha256_id('E', ident, ident_len, id);
+		header = palloc(KMS_SLOT_HEADER_MAX);
+		outcome = shared_find_or_claim(id, true, &slot, &gen, dek, header, &header_len,
+									   &expires, &maxm, &maxb);
+		if (outcome == FILL_FOUND)
+		{
+			PG_TRY();
+			{
+				e = l1_insert(hkey, true, ident, ident_len, dek, header, header_len,
+							  slot, gen, expires, maxm, maxb);
+			}
+			PG_FINALLY();
+			{
+				explicit_bzero(dek, sizeof(dek));
+			}
+			PG_END_TRY();
+			pfree(header);
+			if (l1_take(e, nbytes))
+				return &e->dek;
+			l1_remove(e);
+			continue;			/* exhausted between lookup and use: try again */
+		}
+
+		/* we fill (shared) or make a DEK for this backend only */
+		{
+			GenerateArgs g = {provider, key, kctx};
+			uint8		dec_id[KMS_ID_LEN];
+			char		dstack[512];
+			int			dlen;
+			char	   *dident;
+
+			pfree(header);
+			limits_now(now, &expires, &maxm, &maxb);
+			if (outcome == FILL_MINE)
+				run_fill(fill_generate, &g, dek);
+			else
+				fill_generate(&g, dek);
+
+			PG_TRY();
+			{
+				header = header_for(provider, &g.wrapped, kctx, &header_len);
+				dident = build_ident(provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id),
+									 g.wrapped.wrapped, g.wrapped.wrapped_len,
+									 dstack, sizeof(dstack), &dlen);
+				sha256_id('D', dident, dlen, dec_id);
+				if (outcome == FILL_MINE)
+				{
+					if (header_len <= KMS_SLOT_HEADER_MAX)
+						gen = shared_publish(slot, dek, header, header_len, dec_id, expires, maxm, maxb);
+					else
+					{
+						/* too large to share for encryption: keep it for decryption */
+						LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+						slot_retire_encrypt(&kms_cache->slots[slot]);
+						LWLockRelease(kms_cache->lock);
+						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb);
+						slot = -1;
+					}
+				}
+				else
+					slot = -1;
+				e = l1_insert(hkey, true, ident, ident_len, dek, header, header_len,
+							  slot, gen, expires, maxm, maxb);
+			}
+			PG_CATCH();
+			{
+				explicit_bzero(dek, sizeof(dek));
+				if (outcome == FILL_MINE)
+					release_filling_slot(false, 0, NULL);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+			explicit_bzero(dek, sizeof(dek));
+			if (l1_take(e, nbytes))
+				return &e->dek;
+			l1_remove(e);
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("kms_pg could not obtain a data key within its limits"),
+			 errhint("Check kms_pg.dek_max_messages and kms_pg.dek_max_bytes.")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Stop using the current encrypting DEK of (provider, key, kctx), here and
+ * in shared memory, so the next value gets a fresh DEK.
+ */
+void
+kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const char *key,
+					   const KmsContext *kctx)
+{
+	char		stackbuf[512];
+	int			ident_len;
+	char	   *ident;
+	uint64		hkey;
+	KmsLocalDek *e;
+	uint8		id[KMS_ID_LEN];
+	int			idx;
+
+	kms_dek_cache_require();
+	l1_init();
+	ident = build_ident(provider->id, key, strlen(key), kctx->canonical.data, kctx->canonical.len,
+						stackbuf, sizeof(stackbuf), &ident_len);
+	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x454e43);
+	e = l1_find(hkey, true, ident, ident_len);
+	if (e != NULL)
+		l1_remove(e);
+	sha256_id('E', ident, ident_len, id);
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	idx = index_lookup(id);
+	if (idx >= 0 && kms_cache->slots[idx].state == SLOT_READY)
+		slot_retire_encrypt(&kms_cache->slots[idx]);
+	LWLockRelease(kms_cache->lock);
+}
+
+/* ---- decryption ---- */
+
+void
+kms_dek_provider_context(const KmsEnvelope *env, const KmsContext *full_ctx, KmsContext *kctx)
+{
+	memset(kctx, 0, sizeof(*kctx));
+	kctx->pairs = env->nctxkeys > 0 ? palloc(sizeof(KmsContextPair) * env->nctxkeys) : NULL;
+	for (int i = 0; i < env->nctxkeys; i++)
+	{
+		const KmsContextPair *p = kms_context_find(full_ctx, env->ctxkeys[i], env->ctxkeylens[i]);
+
+		if (p == NULL)
+			kms_report_error(KMS_ERR_CT_AUTH_FAILED,
+							 psprintf("The value was encrypted with context key \"%.*s\", which the given context lacks.",
+									  env->ctxkeylens[i], env->ctxkeys[i]));
+		kctx->pairs[i] = *p;
+	}
+	kctx->npairs = env->nctxkeys;
+	initStringInfo(&kctx->canonical);
+	kms_context_serialize(kctx->pairs, kctx->npairs, &kctx->canonical);
+}
+
+typedef struct DecryptArgs
+{
+	const KmsProviderRoutine *provider;
+	const KmsEnvelope *env;
+	const KmsContext *full_ctx;
+} DecryptArgs;
+
+static void
+fill_decrypt(void *arg, uint8 *dek_out)
+{
+	DecryptArgs *d = (DecryptArgs *) arg;
+	KmsContext	kctx;
+	char	   *key_id = pnstrdup(d->env->key_id, d->env->key_id_len);
+
+	kms_dek_provider_context(d->env, d->full_ctx, &kctx);
+	d->provider->decrypt_data_key(key_id, d->env->wrapped, d->env->wrapped_len, &kctx, dek_out);
+}
+
+KmsDek *
+kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
+					const KmsContext *full_ctx)
+{
+	char		stackbuf[1400];
+	int			ident_len;
+	char	   *ident;
+	uint64		hkey;
+	KmsLocalDek *e;
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		id[KMS_ID_LEN];
+	uint8		dek[KMS_DEK_LEN];
+	int			slot;
+	uint32		gen;
+	TimestampTz expires;
+	uint64		maxm;
+	uint64		maxb;
+	FillOutcome outcome;
+
+	kms_dek_cache_require();
+	l1_init();
+	ident = build_ident(provider->id, env->key_id, env->key_id_len, env->wrapped, env->wrapped_len,
+						stackbuf, sizeof(stackbuf), &ident_len);
+	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x444543);
+
+	e = l1_find(hkey, false, ident, ident_len);
+	if (e != NULL)
+	{
+		if (l1_valid(e, now))
+		{
+			if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
+				flush_pending_stats();
+			return &e->dek;
+		}
+		l1_remove(e);
+	}
+
+	sha256_id('D', ident, ident_len, id);
+	outcome = shared_find_or_claim(id, false, &slot, &gen, dek, NULL, NULL,
+								   &expires, &maxm, &maxb);
+	if (outcome != FILL_FOUND)
+	{
+		DecryptArgs d = {provider, env, full_ctx};
+
+		limits_now(now, &expires, &maxm, &maxb);
+		if (outcome == FILL_MINE)
+		{
+			run_fill(fill_decrypt, &d, dek);
+			gen = shared_publish(slot, dek, NULL, 0, NULL, expires, maxm, maxb);
+		}
+		else
+		{
+			fill_decrypt(&d, dek);
+			slot = -1;
+		}
+	}
+	PG_TRY();
+	{
+		e = l1_insert(hkey, false, ident, ident_len, dek, NULL, 0, slot, gen, expires, maxm, maxb);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(dek, sizeof(dek));
+	}
+	PG_END_TRY();
+	return &e->dek;
+}
+
+/* ---- rewrap ---- */
+
+typedef struct RewrapMemo
+{
+	uint64		hkey;
+	char	   *ident;
+	int			ident_len;
+	KmsWrappedKey result;
+} RewrapMemo;
+
+void
+kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
+			   const KmsContext *full_ctx, const char *new_key, KmsWrappedKey *out)
+{
+	const KmsProviderRoutine *target = kms_provider_current();
+	KmsContext	kctx;
+	StringInfoData ident;
+	uint64		hkey;
+	RewrapMemo *m;
+	bool		found;
+	KmsWrappedKey w;
+	MemoryContext old;
+
+	kms_dek_cache_require();
+	l1_init();
+	kms_dek_provider_context(env, full_ctx, &kctx);
+
+	initStringInfo(&ident);
+	appendStringInfoChar(&ident, (char) provider->id);
+	appendBinaryStringInfo(&ident, env->key_id, env->key_id_len);
+	appendStringInfoChar(&ident, '\0');
+	appendBinaryStringInfo(&ident, (const char *) env->wrapped, env->wrapped_len);
+	appendStringInfoChar(&ident, (char) target->id);
+	appendStringInfoString(&ident, new_key);
+	appendStringInfoChar(&ident, '\0');
+	appendBinaryStringInfo(&ident, kctx.canonical.data, kctx.canonical.len);
+	hkey = hash_bytes_extended((const unsigned char *) ident.data, ident.len, 0x525700);
+
+	if (kms_rewrap_memo == NULL)
+	{
+		HASHCTL		info;
+
+		if (kms_rewrap_cxt == NULL)
+			kms_rewrap_cxt = AllocSetContextCreate(TopMemoryContext, "kms_pg rewrap memo",
+												   ALLOCSET_DEFAULT_SIZES);
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(uint64);
+		info.entrysize = sizeof(RewrapMemo);
+		info.hcxt = kms_rewrap_cxt;
+		kms_rewrap_memo = hash_create("kms_pg rewrap memo", 64, &info,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	m = hash_search(kms_rewrap_memo, &hkey, HASH_FIND, NULL);
+	if (m != NULL && m->ident_len == ident.len && memcmp(m->ident, ident.data, ident.len) == 0)
+	{
+		*out = m->result;
+		return;
+	}
+
+	{
+		char	   *key_id = pnstrdup(env->key_id, env->key_id_len);
+
+		if (target->id == provider->id)
+		{
+			provider->rewrap_data_key(key_id, env->wrapped, env->wrapped_len, &kctx, new_key, &w);
+		}
+		else
+		{
+			/* across providers: unwrap with the source, wrap with the target */
+			uint8		dek[KMS_DEK_LEN];
+
+			PG_TRY();
+			{
+				provider->decrypt_data_key(key_id, env->wrapped, env->wrapped_len, &kctx, dek);
+				target->encrypt_data_key(new_key, &kctx, dek, &w);
+			}
+			PG_FINALLY();
+			{
+				explicit_bzero(dek, sizeof(dek));
+			}
+			PG_END_TRY();
+		}
+	}
+
+	old = MemoryContextSwitchTo(kms_rewrap_cxt);
+	m = hash_search(kms_rewrap_memo, &hkey, HASH_ENTER, &found);
+	m->ident = palloc(ident.len);
+	memcpy(m->ident, ident.data, ident.len);
+	m->ident_len = ident.len;
+	m->result.key_id = pstrdup(w.key_id);
+	m->result.wrapped = palloc(w.wrapped_len);
+	memcpy(m->result.wrapped, w.wrapped, w.wrapped_len);
+	m->result.wrapped_len = w.wrapped_len;
+	MemoryContextSwitchTo(old);
+	*out = w;
+}
+
+/* ---- flush, forget, stats ---- */
+
+int
+kms_dek_cache_flush(void)
+{
+	int			n = 0;
+
+	kms_dek_cache_require();
+	l1_clear();
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state == SLOT_READY || s->state == SLOT_FAILED)
+		{
+			n += s->state == SLOT_READY;
+			slot_clear(s);
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+	pg_atomic_fetch_add_u64(&kms_cache->stat_flushes, 1);
+	return n;
+}
+
+void
+kms_dek_cache_forget_key(uint8 provider, const char *key_id)
+{
+	/*
+	 * Slots do not record which key wrapped them, so forgetting one key
+	 * wipes the cache: disabling a key is rare and must take effect now.
+	 */
+	(void) provider;
+	(void) key_id;
+	kms_dek_cache_flush();
+}
+
+void
+kms_dek_cache_stats(KmsCacheStats *out)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	kms_dek_cache_require();
+	flush_pending_stats();
+	memset(out, 0, sizeof(*out));
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	sweep_expired(now);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state == SLOT_READY)
+		{
+			out->entries++;
+			if (s->has_enc)
+				out->entries_encrypting++;
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+	out->capacity = kms_cache->nslots;
+	out->hits = pg_atomic_read_u64(&kms_cache->stat_hits);
+	out->local_hits = pg_atomic_read_u64(&kms_cache->stat_local_hits);
+	out->misses = pg_atomic_read_u64(&kms_cache->stat_misses);
+	for (int i = 0; i < KMS_STAT_NOPS; i++)
+		out->calls[i] = pg_atomic_read_u64(&kms_cache->stat_calls[i]);
+	out->call_errors = pg_atomic_read_u64(&kms_cache->stat_call_errors);
+	out->coalesced_waits = pg_atomic_read_u64(&kms_cache->stat_coalesced);
+	out->evictions = pg_atomic_read_u64(&kms_cache->stat_evictions);
+	out->expirations = pg_atomic_read_u64(&kms_cache->stat_expirations);
+	out->rotations = pg_atomic_read_u64(&kms_cache->stat_rotations);
+	out->flushes = pg_atomic_read_u64(&kms_cache->stat_flushes);
+}

@@ -1,0 +1,97 @@
+/*-------------------------------------------------------------------------
+ * kms_dek_cache.h
+ *	  Data-key cache: a shared-memory table of plaintext DEKs used by all
+ *	  backends and parallel workers, fronted by a small backend-local
+ *	  table so the per-row path takes no lock.
+ *-------------------------------------------------------------------------
+ */
+#ifndef KMS_DEK_CACHE_H
+#define KMS_DEK_CACHE_H
+
+#include "kms_envelope.h"
+#include "kms_provider.h"
+
+/* A DEK ready for use by this backend (owned by the cache; do not free). */
+typedef struct KmsDek
+{
+	EVP_CIPHER_CTX *ctx;		/* keyed GCM context (encrypt or decrypt) */
+	const uint8 *header;		/* envelope header, for encryption */
+	int			header_len;
+	int			names_off;		/* provider-context key block in header */
+	int			names_len;
+} KmsDek;
+
+/* Provider operations counted in kms_cache_stats. */
+typedef enum KmsStatOp
+{
+	KMS_STAT_GENERATE = 0,
+	KMS_STAT_DECRYPT,
+	KMS_STAT_REWRAP,
+	KMS_STAT_DESCRIBE,
+	KMS_STAT_NOPS
+} KmsStatOp;
+
+/*
+ * DEK for sealing nbytes under key with provider context kctx.  Counts
+ * the value against the DEK's limits (messages, bytes, age).
+ */
+extern KmsDek *kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
+								   const KmsContext *kctx, Size nbytes);
+
+/*
+ * DEK for opening env.  full_ctx is the caller's whole context; the
+ * provider context is built from it (names recorded in env) only when
+ * the provider must be asked.
+ */
+extern KmsDek *kms_dek_for_decrypt(const KmsProviderRoutine *provider,
+								   const KmsEnvelope *env, const KmsContext *full_ctx);
+
+/*
+ * Re-wrap the DEK of env under new_key.  Identical wrapped DEKs in one
+ * transaction are re-wrapped once (the result is remembered).
+ */
+extern void kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
+						   const KmsContext *full_ctx, const char *new_key,
+						   KmsWrappedKey *out);
+
+/* Build the provider context from env's recorded names (raises if absent). */
+extern void kms_dek_provider_context(const KmsEnvelope *env, const KmsContext *full_ctx,
+									 KmsContext *kctx);
+
+/* Make the next value under (provider, key, kctx) use a fresh DEK. */
+extern void kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const char *key,
+								   const KmsContext *kctx);
+
+/* Wipe every cached DEK, shared and local; returns shared entries wiped. */
+extern int	kms_dek_cache_flush(void);
+
+/* Forget DEKs of one provider key everywhere (after disabling it). */
+extern void kms_dek_cache_forget_key(uint8 provider, const char *key_id);
+
+/* Count one provider request (each HTTP attempt for AWS). */
+extern void kms_stats_count_call(KmsStatOp op, bool failed);
+
+/* Raise unless the shared cache exists (shared_preload_libraries). */
+extern void kms_dek_cache_require(void);
+
+/* Stats snapshot for the kms_cache_stats view. */
+typedef struct KmsCacheStats
+{
+	int64		entries;
+	int64		entries_encrypting;
+	int64		capacity;
+	int64		hits;
+	int64		local_hits;
+	int64		misses;
+	int64		calls[KMS_STAT_NOPS];
+	int64		call_errors;
+	int64		coalesced_waits;
+	int64		evictions;
+	int64		expirations;
+	int64		rotations;		/* DEKs retired by a limit */
+	int64		flushes;
+} KmsCacheStats;
+
+extern void kms_dek_cache_stats(KmsCacheStats *out);
+
+#endif							/* KMS_DEK_CACHE_H */

@@ -1,0 +1,281 @@
+/*-------------------------------------------------------------------------
+ * kms_envelope.c
+ *	  kms_pg ciphertext format v1: parse, build, and AES-256-GCM.
+ *
+ * The parser is a pure function over bytes (no ereport, no allocation
+ * except an optional detail string) so that it can be fuzzed on its own.
+ * Every length is checked against the remaining input before use.
+ *-------------------------------------------------------------------------
+ */
+#include "kms_envelope.h"
+
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+const uint8 kms_envelope_magic[4] = {0xC5, 0x4B, 0x50, 0x47};
+
+#define SET_DETAIL(...) do { if (detail) *detail = psprintf(__VA_ARGS__); } while (0)
+
+KmsError
+kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail)
+{
+	size_t		off = 0;
+
+	if (detail)
+		*detail = NULL;
+	memset(env, 0, sizeof(*env));
+
+	if (len == 0)
+		return KMS_ERR_CT_EMPTY;
+	if (len < 5)
+	{
+		if (memcmp(buf, kms_envelope_magic, len) != 0)
+			return KMS_ERR_CT_BAD_MAGIC;
+		SET_DETAIL("The value is %zu bytes long.", len);
+		return KMS_ERR_CT_TRUNCATED;
+	}
+	if (memcmp(buf, kms_envelope_magic, 4) != 0)
+		return KMS_ERR_CT_BAD_MAGIC;
+	env->version = buf[4];
+	if (env->version != KMS_ENVELOPE_VERSION)
+	{
+		SET_DETAIL("The value has format version %d; this kms_pg reads version %d.",
+				   env->version, KMS_ENVELOPE_VERSION);
+		return KMS_ERR_CT_BAD_VERSION;
+	}
+	if (len < KMS_ENVELOPE_MIN_LEN)
+	{
+		SET_DETAIL("The value is %zu bytes long; the shortest ciphertext is %d bytes.",
+				   len, KMS_ENVELOPE_MIN_LEN);
+		return KMS_ERR_CT_TRUNCATED;
+	}
+	env->provider = buf[5];
+	if (env->provider != KMS_PROVIDER_LOCAL && env->provider != KMS_PROVIDER_AWS)
+	{
+		SET_DETAIL("Provider byte is %d.", env->provider);
+		return KMS_ERR_CT_BAD_PROVIDER;
+	}
+	off = 6;
+
+	/* key id */
+	env->key_id_len = buf[off++];
+	if (env->key_id_len == 0)
+	{
+		SET_DETAIL("The key id is empty.");
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	if (off + env->key_id_len + 1 > len)
+		return KMS_ERR_CT_TRUNCATED;
+	env->key_id = (const char *) buf + off;
+	for (int i = 0; i < env->key_id_len; i++)
+	{
+		if (buf[off + i] < 0x21 || buf[off + i] > 0x7e)
+		{
+			SET_DETAIL("The key id contains a byte that is not printable ASCII.");
+			return KMS_ERR_CT_BAD_FIELD;
+		}
+	}
+	off += env->key_id_len;
+
+	/* provider-context key names */
+	env->names_block = buf + off;
+	env->nctxkeys = buf[off++];
+	if (env->nctxkeys > KMS_CTX_KEYS_MAX)
+	{
+		SET_DETAIL("The value lists %d provider-context keys; at most %d are allowed.",
+				   env->nctxkeys, KMS_CTX_KEYS_MAX);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	for (int i = 0; i < env->nctxkeys; i++)
+	{
+		int			l;
+
+		if (off + 1 > len)
+			return KMS_ERR_CT_TRUNCATED;
+		l = buf[off++];
+		if (l == 0)
+		{
+			SET_DETAIL("A provider-context key name is empty.");
+			return KMS_ERR_CT_BAD_FIELD;
+		}
+		if (off + l > len)
+			return KMS_ERR_CT_TRUNCATED;
+		env->ctxkeys[i] = (const char *) buf + off;
+		env->ctxkeylens[i] = l;
+		off += l;
+	}
+
+	env->names_block_len = (int) (buf + off - env->names_block);
+
+	/* wrapped DEK */
+	if (off + 2 > len)
+		return KMS_ERR_CT_TRUNCATED;
+	env->wrapped_len = (buf[off] << 8) | buf[off + 1];
+	off += 2;
+	if (env->wrapped_len == 0 || env->wrapped_len > KMS_WRAPPED_MAXLEN)
+	{
+		SET_DETAIL("The wrapped data key length is %d bytes.", env->wrapped_len);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	if (off + env->wrapped_len > len)
+		return KMS_ERR_CT_TRUNCATED;
+	env->wrapped = buf + off;
+	off += env->wrapped_len;
+
+	env->header_len = (int) off;
+	if (off + KMS_NONCE_LEN + KMS_TAG_LEN > len)
+		return KMS_ERR_CT_TRUNCATED;
+	env->nonce = buf + off;
+	off += KMS_NONCE_LEN;
+	env->body = buf + off;
+	env->body_len = (int) (len - off - KMS_TAG_LEN);
+	env->tag = buf + len - KMS_TAG_LEN;
+	return KMS_OK;
+}
+
+bool
+kms_envelope_is_ciphertext(const uint8 *buf, size_t len)
+{
+	KmsEnvelope env;
+
+	return len >= 4 && memcmp(buf, kms_envelope_magic, 4) == 0 &&
+		kms_envelope_parse(buf, len, &env, NULL) == KMS_OK;
+}
+
+uint8 *
+kms_envelope_build_header(uint8 provider, const char *key_id,
+						  int nnames, const char *const *names, const int *namelens,
+						  const uint8 *wrapped, int wrapped_len, int *header_len)
+{
+	int			klen = strlen(key_id);
+	int			size = 4 + 1 + 1 + 1 + klen + 1 + 2 + wrapped_len;
+	uint8	   *h;
+	int			off = 0;
+
+	if (klen == 0 || klen > KMS_KEY_ID_MAXLEN)
+		elog(ERROR, "key id of %d bytes cannot be recorded", klen);
+	if (wrapped_len <= 0 || wrapped_len > KMS_WRAPPED_MAXLEN)
+		elog(ERROR, "wrapped data key of %d bytes cannot be recorded", wrapped_len);
+	if (nnames > KMS_CTX_KEYS_MAX)
+		elog(ERROR, "too many provider-context keys");
+	for (int i = 0; i < nnames; i++)
+		size += 1 + namelens[i];
+
+	h = palloc(size);
+	memcpy(h, kms_envelope_magic, 4);
+	off = 4;
+	h[off++] = KMS_ENVELOPE_VERSION;
+	h[off++] = provider;
+	h[off++] = (uint8) klen;
+	memcpy(h + off, key_id, klen);
+	off += klen;
+	h[off++] = (uint8) nnames;
+	for (int i = 0; i < nnames; i++)
+	{
+		if (namelens[i] < 1 || namelens[i] > 255)
+			elog(ERROR, "provider-context key name of %d bytes cannot be recorded", namelens[i]);
+		h[off++] = (uint8) namelens[i];
+		memcpy(h + off, names[i], namelens[i]);
+		off += namelens[i];
+	}
+	h[off++] = (uint8) (wrapped_len >> 8);
+	h[off++] = (uint8) wrapped_len;
+	memcpy(h + off, wrapped, wrapped_len);
+	off += wrapped_len;
+	Assert(off == size);
+	*header_len = size;
+	return h;
+}
+
+EVP_CIPHER_CTX *
+kms_gcm_context_new(const uint8 *dek, bool encrypt)
+{
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+
+	if (ctx == NULL)
+		kms_report_openssl_error("EVP_CIPHER_CTX_new");
+	if (EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, dek, NULL, encrypt ? 1 : 0) != 1)
+	{
+		EVP_CIPHER_CTX_free(ctx);
+		kms_report_openssl_error("EVP_CipherInit_ex");
+	}
+	return ctx;
+}
+
+void
+kms_envelope_header_names(const uint8 *header, int header_len, int *offset, int *len)
+{
+	int			off = 7 + header[6];
+	int			n = header[off];
+	int			end = off + 1;
+
+	for (int i = 0; i < n; i++)
+		end += 1 + header[end];
+	Assert(end <= header_len);
+	*offset = off;
+	*len = end - off;
+}
+
+void
+kms_aad_simple(KmsAad *aad, const uint8 *data, int len)
+{
+	memset(aad, 0, sizeof(*aad));
+	aad->context = data;
+	aad->context_len = len;
+}
+
+static inline bool
+gcm_aad(EVP_CIPHER_CTX *ctx, const KmsAad *aad)
+{
+	int			outl;
+
+	return (aad->prefix == NULL || EVP_CipherUpdate(ctx, NULL, &outl, aad->prefix, 5) == 1) &&
+		(aad->names_len == 0 || EVP_CipherUpdate(ctx, NULL, &outl, aad->names, aad->names_len) == 1) &&
+		(aad->context_len == 0 || EVP_CipherUpdate(ctx, NULL, &outl, aad->context, aad->context_len) == 1);
+}
+
+void
+kms_gcm_seal(EVP_CIPHER_CTX *ctx, const KmsAad *aad, const uint8 *plain, int len,
+			 uint8 *nonce_out, uint8 *body_out, uint8 *tag_out)
+{
+	int			outl;
+
+	if (RAND_bytes(nonce_out, KMS_NONCE_LEN) != 1)
+		kms_report_openssl_error("RAND_bytes");
+	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce_out) != 1 ||
+		!gcm_aad(ctx, aad) ||
+		(len > 0 && EVP_EncryptUpdate(ctx, body_out, &outl, plain, len) != 1) ||
+		EVP_EncryptFinal_ex(ctx, body_out + len, &outl) != 1 ||
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, KMS_TAG_LEN, tag_out) != 1)
+		kms_report_openssl_error("AES-256-GCM encryption");
+}
+
+bool
+kms_gcm_open(EVP_CIPHER_CTX *ctx, const KmsAad *aad, const uint8 *nonce,
+			 const uint8 *body, int len, const uint8 *tag, uint8 *plain_out)
+{
+	int			outl;
+
+	if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
+		!gcm_aad(ctx, aad) ||
+		(len > 0 && EVP_DecryptUpdate(ctx, plain_out, &outl, body, len) != 1) ||
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, KMS_TAG_LEN, (void *) tag) != 1)
+		kms_report_openssl_error("AES-256-GCM decryption");
+	return EVP_DecryptFinal_ex(ctx, plain_out + len, &outl) == 1;
+}
+
+void
+kms_envelope_dek_id(const uint8 *wrapped, int wrapped_len, char *out)
+{
+	uint8		md[SHA256_DIGEST_LENGTH];
+	static const char hex[] = "0123456789abcdef";
+
+	if (EVP_Digest(wrapped, wrapped_len, md, NULL, EVP_sha256(), NULL) != 1)
+		kms_report_openssl_error("SHA-256");
+	for (int i = 0; i < 16; i++)
+	{
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[32] = '\0';
+}

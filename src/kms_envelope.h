@@ -1,0 +1,111 @@
+/*-------------------------------------------------------------------------
+ * kms_envelope.h
+ *	  The kms_pg ciphertext, format version 1 (docs/format.md), and the
+ *	  AES-256-GCM seal/open of one value.
+ *
+ *	 off  len  field
+ *	 0    4    magic C5 4B 50 47 ("\xC5KPG": never valid UTF-8)
+ *	 4    1    format version, 0x01
+ *	 5    1    provider id (1 local, 2 aws)
+ *	 6    1    key id length K (1..255)
+ *	 7    K    key id (UTF-8)
+ *	 .    1    number C of context keys sent to the provider (0..32)
+ *	 .         C times: u8 length L (1..255), L bytes of key name (sorted)
+ *	 .    2    wrapped DEK length W, big-endian (1..1024)
+ *	 .    W    provider-wrapped DEK
+ *	 H    12   nonce (H = header length: everything before the nonce)
+ *	 H+12 N    AES-256-GCM ciphertext of the N plaintext bytes
+ *	 end  16   GCM tag
+ * The additional data (AAD) is: bytes 0..4 (magic and version), the
+ * provider-context key block (the count byte and the names), then the
+ * canonical encryption context (kms_context.h).  The key id and wrapped
+ * DEK are not part of it: they are authenticated by the provider when it
+ * unwraps (a different wrapped DEK yields a different DEK, whose tag check
+ * fails), and leaving them out lets kms_rewrap() re-wrap the DEK under a
+ * new key while the sealed body, nonce and tag stay byte for byte.
+ *-------------------------------------------------------------------------
+ */
+#ifndef KMS_ENVELOPE_H
+#define KMS_ENVELOPE_H
+
+#include "kms_errors.h"
+
+#include <openssl/evp.h>
+
+#define KMS_ENVELOPE_VERSION	1
+#define KMS_ENVELOPE_MIN_LEN	(4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + KMS_NONCE_LEN + KMS_TAG_LEN)
+
+extern const uint8 kms_envelope_magic[4];
+
+/* A parsed ciphertext; all pointers point into the parsed buffer. */
+typedef struct KmsEnvelope
+{
+	uint8		version;
+	uint8		provider;
+	const char *key_id;
+	int			key_id_len;
+	int			nctxkeys;
+	const char *ctxkeys[KMS_CTX_KEYS_MAX];
+	int			ctxkeylens[KMS_CTX_KEYS_MAX];
+	const uint8 *wrapped;
+	int			wrapped_len;
+	const uint8 *names_block;	/* count byte and names, for the AAD */
+	int			names_block_len;
+	int			header_len;
+	const uint8 *nonce;
+	const uint8 *body;
+	int			body_len;
+	const uint8 *tag;
+} KmsEnvelope;
+
+/* Parse without decrypting; never raises.  *detail may be set (palloc'd). */
+extern KmsError kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env,
+								   char **detail);
+
+/* True when buf starts like a kms_pg ciphertext and parses completely. */
+extern bool kms_envelope_is_ciphertext(const uint8 *buf, size_t len);
+
+/*
+ * Serialise a header (everything before the nonce) into a palloc'd buffer.
+ * names are the provider-context keys (sorted).
+ */
+extern uint8 *kms_envelope_build_header(uint8 provider, const char *key_id,
+										int nnames, const char *const *names,
+										const int *namelens,
+										const uint8 *wrapped, int wrapped_len,
+										int *header_len);
+
+/* The additional data of one value, in three pieces. */
+typedef struct KmsAad
+{
+	const uint8 *prefix;		/* 5 bytes: magic and version */
+	const uint8 *names;			/* provider-context key block */
+	int			names_len;
+	const uint8 *context;		/* canonical encryption context */
+	int			context_len;
+} KmsAad;
+
+/* Where the provider-context key block sits in a built header. */
+extern void kms_envelope_header_names(const uint8 *header, int header_len,
+									  int *offset, int *len);
+
+/* A GCM context keyed once with a DEK, reused for every value. */
+extern EVP_CIPHER_CTX *kms_gcm_context_new(const uint8 *dek, bool encrypt);
+
+/* Seal len bytes: writes a fresh random nonce, the body and the tag. */
+extern void kms_gcm_seal(EVP_CIPHER_CTX *ctx, const KmsAad *aad,
+						 const uint8 *plain, int len,
+						 uint8 *nonce_out, uint8 *body_out, uint8 *tag_out);
+
+/* Open; false on authentication failure (output must then be discarded). */
+extern bool kms_gcm_open(EVP_CIPHER_CTX *ctx, const KmsAad *aad,
+						 const uint8 *nonce, const uint8 *body, int len,
+						 const uint8 *tag, uint8 *plain_out);
+
+/* One-piece AAD for other uses of GCM (key wrapping). */
+extern void kms_aad_simple(KmsAad *aad, const uint8 *data, int len);
+
+/* Short hex id of a wrapped DEK (first 16 bytes of SHA-256), 33 bytes out. */
+extern void kms_envelope_dek_id(const uint8 *wrapped, int wrapped_len, char *out);
+
+#endif							/* KMS_ENVELOPE_H */

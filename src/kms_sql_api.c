@@ -1,0 +1,477 @@
+/*-------------------------------------------------------------------------
+ * kms_sql_api.c
+ *	  Thin SQL-callable wrappers.  Each function is headed by the SQL
+ *	  signature it implements (sql/install/10_core.sql declares them).
+ *
+ * The per-row path is kms_seal()/kms_open(): canonicalise the context,
+ * get a keyed DEK from the cache (no lock on a hit), and run one
+ * AES-256-GCM operation straight into the result buffer.
+ *-------------------------------------------------------------------------
+ */
+#include "kms_dek_cache.h"
+#include "kms_guc.h"
+#include "kms_provider_local.h"
+#include "kms_secure_mem.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+PG_MODULE_MAGIC;
+
+/* Largest plaintext whose ciphertext still fits a bytea. */
+#define KMS_MAX_OUTPUT	(MaxAllocSize - VARHDRSZ)
+
+static void
+get_context(FunctionCallInfo fcinfo, int argno, KmsContext *ctx)
+{
+	if (PG_NARGS() <= argno)
+	{
+		memset(ctx, 0, sizeof(*ctx));
+		initStringInfo(&ctx->canonical);
+		kms_context_serialize(NULL, 0, &ctx->canonical);
+		return;
+	}
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("encryption context must not be NULL"),
+				 errhint("Use '{}' for an empty context.")));
+	kms_context_from_jsonb_or_error(PG_GETARG_JSONB_P(argno), ctx);
+}
+
+static const char *
+get_key_arg(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return kms_provider_resolve_key(NULL);
+	return kms_provider_resolve_key(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
+}
+
+/* Seal len bytes under ctx with a DEK of key from the current provider. */
+static bytea *
+kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
+{
+	const KmsProviderRoutine *provider = kms_provider_current();
+	KmsContext	kctx;
+	KmsDek	   *dek;
+	bytea	   *out;
+	uint8	   *p;
+	Size		total;
+	KmsAad		aad;
+
+	if (kms_guc_kms_context_nkeys > 0)
+		kms_context_select(ctx, kms_guc_kms_context_keylist, kms_guc_kms_context_nkeys, &kctx);
+	else
+	{
+		memset(&kctx, 0, sizeof(kctx));
+		initStringInfo(&kctx.canonical);
+		kms_context_serialize(NULL, 0, &kctx.canonical);
+	}
+
+	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+	total = (Size) dek->header_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
+	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
+		kms_report_error(KMS_ERR_VALUE_TOO_LARGE,
+						 psprintf("The ciphertext would be %zu bytes; a bytea holds at most %zu.",
+								  total, (Size) KMS_MAX_OUTPUT));
+	out = (bytea *) palloc(VARHDRSZ + total);
+	SET_VARSIZE(out, VARHDRSZ + total);
+	p = (uint8 *) VARDATA(out);
+	memcpy(p, dek->header, dek->header_len);
+	aad.prefix = dek->header;
+	aad.names = dek->header + dek->names_off;
+	aad.names_len = dek->names_len;
+	aad.context = (const uint8 *) ctx->canonical.data;
+	aad.context_len = ctx->canonical.len;
+	kms_gcm_seal(dek->ctx, &aad, (const uint8 *) plain, (int) len,
+				 p + dek->header_len,
+				 p + dek->header_len + KMS_NONCE_LEN,
+				 p + dek->header_len + KMS_NONCE_LEN + len);
+	return out;
+}
+
+static void
+parse_or_error(bytea *ct, KmsEnvelope *env)
+{
+	char	   *detail;
+	KmsError	err = kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct),
+										 env, &detail);
+
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+}
+
+/* Open a ciphertext; the result is wiped when its memory context goes away. */
+static bytea *
+kms_open(bytea *ct, const KmsContext *ctx)
+{
+	KmsEnvelope env;
+	const KmsProviderRoutine *provider;
+	KmsDek	   *dek;
+	bytea	   *out;
+	KmsAad		aad;
+
+	parse_or_error(ct, &env);
+	provider = kms_provider_by_id(env.provider);
+	if (provider == NULL)
+		kms_report_error(KMS_ERR_CT_BAD_PROVIDER, NULL);
+	dek = kms_dek_for_decrypt(provider, &env, ctx);
+
+	aad.prefix = (const uint8 *) VARDATA_ANY(ct);
+	aad.names = env.names_block;
+	aad.names_len = env.names_block_len;
+	aad.context = (const uint8 *) ctx->canonical.data;
+	aad.context_len = ctx->canonical.len;
+	out = (bytea *) kms_secure_palloc(VARHDRSZ + env.body_len);
+	SET_VARSIZE(out, VARHDRSZ + env.body_len);
+	if (!kms_gcm_open(dek->ctx, &aad, env.nonce, env.body, env.body_len, env.tag, (uint8 *) VARDATA(out)))
+	{
+		explicit_bzero(VARDATA(out), env.body_len);
+		kms_report_error(KMS_ERR_CT_AUTH_FAILED, NULL);
+	}
+	return out;
+}
+
+/* SQL: kms_encrypt(plaintext bytea, context jsonb DEFAULT '{}', key_id text DEFAULT NULL) RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_encrypt);
+Datum
+kms_encrypt(PG_FUNCTION_ARGS)
+{
+	bytea	   *pt;
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	pt = PG_GETARG_BYTEA_PP(0);
+	get_context(fcinfo, 1, &ctx);
+	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 2)));
+}
+
+/* SQL: kms_encrypt_text(plaintext text, context jsonb DEFAULT '{}', key_id text DEFAULT NULL) RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_encrypt_text);
+Datum
+kms_encrypt_text(PG_FUNCTION_ARGS)
+{
+	return kms_encrypt(fcinfo);
+}
+
+/* SQL: kms_decrypt(ciphertext bytea, context jsonb DEFAULT '{}') RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_decrypt);
+Datum
+kms_decrypt(PG_FUNCTION_ARGS)
+{
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	get_context(fcinfo, 1, &ctx);
+	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx));
+}
+
+/* SQL: kms_decrypt_text(ciphertext bytea, context jsonb DEFAULT '{}') RETURNS text */
+PG_FUNCTION_INFO_V1(kms_decrypt_text);
+Datum
+kms_decrypt_text(PG_FUNCTION_ARGS)
+{
+	KmsContext	ctx;
+	bytea	   *out;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	get_context(fcinfo, 1, &ctx);
+	out = kms_open(PG_GETARG_BYTEA_PP(0), &ctx);
+	if (!pg_verifymbstr(VARDATA(out), VARSIZE(out) - VARHDRSZ, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("decrypted value is not valid text in encoding \"%s\"",
+						GetDatabaseEncodingName()),
+				 errhint("The value was probably encrypted from bytea; use kms_decrypt().")));
+	PG_RETURN_TEXT_P((text *) out);
+}
+
+/*
+ * SQL: kms_ciphertext_info(ciphertext bytea, OUT format_version int, OUT provider text,
+ *		OUT key_id text, OUT dek_id text, OUT kms_context_keys text[],
+ *		OUT wrapped_dek_bytes int, OUT plaintext_bytes int, OUT overhead_bytes int)
+ */
+PG_FUNCTION_INFO_V1(kms_ciphertext_info);
+Datum
+kms_ciphertext_info(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	KmsEnvelope env;
+	TupleDesc	tupdesc;
+	Datum		values[8];
+	bool		nulls[8] = {0};
+	char		dek_id[33];
+	Datum	   *names;
+	const KmsProviderRoutine *provider;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	parse_or_error(ct, &env);
+	provider = kms_provider_by_id(env.provider);
+	kms_envelope_dek_id(env.wrapped, env.wrapped_len, dek_id);
+	names = palloc(sizeof(Datum) * Max(env.nctxkeys, 1));
+	for (int i = 0; i < env.nctxkeys; i++)
+		names[i] = PointerGetDatum(cstring_to_text_with_len(env.ctxkeys[i], env.ctxkeylens[i]));
+
+	values[0] = Int32GetDatum(env.version);
+	values[1] = CStringGetTextDatum(provider ? provider->name : "unknown");
+	values[2] = PointerGetDatum(cstring_to_text_with_len(env.key_id, env.key_id_len));
+	values[3] = CStringGetTextDatum(dek_id);
+	values[4] = PointerGetDatum(construct_array(names, env.nctxkeys, TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = Int32GetDatum(env.wrapped_len);
+	values[6] = Int32GetDatum(env.body_len);
+	values[7] = Int32GetDatum((int) VARSIZE_ANY_EXHDR(ct) - env.body_len);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* SQL: kms_is_ciphertext(value bytea) RETURNS boolean */
+PG_FUNCTION_INFO_V1(kms_is_ciphertext);
+Datum
+kms_is_ciphertext(PG_FUNCTION_ARGS)
+{
+	bytea	   *v = PG_GETARG_BYTEA_PP(0);
+
+	PG_RETURN_BOOL(kms_envelope_is_ciphertext((const uint8 *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v)));
+}
+
+/* SQL: kms_rewrap(ciphertext bytea, new_key_id text DEFAULT NULL, context jsonb DEFAULT '{}') RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_rewrap);
+Datum
+kms_rewrap(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct;
+	KmsEnvelope env;
+	KmsContext	ctx;
+	const KmsProviderRoutine *provider;
+	const KmsProviderRoutine *target;
+	KmsWrappedKey w;
+	const char *names[KMS_CTX_KEYS_MAX];
+	uint8	   *header;
+	int			header_len;
+	bytea	   *out;
+	Size		tail;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	ct = PG_GETARG_BYTEA_PP(0);
+	get_context(fcinfo, 2, &ctx);
+	parse_or_error(ct, &env);
+	provider = kms_provider_by_id(env.provider);
+	target = kms_provider_current();
+	kms_dek_rewrap(provider, &env, &ctx, get_key_arg(fcinfo, 1), &w);
+
+	/*
+	 * The new header carries the new key id and wrapped DEK; nonce, body
+	 * and tag are kept byte for byte (they do not depend on either).
+	 */
+	for (int i = 0; i < env.nctxkeys; i++)
+		names[i] = env.ctxkeys[i];
+	header = kms_envelope_build_header(target->id, w.key_id, env.nctxkeys, names, env.ctxkeylens,
+									   w.wrapped, w.wrapped_len, &header_len);
+	tail = VARSIZE_ANY_EXHDR(ct) - env.header_len;
+	out = (bytea *) palloc(VARHDRSZ + header_len + tail);
+	SET_VARSIZE(out, VARHDRSZ + header_len + tail);
+	memcpy(VARDATA(out), header, header_len);
+	memcpy(VARDATA(out) + header_len, VARDATA_ANY(ct) + env.header_len, tail);
+	PG_RETURN_BYTEA_P(out);
+}
+
+/* SQL: kms_reencrypt(ciphertext bytea, context jsonb, new_key_id text DEFAULT NULL) RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_reencrypt);
+Datum
+kms_reencrypt(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct;
+	bytea	   *plain;
+	bytea	   *out;
+	KmsContext	ctx;
+	KmsEnvelope oenv;
+	KmsEnvelope nenv;
+	const char *key;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	ct = PG_GETARG_BYTEA_PP(0);
+	get_context(fcinfo, 1, &ctx);
+	key = get_key_arg(fcinfo, 2);
+	plain = kms_open(ct, &ctx);
+	out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key);
+
+	/* A fresh DEK: if the current DEK is the old one, retire it and seal again. */
+	parse_or_error(ct, &oenv);
+	parse_or_error(out, &nenv);
+	if (oenv.wrapped_len == nenv.wrapped_len &&
+		memcmp(oenv.wrapped, nenv.wrapped, oenv.wrapped_len) == 0)
+	{
+		KmsContext	kctx;
+
+		kms_dek_provider_context(&nenv, &ctx, &kctx);
+		kms_dek_retire_encrypt(kms_provider_current(), key, &kctx);
+		out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key);
+	}
+	PG_RETURN_BYTEA_P(out);
+}
+
+/* SQL: kms_create_key(alias text, description text DEFAULT NULL) RETURNS text */
+PG_FUNCTION_INFO_V1(kms_create_key);
+Datum
+kms_create_key(PG_FUNCTION_ARGS)
+{
+	char	   *alias = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *descr = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	PG_RETURN_TEXT_P(cstring_to_text(kms_local_create_key(alias, descr)));
+}
+
+static char *
+required_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+/* SQL: kms_disable_key(key text) RETURNS void */
+PG_FUNCTION_INFO_V1(kms_disable_key);
+Datum
+kms_disable_key(PG_FUNCTION_ARGS)
+{
+	char	   *key = required_text_arg(fcinfo, 0, "key");
+
+	kms_local_set_enabled(key, false);
+	/* cached DEKs of the key must stop working now, in every session */
+	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
+	PG_RETURN_VOID();
+}
+
+/* SQL: kms_enable_key(key text) RETURNS void */
+PG_FUNCTION_INFO_V1(kms_enable_key);
+Datum
+kms_enable_key(PG_FUNCTION_ARGS)
+{
+	kms_local_set_enabled(required_text_arg(fcinfo, 0, "key"), true);
+	PG_RETURN_VOID();
+}
+
+/* SQL: kms_rotate_key(key text) RETURNS int */
+PG_FUNCTION_INFO_V1(kms_rotate_key);
+Datum
+kms_rotate_key(PG_FUNCTION_ARGS)
+{
+	char	   *key = required_text_arg(fcinfo, 0, "key");
+	int			v = kms_local_rotate_key(key);
+
+	/* new DEKs must use the new version: retire cached encrypting DEKs */
+	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
+	PG_RETURN_INT32(v);
+}
+
+/*
+ * SQL: kms_local_keys(OUT key_id text, OUT alias text, OUT description text,
+ *		OUT enabled boolean, OUT created timestamptz, OUT current_version int,
+ *		OUT versions int) RETURNS SETOF record
+ */
+PG_FUNCTION_INFO_V1(kms_local_keys);
+Datum
+kms_local_keys(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	List	   *keys;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	keys = kms_local_list_keys();
+	foreach(lc, keys)
+	{
+		KmsLocalKeyInfo *k = (KmsLocalKeyInfo *) lfirst(lc);
+		Datum		values[7];
+		bool		nulls[7] = {0};
+
+		values[0] = CStringGetTextDatum(k->key_id);
+		if (k->alias)
+			values[1] = CStringGetTextDatum(k->alias);
+		else
+			nulls[1] = true;
+		if (k->description)
+			values[2] = CStringGetTextDatum(k->description);
+		else
+			nulls[2] = true;
+		values[3] = BoolGetDatum(k->enabled);
+		values[4] = TimestampTzGetDatum(k->created);
+		values[5] = Int32GetDatum(k->current_version);
+		values[6] = Int32GetDatum(k->nversions);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* SQL: kms_describe_key(key text DEFAULT NULL) RETURNS jsonb */
+PG_FUNCTION_INFO_V1(kms_describe_key);
+Datum
+kms_describe_key(PG_FUNCTION_ARGS)
+{
+	const KmsProviderRoutine *provider = kms_provider_current();
+	const char *key = get_key_arg(fcinfo, 0);
+	char	   *json = provider->describe_key(key);
+
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+}
+
+/* SQL: kms_cache_flush() RETURNS int */
+PG_FUNCTION_INFO_V1(kms_cache_flush);
+Datum
+kms_cache_flush(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(kms_dek_cache_flush());
+}
+
+/*
+ * SQL: kms_cache_stats(OUT entries bigint, OUT encrypting_entries bigint, OUT capacity bigint,
+ *		OUT hits bigint, OUT local_hits bigint, OUT misses bigint,
+ *		OUT generate_calls bigint, OUT decrypt_calls bigint, OUT rewrap_calls bigint,
+ *		OUT describe_calls bigint, OUT call_errors bigint, OUT coalesced_waits bigint,
+ *		OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint)
+ */
+PG_FUNCTION_INFO_V1(kms_cache_stats);
+Datum
+kms_cache_stats(PG_FUNCTION_ARGS)
+{
+	KmsCacheStats st;
+	TupleDesc	tupdesc;
+	Datum		values[16];
+	bool		nulls[16] = {0};
+	int			i = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	kms_dek_cache_stats(&st);
+	values[i++] = Int64GetDatum(st.entries);
+	values[i++] = Int64GetDatum(st.entries_encrypting);
+	values[i++] = Int64GetDatum(st.capacity);
+	values[i++] = Int64GetDatum(st.hits);
+	values[i++] = Int64GetDatum(st.local_hits);
+	values[i++] = Int64GetDatum(st.misses);
+	values[i++] = Int64GetDatum(st.calls[KMS_STAT_GENERATE]);
+	values[i++] = Int64GetDatum(st.calls[KMS_STAT_DECRYPT]);
+	values[i++] = Int64GetDatum(st.calls[KMS_STAT_REWRAP]);
+	values[i++] = Int64GetDatum(st.calls[KMS_STAT_DESCRIBE]);
+	values[i++] = Int64GetDatum(st.call_errors);
+	values[i++] = Int64GetDatum(st.coalesced_waits);
+	values[i++] = Int64GetDatum(st.evictions);
+	values[i++] = Int64GetDatum(st.expirations);
+	values[i++] = Int64GetDatum(st.rotations);
+	values[i++] = Int64GetDatum(st.flushes);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
