@@ -20,7 +20,8 @@ INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
-REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf --load-extension=$(EXTENSION)
+KMS_REGRESS_CONF ?= test/regress.conf
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(KMS_REGRESS_CONF) --load-extension=$(EXTENSION)
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
