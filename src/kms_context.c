@@ -145,7 +145,12 @@ kms_context_from_jsonb(Jsonb *jb, KmsContext *out, char **detail)
 	if (n > 1)
 		qsort(out->pairs, n, sizeof(KmsContextPair), kms_context_pair_cmp);
 
-	initStringInfo(&out->canonical);
+	/* exact size: avoid initStringInfo's 1 kB per row */
+	out->canonical.data = palloc(total + 1);
+	out->canonical.maxlen = total + 1;
+	out->canonical.len = 0;
+	out->canonical.cursor = 0;
+	out->canonical.data[0] = '\0';
 	kms_context_serialize(out->pairs, n, &out->canonical);
 	return KMS_OK;
 }
@@ -178,6 +183,8 @@ kms_context_select(const KmsContext *ctx, char **names, int nnames, KmsContext *
 {
 	int			n = 0;
 
+	Size		total = 4;
+
 	memset(out, 0, sizeof(*out));
 	out->pairs = nnames > 0 ? palloc(sizeof(KmsContextPair) * nnames) : NULL;
 	for (int i = 0; i < nnames; i++)
@@ -185,9 +192,27 @@ kms_context_select(const KmsContext *ctx, char **names, int nnames, KmsContext *
 		const KmsContextPair *p = kms_context_find(ctx, names[i], strlen(names[i]));
 
 		if (p != NULL)
+		{
 			out->pairs[n++] = *p;
+			total += 9 + (Size) p->keylen + (Size) p->valuelen;
+		}
 	}
 	out->npairs = n;
-	initStringInfo(&out->canonical);
+	out->canonical.data = palloc(total + 1);
+	out->canonical.maxlen = total + 1;
+	out->canonical.len = 0;
+	out->canonical.cursor = 0;
 	kms_context_serialize(out->pairs, n, &out->canonical);
+}
+
+void
+kms_context_init_empty(KmsContext *ctx)
+{
+	/* canonical form of {}: a zero pair count; shared, never appended to */
+	static char empty[5] = {0, 0, 0, 0, 0};
+
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->canonical.data = empty;
+	ctx->canonical.len = 4;
+	ctx->canonical.maxlen = 5;
 }

@@ -61,6 +61,9 @@ extern void kms_context_serialize(const KmsContextPair *pairs, int npairs, Strin
 extern void kms_context_select(const KmsContext *ctx, char **names, int nnames,
 							   KmsContext *out);
 
+/* The empty context {} (no allocation). */
+extern void kms_context_init_empty(KmsContext *ctx);
+
 /* Find a pair by key; NULL when absent. */
 extern const KmsContextPair *kms_context_find(const KmsContext *ctx,
 											  const char *key, int keylen);

@@ -9,7 +9,6 @@
  */
 #include "kms_envelope.h"
 
-#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 const uint8 kms_envelope_magic[4] = {0xC5, 0x4B, 0x50, 0x47};
@@ -236,13 +235,11 @@ gcm_aad(EVP_CIPHER_CTX *ctx, const KmsAad *aad)
 
 void
 kms_gcm_seal(EVP_CIPHER_CTX *ctx, const KmsAad *aad, const uint8 *plain, int len,
-			 uint8 *nonce_out, uint8 *body_out, uint8 *tag_out)
+			 const uint8 *nonce, uint8 *body_out, uint8 *tag_out)
 {
 	int			outl;
 
-	if (RAND_bytes(nonce_out, KMS_NONCE_LEN) != 1)
-		kms_report_openssl_error("RAND_bytes");
-	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce_out) != 1 ||
+	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
 		!gcm_aad(ctx, aad) ||
 		(len > 0 && EVP_EncryptUpdate(ctx, body_out, &outl, plain, len) != 1) ||
 		EVP_EncryptFinal_ex(ctx, body_out + len, &outl) != 1 ||

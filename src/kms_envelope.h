@@ -92,10 +92,10 @@ extern void kms_envelope_header_names(const uint8 *header, int header_len,
 /* A GCM context keyed once with a DEK, reused for every value. */
 extern EVP_CIPHER_CTX *kms_gcm_context_new(const uint8 *dek, bool encrypt);
 
-/* Seal len bytes: writes a fresh random nonce, the body and the tag. */
+/* Seal len bytes under nonce (from kms_random_nonce): writes body and tag. */
 extern void kms_gcm_seal(EVP_CIPHER_CTX *ctx, const KmsAad *aad,
 						 const uint8 *plain, int len,
-						 uint8 *nonce_out, uint8 *body_out, uint8 *tag_out);
+						 const uint8 *nonce, uint8 *body_out, uint8 *tag_out);
 
 /* Open; false on authentication failure (output must then be discarded). */
 extern bool kms_gcm_open(EVP_CIPHER_CTX *ctx, const KmsAad *aad,

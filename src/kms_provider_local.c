@@ -452,6 +452,7 @@ wrap_dek(const LocalKey *lk, const KmsContext *kctx, const uint8 *dek, KmsWrappe
 		KmsAad		a;
 
 		kms_aad_simple(&a, (uint8 *) aad.data, aad.len);
+		kms_random_nonce(w + 5);
 		kms_gcm_seal(ctx, &a, dek, KMS_DEK_LEN,
 					 w + 5, w + 5 + KMS_NONCE_LEN, w + 5 + KMS_NONCE_LEN + KMS_DEK_LEN);
 	}

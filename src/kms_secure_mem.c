@@ -8,6 +8,11 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_secure_mem.h"
+#include "kms_errors.h"
+
+#include <openssl/rand.h>
+
+#include "miscadmin.h"
 
 typedef struct KmsWipeCallback
 {
@@ -35,4 +40,28 @@ kms_secure_palloc(Size size)
 	w->cb.arg = w;
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, &w->cb);
 	return w->ptr;
+}
+
+#define KMS_NONCE_POOL	4092	/* a multiple of 12 */
+
+static uint8 nonce_pool[KMS_NONCE_POOL];
+static int	nonce_pos = KMS_NONCE_POOL;
+static int	nonce_pid = 0;
+
+void
+kms_random_nonce(uint8 *out)
+{
+	if (nonce_pid != MyProcPid || nonce_pos + KMS_NONCE_LEN > KMS_NONCE_POOL)
+	{
+		/* mark the pool empty first: an error below must not leave it reusable */
+		nonce_pos = KMS_NONCE_POOL;
+		if (RAND_bytes(nonce_pool, KMS_NONCE_POOL) != 1)
+			kms_report_openssl_error("RAND_bytes");
+		nonce_pid = MyProcPid;
+		nonce_pos = 0;
+	}
+	memcpy(out, nonce_pool + nonce_pos, KMS_NONCE_LEN);
+	/* a nonce is used once: clear it from the pool */
+	memset(nonce_pool + nonce_pos, 0, KMS_NONCE_LEN);
+	nonce_pos += KMS_NONCE_LEN;
 }

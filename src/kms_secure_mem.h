@@ -17,4 +17,13 @@
  */
 extern void *kms_secure_palloc(Size size);
 
+/*
+ * A fresh random 96-bit GCM nonce.  Drawn from a per-process pool filled
+ * by RAND_bytes 4 KB at a time (one RAND_bytes call costs about as much
+ * as sealing a small value); the pool belongs to the process that filled
+ * it and is discarded in any other (backends are forked from the
+ * postmaster, which never draws from it).
+ */
+extern void kms_random_nonce(uint8 *out);
+
 #endif							/* KMS_SECURE_MEM_H */

@@ -23,6 +23,8 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include <openssl/hmac.h>
+
 PG_MODULE_MAGIC;
 
 /* Largest plaintext whose ciphertext still fits a bytea. */
@@ -33,9 +35,7 @@ get_context(FunctionCallInfo fcinfo, int argno, KmsContext *ctx)
 {
 	if (PG_NARGS() <= argno)
 	{
-		memset(ctx, 0, sizeof(*ctx));
-		initStringInfo(&ctx->canonical);
-		kms_context_serialize(NULL, 0, &ctx->canonical);
+		kms_context_init_empty(ctx);
 		return;
 	}
 	if (PG_ARGISNULL(argno))
@@ -69,11 +69,7 @@ kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
 	if (kms_guc_kms_context_nkeys > 0)
 		kms_context_select(ctx, kms_guc_kms_context_keylist, kms_guc_kms_context_nkeys, &kctx);
 	else
-	{
-		memset(&kctx, 0, sizeof(kctx));
-		initStringInfo(&kctx.canonical);
-		kms_context_serialize(NULL, 0, &kctx.canonical);
-	}
+		kms_context_init_empty(&kctx);
 
 	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
 	total = (Size) dek->header_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
@@ -90,6 +86,7 @@ kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
 	aad.names_len = dek->names_len;
 	aad.context = (const uint8 *) ctx->canonical.data;
 	aad.context_len = ctx->canonical.len;
+	kms_random_nonce(p + dek->header_len);
 	kms_gcm_seal(dek->ctx, &aad, (const uint8 *) plain, (int) len,
 				 p + dek->header_len,
 				 p + dek->header_len + KMS_NONCE_LEN,
@@ -474,4 +471,26 @@ kms_cache_stats(PG_FUNCTION_ARGS)
 	values[i++] = Int64GetDatum(st.rotations);
 	values[i++] = Int64GetDatum(st.flushes);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* SQL: kms_hmac_sha256(key bytea, data bytea) RETURNS bytea (blind indexes) */
+PG_FUNCTION_INFO_V1(kms_hmac_sha256);
+Datum
+kms_hmac_sha256(PG_FUNCTION_ARGS)
+{
+	bytea	   *key = PG_GETARG_BYTEA_PP(0);
+	bytea	   *data = PG_GETARG_BYTEA_PP(1);
+	bytea	   *out = (bytea *) palloc(VARHDRSZ + EVP_MAX_MD_SIZE);
+	unsigned int len = 0;
+
+	if (VARSIZE_ANY_EXHDR(key) < 16)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("HMAC key must be at least 16 bytes")));
+	if (HMAC(EVP_sha256(), VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+			 (const unsigned char *) VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+			 (unsigned char *) VARDATA(out), &len) == NULL)
+		kms_report_openssl_error("HMAC-SHA256");
+	SET_VARSIZE(out, VARHDRSZ + len);
+	PG_RETURN_BYTEA_P(out);
 }

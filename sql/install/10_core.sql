@@ -50,6 +50,12 @@ RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_reencrypt'
 LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
+-- Keyed hash for blind indexes (column encryption).
+CREATE FUNCTION kms_hmac_sha256(key bytea, data bytea)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_hmac_sha256'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
 -- Local provider key management.
 CREATE FUNCTION kms_create_key(alias text, description text DEFAULT NULL)
 RETURNS text
@@ -109,6 +115,7 @@ REVOKE EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_reencrypt(bytea, jsonb, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_rewrap(bytea, text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_hmac_sha256(bytea, bytea) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_create_key(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_disable_key(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_enable_key(text) FROM PUBLIC;
