@@ -757,6 +757,7 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 	int			lockfd;
 	MemoryContext tmpcxt;
 	MemoryContext old;
+	LocalKeyring *volatile kr_v;
 
 	if (RecoveryInProgress())
 		ereport(ERROR,
@@ -773,11 +774,14 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 	tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "kms_pg keyring change",
 								   ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(tmpcxt);
+	kr_v = NULL;
 	PG_TRY();
 	{
 		LocalKeyring *kr = palloc0(sizeof(LocalKeyring));
 		struct stat st;
 		char	   *text;
+
+		kr_v = kr;
 
 		if (flock(lockfd, LOCK_EX) != 0)
 			ereport(ERROR, (errcode_for_file_access(),
@@ -794,10 +798,11 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 		}
 		change(kr, arg);
 		keyring_write(path, kr);
-		keyring_wipe(kr);
 	}
 	PG_FINALLY();
 	{
+		/* wipe root key material before the scratch context goes away */
+		keyring_wipe(kr_v);
 		MemoryContextSwitchTo(old);
 		/* wipe any key material left in the scratch context */
 		MemoryContextDelete(tmpcxt);
