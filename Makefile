@@ -13,7 +13,12 @@ OBJS = \
 	src/kms_provider.o \
 	src/kms_provider_local.o \
 	src/kms_dek_cache.o \
-	src/kms_sql_api.o
+	src/kms_sql_api.o \
+	src/kms_provider_aws.o \
+	src/kms_aws_json.o \
+	src/kms_credentials.o \
+	src/kms_http.o \
+	src/kms_sigv4.o
 
 # The install script is assembled from one file per concern.
 INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
@@ -21,7 +26,7 @@ DATA_built = $(EXTENSION)--$(EXTVERSION).sql
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
 KMS_REGRESS_CONF ?= test/regress.conf
-REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(KMS_REGRESS_CONF) --load-extension=$(EXTENSION)
+REGRESS_OPTS = --encoding=UTF8 --temp-instance=tmp_check --temp-config=$(KMS_REGRESS_CONF) --load-extension=$(EXTENSION)
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -958,6 +958,12 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 	FillOutcome outcome;
 
 	kms_dek_cache_require();
+	if ((uint64) nbytes > (uint64) kms_guc_dek_max_bytes_mb * 1024 * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("value of %zu bytes exceeds kms_pg.dek_max_bytes", (size_t) nbytes),
+				 errdetail("No data key may seal more than %d MB.", kms_guc_dek_max_bytes_mb),
+				 errhint("Raise kms_pg.dek_max_bytes.")));
 	l1_init();
 	ident = build_ident(provider->id, key, strlen(key), kctx->canonical.data, kctx->canonical.len,
 						stackbuf, sizeof(stackbuf), &ident_len);

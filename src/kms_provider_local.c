@@ -470,7 +470,7 @@ static void
 unwrap_dek(const LocalKey *lk, const uint8 *wrapped, int wrapped_len,
 		   const KmsContext *kctx, uint8 *dek_out)
 {
-	int			version;
+	uint32		version;
 	const LocalKeyVersion *kv = NULL;
 	EVP_CIPHER_CTX *ctx;
 	StringInfoData aad;
@@ -482,14 +482,14 @@ unwrap_dek(const LocalKey *lk, const uint8 *wrapped, int wrapped_len,
 				 errmsg("kms_pg local wrapped data key is malformed"),
 				 errdetail("Expected %d bytes in wrap format %d, found %d bytes.",
 						   LOCAL_WRAP_LEN, LOCAL_WRAP_FORMAT, wrapped_len)));
-	version = (wrapped[1] << 24) | (wrapped[2] << 16) | (wrapped[3] << 8) | wrapped[4];
+	version = ((uint32) wrapped[1] << 24) | (wrapped[2] << 16) | (wrapped[3] << 8) | wrapped[4];
 	for (int i = 0; i < lk->nversions; i++)
-		if (lk->versions[i].version == version)
+		if ((uint32) lk->versions[i].version == version)
 			kv = &lk->versions[i];
 	if (kv == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("kms_pg local key \"%s\" has no version %d", lk->key_id, version),
+				 errmsg("kms_pg local key \"%s\" has no version %u", lk->key_id, version),
 				 errhint("The keyring may be older than the value; restore a newer backup of it.")));
 
 	wrap_aad(&aad, lk, kctx);
