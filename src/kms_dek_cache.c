@@ -150,9 +150,24 @@ static bool kms_exit_cb_registered = false;
 static uint64 pending_local_hits = 0;
 static bool xact_cb_registered = false;
 
-/* rewrap memo for the current transaction */
+/*
+ * Rewrap memo of this backend: source wrapped DEK -> new wrapped DEK.  It
+ * holds no plaintext, so it outlives transactions (kms_rotate_column
+ * commits per batch; a DEK spanning batches still costs one provider call).
+ * Entries expire like cached DEKs (kms_pg.dek_max_age); kms_cache_flush()
+ * and the size cap empty it.
+ */
+#define KMS_REWRAP_MEMO_MAX 4096
 static HTAB *kms_rewrap_memo = NULL;
 static MemoryContext kms_rewrap_cxt = NULL;
+
+static void
+rewrap_memo_clear(void)
+{
+	if (kms_rewrap_cxt)
+		MemoryContextReset(kms_rewrap_cxt);
+	kms_rewrap_memo = NULL;
+}
 
 static Size
 kms_cache_slots_size(void)
@@ -275,10 +290,6 @@ kms_xact_callback(XactEvent event, void *arg)
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
 	{
 		flush_pending_stats();
-		/* the rewrap memo lives for one transaction */
-		if (kms_rewrap_cxt)
-			MemoryContextReset(kms_rewrap_cxt);
-		kms_rewrap_memo = NULL;
 	}
 }
 
@@ -1216,6 +1227,7 @@ typedef struct RewrapMemo
 	uint64		hkey;
 	char	   *ident;
 	int			ident_len;
+	TimestampTz expires;
 	KmsWrappedKey result;
 } RewrapMemo;
 
@@ -1262,7 +1274,8 @@ kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	m = hash_search(kms_rewrap_memo, &hkey, HASH_FIND, NULL);
-	if (m != NULL && m->ident_len == ident.len && memcmp(m->ident, ident.data, ident.len) == 0)
+	if (m != NULL && m->ident_len == ident.len && memcmp(m->ident, ident.data, ident.len) == 0
+		&& m->expires > GetCurrentTimestamp())
 	{
 		*out = m->result;
 		return;
@@ -1293,8 +1306,22 @@ kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		}
 	}
 
+	if (hash_get_num_entries(kms_rewrap_memo) >= KMS_REWRAP_MEMO_MAX)
+	{
+		HASHCTL		info;
+
+		rewrap_memo_clear();
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(uint64);
+		info.entrysize = sizeof(RewrapMemo);
+		info.hcxt = kms_rewrap_cxt;
+		kms_rewrap_memo = hash_create("kms_pg rewrap memo", 64, &info,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
 	old = MemoryContextSwitchTo(kms_rewrap_cxt);
 	m = hash_search(kms_rewrap_memo, &hkey, HASH_ENTER, &found);
+	m->expires = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											 (int64) kms_guc_dek_max_age * 1000);
 	m->ident = palloc(ident.len);
 	memcpy(m->ident, ident.data, ident.len);
 	m->ident_len = ident.len;
@@ -1315,6 +1342,7 @@ kms_dek_cache_flush(void)
 
 	kms_dek_cache_require();
 	l1_clear();
+	rewrap_memo_clear();
 	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < kms_cache->nslots; i++)
 	{

@@ -1050,9 +1050,23 @@ class Faults:
     def update(self, d):
         if not isinstance(d, dict):
             raise ValueError("faults body must be a JSON object")
-        for k in d:
+        for k, v in d.items():
             if k not in self.FIELDS:
                 raise ValueError("unknown fault field %r" % k)
+            if k == "ops":
+                if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                    raise ValueError("ops must be a list of operation names or null")
+            elif k == "throttle_rate":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                    raise ValueError("throttle_rate must be a number in [0, 1]")
+            elif k == "error_5xx_status":
+                if v not in (500, 502, 503, 504):
+                    raise ValueError("error_5xx_status must be 500, 502, 503 or 504")
+            elif k in ("stall_count", "seed"):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                    raise ValueError("%s must be an integer or null" % k)
+            elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError("%s must be a non-negative integer" % k)
         with self.lock:
             for k, v in d.items():
                 self.cfg[k] = v
@@ -1186,6 +1200,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "kms-emulator/1.0"
     sys_version = ""
     timeout = 120
+
+    def version_string(self):
+        return self.server_version
 
     # -- plumbing -------------------------------------------------------------
     def setup(self):

@@ -1,0 +1,333 @@
+-- Key rotation of whole columns: rewrap online in committed batches,
+-- progress another session can watch, and per-key usage counts that tell
+-- a DBA when a key is no longer needed (docs/rotation.md is the runbook).
+--
+-- Everything here is plain SQL over kms_rewrap() (STABLE),
+-- kms_ciphertext_info() and kms_is_ciphertext() (IMMUTABLE), so each
+-- batch is an ordinary UPDATE: row locks make it safe against concurrent
+-- writers, and on Citus it runs as a distributed UPDATE per shard.
+--
+-- The procedure has no SET clause (that would forbid its COMMITs), so
+-- every name in its dynamic SQL is schema-qualified with @extschema@.
+
+-- One row per run of kms_rotate_column(); committed with every batch.
+CREATE TABLE kms_rotation_progress (
+    run_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tbl             text NOT NULL,
+    col             name NOT NULL,
+    provider        text NOT NULL,
+    new_key_id      text NOT NULL,
+    resolved_key_id text,
+    rows_done       bigint NOT NULL DEFAULT 0,
+    rows_total      bigint,
+    batches         int NOT NULL DEFAULT 0,
+    passes          int NOT NULL DEFAULT 0,
+    started         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished        timestamptz,
+    pid             int NOT NULL DEFAULT pg_backend_pid(),
+    backend_start   timestamptz
+);
+COMMENT ON TABLE kms_rotation_progress IS
+  'kms_rotate_column() runs: rows rewrapped so far, committed per batch (see kms_rotation_status)';
+COMMENT ON COLUMN kms_rotation_progress.new_key_id IS
+  'the key as given (alias, id or ARN)';
+COMMENT ON COLUMN kms_rotation_progress.resolved_key_id IS
+  'the key id the provider records in rewrapped values (local: key uuid; aws: key ARN)';
+
+-- A run is "running" only while its backend (same pid and start time, so
+-- a reused pid does not count) is executing a statement.
+CREATE VIEW kms_rotation_status AS
+SELECT p.run_id, p.tbl, p.col, p.provider, p.new_key_id, p.resolved_key_id,
+       CASE WHEN p.finished IS NOT NULL THEN 'finished'
+            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                         WHERE a.pid = p.pid AND a.backend_start = p.backend_start
+                           AND a.state = 'active' AND a.pid <> pg_backend_pid()) THEN 'running'
+            ELSE 'stopped' END AS state,
+       p.rows_done, p.rows_total,
+       round(100.0 * p.rows_done / nullif(p.rows_total, 0), 1) AS percent_done,
+       p.batches, p.passes, p.started, p.updated, p.finished,
+       coalesce(p.finished, p.updated) - p.started AS elapsed,
+       CASE WHEN p.finished IS NULL AND p.rows_done > 0 AND p.rows_total > p.rows_done
+                 AND p.updated > p.started
+            THEN (p.updated - p.started) * ((p.rows_total - p.rows_done)::float8 / p.rows_done)
+       END AS estimated_remaining,
+       p.pid
+FROM kms_rotation_progress p;
+COMMENT ON VIEW kms_rotation_status IS
+  'kms_rotate_column() runs with state (running, stopped, finished), percent done and time left';
+
+-- Per provider and key id: how many values of tbl.col it protects and
+-- through how many distinct data keys.  Values that are not kms_pg
+-- ciphertexts are counted in a row with provider and key_id NULL.
+CREATE FUNCTION kms_key_usage(tbl regclass, col name)
+RETURNS TABLE (provider text, key_id text, "values" bigint, deks bigint)
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = tbl AND a.attname = col
+                     AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT i.provider, i.key_id, count(*), count(DISTINCT i.dek_id)'
+        ' FROM %2$s t LEFT JOIN LATERAL @extschema@.kms_ciphertext_info('
+        '     CASE WHEN @extschema@.kms_is_ciphertext(t.%1$I) THEN t.%1$I END) i ON true'
+        ' WHERE t.%1$I IS NOT NULL'
+        ' GROUP BY 1, 2 ORDER BY 1, 2', col, tbl);
+END
+$$;
+COMMENT ON FUNCTION kms_key_usage(regclass, name) IS
+  'values and distinct data keys of a column per provider and key id (before disabling or deleting a key)';
+
+-- Rewrap every value of tbl.col under new_key_id (default kms_pg.key_id)
+-- with the current kms_pg.provider, batch_size rows per transaction, in
+-- primary-key order.  See docs/rotation.md for the guarantees.
+CREATE PROCEDURE kms_rotate_column(tbl regclass, col name, new_key_id text DEFAULT NULL,
+                                   batch_size int DEFAULT 10000,
+                                   context_expr text DEFAULT NULL,
+                                   max_batches int DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    max_passes constant int := 3;
+    v_key       text;
+    v_provider  text;
+    v_resolved  text;
+    v_target    text;       -- the key string handed to kms_rewrap
+    v_ctx       text;
+    v_coltype   oid;
+    v_relkind   char;
+    pk_names    name[];
+    pk_types    text[];
+    pk_cols     text;       -- t.a, t.b
+    pk_arr      text;       -- ARRAY[s.a::text, s.b::text]
+    pk_desc     text;       -- s.a DESC, s.b DESC
+    pk_row      text;       -- (t.a, t.b) or t.a
+    lo_row      text;       -- the same built from $1 (text[])
+    hi_row      text;       -- the same built from $5 (text[])
+    needs       text;       -- values not yet under ($2 provider, $3 key)
+    upd_sql     text;
+    v_run       bigint;
+    v_lo        text[];
+    v_hi        text[];
+    v_n         bigint;
+    v_in_batch  bigint;
+    v_last      boolean;
+    v_todo      bigint;
+    v_done      bigint := 0;
+    v_total     bigint := 0;
+    v_pass      int := 0;
+    v_batches   int := 0;
+    v_pass_rows bigint;
+    v_other     bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_batches IS NOT NULL AND max_batches < 1 THEN
+        RAISE EXCEPTION 'max_batches must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF v_relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'kms_rotate_column: "%" is not a table', tbl
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT a.atttypid INTO v_coltype FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_coltype IS NULL THEN
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    IF v_coltype <> 'bytea'::regtype THEN
+        RAISE EXCEPTION 'kms_rotate_column: column "%" of "%" is of type %, not bytea',
+            col, tbl, v_coltype::regtype USING ERRCODE = 'datatype_mismatch';
+    END IF;
+
+    -- Keyset pagination over the primary key: each batch is an index range,
+    -- the whole run reads the table once, and a stopped run restarts cheaply.
+    SELECT array_agg(a.attname ORDER BY k.ord),
+           array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+      INTO pk_names, pk_types
+    FROM pg_catalog.pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = tbl AND i.indisprimary;
+    IF pk_names IS NULL THEN
+        RAISE EXCEPTION 'kms_rotate_column: table "%" has no primary key', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Batches are primary-key ranges; add a primary key, or rotate with a single UPDATE ... SET col = kms_rewrap(col, ...).';
+    END IF;
+    IF col = ANY (pk_names) THEN
+        RAISE EXCEPTION 'kms_rotate_column: column "%" is part of the primary key of "%"', col, tbl
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    SELECT string_agg(format('t.%I', n), ', ' ORDER BY o),
+           'ARRAY[' || string_agg(format('s.%I::text', n), ', ' ORDER BY o) || ']',
+           string_agg(format('s.%I DESC', n), ', ' ORDER BY o),
+           string_agg(format('$1[%s]::%s', o, pk_types[o]), ', ' ORDER BY o),
+           string_agg(format('$5[%s]::%s', o, pk_types[o]), ', ' ORDER BY o)
+      INTO pk_cols, pk_arr, pk_desc, lo_row, hi_row
+    FROM unnest(pk_names) WITH ORDINALITY AS u(n, o);
+    IF array_length(pk_names, 1) > 1 THEN
+        pk_row := '(' || pk_cols || ')';
+        lo_row := '(' || lo_row || ')';
+        hi_row := '(' || hi_row || ')';
+    ELSE
+        pk_row := pk_cols;
+    END IF;
+
+    v_key := coalesce(nullif(new_key_id, ''), nullif(current_setting('kms_pg.key_id', true), ''));
+    IF v_key IS NULL THEN
+        RAISE EXCEPTION 'no key given and kms_pg.key_id is not set'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass new_key_id to kms_rotate_column(), or SET kms_pg.key_id.';
+    END IF;
+    v_provider := current_setting('kms_pg.provider');
+
+    -- The per-row context handed to kms_rewrap(): it only needs the values
+    -- of the provider-context keys recorded in each ciphertext.
+    v_ctx := context_expr;
+    IF v_ctx IS NULL
+       AND to_regprocedure('@extschema@.kms_column_context_expr(regclass, name)') IS NOT NULL THEN
+        EXECUTE 'SELECT @extschema@.kms_column_context_expr($1, $2)' INTO v_ctx USING tbl, col;
+    END IF;
+    v_ctx := coalesce(v_ctx, '''{}''::jsonb');
+
+    -- The key id that rewrapped values will record, for the skip predicate.
+    -- Local: resolve alias or ARN form now.  AWS: a key ARN is used as is;
+    -- an alias or bare id is resolved below from the first rewrapped value.
+    IF v_provider = 'local' THEN
+        v_resolved := @extschema@.kms_describe_key(v_key) ->> 'KeyId';
+        v_target := v_resolved;
+    ELSE
+        IF v_key ~ '^arn:[^:]+:kms:[^:]*:[^:]*:key/' THEN
+            v_resolved := v_key;
+        END IF;
+        v_target := v_key;
+    END IF;
+
+    IF EXISTS (SELECT 1 FROM @extschema@.kms_rotation_status s
+               WHERE s.tbl = kms_rotate_column.tbl::text AND s.col = kms_rotate_column.col AND s.state = 'running'
+                 AND s.pid <> pg_backend_pid()) THEN
+        RAISE EXCEPTION 'kms_rotate_column: a rotation of %.% is already running', tbl, col
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'See the kms_rotation_status view.';
+    END IF;
+
+    INSERT INTO @extschema@.kms_rotation_progress
+        (tbl, col, provider, new_key_id, resolved_key_id, backend_start)
+    VALUES (tbl::text, col, v_provider, v_key, v_resolved,
+            (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()))
+    RETURNING run_id INTO v_run;
+    -- Makes the run visible, and fails fast inside a transaction block.
+    COMMIT;
+
+    needs := format('t.%1$I IS NOT NULL AND @extschema@.kms_is_ciphertext(t.%1$I)'
+                    ' AND ((@extschema@.kms_ciphertext_info(t.%1$I)).provider,'
+                    '      (@extschema@.kms_ciphertext_info(t.%1$I)).key_id) IS DISTINCT FROM ($2, $3)',
+                    col);
+
+    IF v_resolved IS NULL THEN
+        -- Rewrap the first value due (in the transaction of the first batch,
+        -- whose rewrap memo then serves that batch) and read its key id.
+        EXECUTE format('SELECT (@extschema@.kms_ciphertext_info(@extschema@.kms_rewrap(t.%I, $4, %s))).key_id'
+                       ' FROM %s t WHERE %s ORDER BY %s LIMIT 1',
+                       col, v_ctx, tbl, needs, pk_cols)
+            INTO v_resolved USING NULL::text[], v_provider, v_key, v_target;
+        IF v_resolved IS NULL THEN
+            v_resolved := v_key;    -- nothing to rotate
+        END IF;
+        UPDATE @extschema@.kms_rotation_progress SET resolved_key_id = v_resolved WHERE run_id = v_run;
+    END IF;
+
+    upd_sql := format('UPDATE %s t SET %I = @extschema@.kms_rewrap(t.%I, $4, %s) WHERE %s',
+                      tbl, col, col, v_ctx, needs);
+
+    LOOP
+        -- One pass over the key range; the next pass picks up values that
+        -- concurrent writers stored under another key meanwhile.
+        EXECUTE format('SELECT count(*) FROM %s t WHERE %s', tbl, needs)
+            INTO v_todo USING NULL::text[], v_provider, v_resolved;
+        EXIT WHEN v_todo = 0;
+        IF v_pass = max_passes THEN
+            RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
+                v_todo, tbl, col, max_passes
+                USING HINT = 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.';
+            EXIT;
+        END IF;
+        v_pass := v_pass + 1;
+        v_total := v_total + v_todo;
+        IF v_pass > 1 THEN
+            RAISE NOTICE 'kms_rotate_column: pass %: % values were written under another key during the rotation',
+                v_pass, v_todo;
+        END IF;
+        UPDATE @extschema@.kms_rotation_progress
+           SET rows_total = v_total, passes = v_pass, updated = clock_timestamp()
+         WHERE run_id = v_run;
+
+        v_lo := NULL;
+        v_pass_rows := 0;
+        LOOP
+            IF max_batches IS NOT NULL AND v_batches >= max_batches THEN
+                COMMIT;
+                RAISE NOTICE 'kms_rotate_column: stopped after % batches (max_batches); run it again to continue',
+                    v_batches;
+                RETURN;
+            END IF;
+            -- The batch: the next batch_size values due after v_lo, up to
+            -- v_hi; the last batch of a pass is open-ended, so values
+            -- inserted meanwhile at the end of the key range join it.
+            EXECUTE format('SELECT %s, count(*) OVER () FROM (SELECT %s FROM %s t WHERE %s%s'
+                           ' ORDER BY %s LIMIT %s) s ORDER BY %s LIMIT 1',
+                           pk_arr, pk_cols, tbl, needs,
+                           CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END,
+                           pk_cols, batch_size, pk_desc)
+                INTO v_hi, v_in_batch USING v_lo, v_provider, v_resolved;
+            EXIT WHEN v_hi IS NULL;
+            v_last := v_in_batch < batch_size;
+            EXECUTE upd_sql
+                    || CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END
+                    || CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END
+                USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_done := v_done + v_n;
+            v_pass_rows := v_pass_rows + v_n;
+            v_batches := v_batches + 1;
+            UPDATE @extschema@.kms_rotation_progress
+               SET rows_done = v_done, batches = v_batches, updated = clock_timestamp()
+             WHERE run_id = v_run;
+            RAISE NOTICE 'kms_rotate_column: % of % rows', v_done, v_total;
+            COMMIT;
+            EXIT WHEN v_last;
+            v_lo := v_hi;
+        END LOOP;
+    END LOOP;
+
+    EXECUTE format('SELECT count(*) FROM %1$s t WHERE t.%2$I IS NOT NULL'
+                   ' AND NOT @extschema@.kms_is_ciphertext(t.%2$I)', tbl, col)
+        INTO v_other;
+    IF v_other > 0 THEN
+        RAISE WARNING 'kms_rotate_column: % values of %.% are not kms_pg ciphertexts and were left as they are',
+            v_other, tbl, col;
+    END IF;
+    UPDATE @extschema@.kms_rotation_progress
+       SET finished = CASE WHEN v_todo = 0 THEN clock_timestamp() END,
+           updated = clock_timestamp()
+     WHERE run_id = v_run;
+    COMMIT;
+    IF v_todo = 0 THEN
+        RAISE NOTICE 'kms_rotate_column: done, % rows rewrapped under %', v_done, v_key;
+    END IF;
+END
+$$;
+COMMENT ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) IS
+  'rewrap every value of a column under a new key, online, one committed batch at a time';
+
+-- Rotation rewraps data keys and writes progress: a DBA task.
+REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM PUBLIC;
+REVOKE ALL ON kms_rotation_progress FROM PUBLIC;
+REVOKE ALL ON kms_rotation_status FROM PUBLIC;
