@@ -3,7 +3,7 @@
 # modules but PGXS TAP support is disabled, so run prove directly).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PGXS_DIR=$(dirname "$(pg_config --pgxs)")/..
+PGXS_DIR=$(dirname "$(dirname "$(dirname "$(pg_config --pgxs)")")")
 export PERL5LIB="$PWD/t:$PGXS_DIR/src/test/perl${PERL5LIB:+:$PERL5LIB}"
 export PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress"
 export PATH="$(pg_config --bindir):$PATH"

@@ -193,7 +193,11 @@ BEGIN
     v_ctx := context_expr;
     IF v_ctx IS NULL
        AND to_regprocedure('@extschema@.kms_column_context_expr(regclass, name)') IS NOT NULL THEN
-        EXECUTE 'SELECT @extschema@.kms_column_context_expr($1, $2)' INTO v_ctx USING tbl, col;
+        BEGIN
+            EXECUTE 'SELECT @extschema@.kms_column_context_expr($1, $2)' INTO v_ctx USING tbl, col;
+        EXCEPTION WHEN undefined_object THEN
+            v_ctx := NULL;      -- not a protected column: plain '{}' context
+        END;
     END IF;
     v_ctx := coalesce(v_ctx, '''{}''::jsonb');
 

@@ -1,0 +1,41 @@
+// cli.mjs: decrypt kms_pg ciphertexts listed in a JSON request on stdin.
+//
+//   node cli.mjs < request.json
+//
+// request: { "endpoint": "https://...", "region": "us-east-1", "ca_file": "ca.pem",
+//            "keyring": "/path/kms_pg_keyring.json",
+//            "values": [ { "name": "...", "ciphertext_hex": "c54b5047...", "context": "{...}" } ] }
+// endpoint, region and ca_file are needed for AWS-provider values only (credentials come
+// from the usual AWS_* environment variables); keyring for local-provider values only.
+// Writes one JSON line per value: {"name", "plaintext_hex"} or {"name", "error", "kind"}.
+
+import { readFileSync } from "node:fs";
+import { Agent } from "node:https";
+import { KMSClient } from "@aws-sdk/client-kms";
+import { NodeHttpHandler } from "@smithy/node-http-handler";
+import { decrypt } from "./kms_pg_reader.mjs";
+
+const req = JSON.parse(readFileSync(0, "utf8"));
+let kmsClient;
+if (req.endpoint) {
+  const agent = new Agent({ keepAlive: true, ...(req.ca_file ? { ca: readFileSync(req.ca_file) } : {}) });
+  kmsClient = new KMSClient({
+    endpoint: req.endpoint,
+    region: req.region ?? "us-east-1",
+    requestHandler: new NodeHttpHandler({ httpsAgent: agent }),
+    maxAttempts: 2,
+  });
+}
+let failures = 0;
+for (const v of req.values) {
+  try {
+    const plain = await decrypt(Buffer.from(v.ciphertext_hex, "hex"), v.context,
+      { kmsClient, keyringPath: req.keyring });
+    process.stdout.write(JSON.stringify({ name: v.name, plaintext_hex: plain.toString("hex") }) + "\n");
+  } catch (e) {
+    failures++;
+    process.stdout.write(JSON.stringify({ name: v.name, error: String(e.message ?? e), kind: e.constructor?.name ?? "Error" }) + "\n");
+  }
+}
+kmsClient?.destroy();
+process.exitCode = failures > 0 ? 1 : 0;

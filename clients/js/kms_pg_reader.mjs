@@ -1,0 +1,264 @@
+// kms_pg_reader.mjs: an independent reader of kms_pg ciphertexts, format v1.
+//
+// Written from docs/format.md only; it shares no code with the extension or
+// with clients/python.  AWS-provider values are unwrapped with
+// @aws-sdk/client-kms (Decrypt with the recorded KeyId and the provider
+// context), local-provider values with the keyring file; the payload is
+// opened with node:crypto AES-256-GCM.
+//
+//   import { decrypt } from "./kms_pg_reader.mjs";
+//   const plain = await decrypt(buf, '{"tenant": "acme", "id": 42}', { kmsClient });
+//
+// Pass the context as JSON text when it holds numbers that a JavaScript
+// number cannot represent exactly (12345678901234567890.123): the text is
+// parsed here with every digit kept.
+
+import { createDecipheriv } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { DecryptCommand } from "@aws-sdk/client-kms";
+
+export const PROVIDER_LOCAL = 1;
+export const PROVIDER_AWS = 2;
+const MAGIC = Buffer.from([0xc5, 0x4b, 0x50, 0x47]);
+const NONCE_LEN = 12;
+const TAG_LEN = 16;
+const DEK_LEN = 32;
+const MAX_CONTEXT_KEYS = 32;
+const MAX_WRAPPED_LEN = 1024;
+const LOCAL_WRAP_LEN = 1 + 4 + NONCE_LEN + DEK_LEN + TAG_LEN;
+const LOCAL_WRAP_AAD = Buffer.from("kms_pg local wrap v1\0", "latin1");
+
+export class FormatError extends Error {}
+export class ContextError extends Error {}
+export class AuthenticationError extends Error {}
+
+const AUTH_MSG = "kms_pg ciphertext failed authentication: wrong encryption context, or the value was altered";
+
+// ---- encryption context ----
+
+// PostgreSQL numeric_normalize(): plain decimal, no exponent, no trailing
+// fractional zeros, zero is "0".  Input: a JSON number literal.
+export function normaliseNumber(text) {
+  const m = /^(-)?(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text);
+  if (!m) throw new ContextError(`not a JSON number: ${text}`);
+  const neg = m[1] === "-";
+  let digits = m[2] + (m[3] ?? "");
+  const exp = Number(m[4] ?? "0");
+  if (!Number.isSafeInteger(exp) || Math.abs(exp) > 1000000)
+    throw new ContextError(`number exponent out of range: ${text}`);
+  let point = m[2].length + exp;           // digits before the decimal point
+  while (digits.length > 0 && digits[0] === "0") { digits = digits.slice(1); point--; }
+  if (digits.length === 0) return "0";
+  let intPart, frac;
+  if (point <= 0) { intPart = "0"; frac = "0".repeat(-point) + digits; }
+  else if (point >= digits.length) { intPart = digits + "0".repeat(point - digits.length); frac = ""; }
+  else { intPart = digits.slice(0, point); frac = digits.slice(point); }
+  frac = frac.replace(/0+$/, "");
+  return (neg ? "-" : "") + intPart + (frac ? "." + frac : "");
+}
+
+// Parse a flat JSON object keeping number literals as text; last duplicate wins (like jsonb).
+function parseContextText(text) {
+  let i = 0;
+  const ws = () => { while (i < text.length && " \t\r\n".includes(text[i])) i++; };
+  const str = () => {
+    const m = /^"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/.exec(text.slice(i));
+    if (!m) throw new ContextError("encryption context is not valid JSON");
+    i += m[0].length;
+    return JSON.parse(m[0]);
+  };
+  const out = new Map();
+  ws();
+  if (text[i] !== "{") throw new ContextError("encryption context must be a JSON object");
+  i++; ws();
+  if (text[i] === "}") { i++; }
+  else {
+    for (;;) {
+      ws();
+      const key = str();
+      ws();
+      if (text[i++] !== ":") throw new ContextError("encryption context is not valid JSON");
+      ws();
+      let value;
+      if (text[i] === '"') value = str();
+      else if (text.startsWith("true", i)) { value = true; i += 4; }
+      else if (text.startsWith("false", i)) { value = false; i += 5; }
+      else {
+        const m = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(i));
+        if (!m) throw new ContextError("encryption context values must be strings, numbers or booleans");
+        value = { number: m[0] };
+        i += m[0].length;
+      }
+      out.delete(key);
+      out.set(key, value);
+      ws();
+      if (text[i] === ",") { i++; continue; }
+      if (text[i] === "}") { i++; break; }
+      throw new ContextError("encryption context is not valid JSON");
+    }
+  }
+  ws();
+  if (i !== text.length) throw new ContextError("encryption context is not valid JSON");
+  return out;
+}
+
+function utf8(s, what) {
+  if (s.includes("\u0000")) throw new ContextError(`encryption context ${what} contains NUL`);
+  if (!s.isWellFormed()) throw new ContextError(`encryption context ${what} is not valid Unicode`);
+  return Buffer.from(s, "utf8");
+}
+
+// Sorted [{key: Buffer, type, value: Buffer}] of a context (object, Map or JSON text).
+export function contextPairs(context) {
+  if (context === null || context === undefined)
+    throw new ContextError("encryption context must not be null");
+  let entries;
+  if (typeof context === "string") entries = [...parseContextText(context)];
+  else if (context instanceof Map) entries = [...context];
+  else if (typeof context === "object" && !Array.isArray(context)) entries = Object.entries(context);
+  else throw new ContextError("encryption context must be a JSON object");
+  const pairs = entries.map(([k, v]) => {
+    if (k === "") throw new ContextError("encryption context keys must not be empty");
+    const key = utf8(k, "key");
+    if (typeof v === "boolean") return { key, type: 3, value: Buffer.from(v ? "true" : "false") };
+    if (typeof v === "string") return { key, type: 1, value: utf8(v, "value") };
+    if (typeof v === "number") {
+      if (!Number.isFinite(v)) throw new ContextError("encryption context numbers must be finite");
+      return { key, type: 2, value: Buffer.from(normaliseNumber(String(v))) };
+    }
+    if (typeof v === "bigint") return { key, type: 2, value: Buffer.from(v.toString()) };
+    if (v && typeof v === "object" && typeof v.number === "string")
+      return { key, type: 2, value: Buffer.from(normaliseNumber(v.number)) };
+    throw new ContextError("encryption context values must be strings, numbers or booleans");
+  });
+  pairs.sort((a, b) => Buffer.compare(a.key, b.key));
+  return pairs;
+}
+
+export function serialiseContext(pairs) {
+  const parts = [u32(pairs.length)];
+  for (const p of pairs) parts.push(u32(p.key.length), p.key, Buffer.from([p.type]), u32(p.value.length), p.value);
+  return Buffer.concat(parts);
+}
+
+export function canonicalContext(context) {
+  return serialiseContext(contextPairs(context));
+}
+
+function u32(n) {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
+
+// ---- ciphertext ----
+
+export function parse(buf) {
+  const b = Buffer.from(buf);
+  const n = b.length;
+  if (n === 0) throw new FormatError("kms_pg ciphertext is empty");
+  if (!b.subarray(0, 4).equals(MAGIC.subarray(0, Math.min(4, n)))) throw new FormatError("value is not a kms_pg ciphertext");
+  if (n < 5) throw new FormatError("kms_pg ciphertext is truncated");
+  if (b[4] !== 1) throw new FormatError(`unsupported kms_pg ciphertext format version ${b[4]}`);
+  const need = (off, len) => { if (off + len > n) throw new FormatError("kms_pg ciphertext is truncated"); };
+  need(0, 4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + NONCE_LEN + TAG_LEN);
+  const provider = b[5];
+  if (provider !== PROVIDER_LOCAL && provider !== PROVIDER_AWS)
+    throw new FormatError("kms_pg ciphertext names an unknown key provider");
+  let off = 6;
+  const klen = b[off++];
+  if (klen === 0) throw new FormatError("kms_pg ciphertext header is malformed");
+  need(off, klen + 1);
+  const kid = b.subarray(off, off + klen);
+  if (kid.some((c) => c < 0x21 || c > 0x7e)) throw new FormatError("kms_pg ciphertext header is malformed");
+  off += klen;
+  const namesStart = off;
+  const count = b[off++];
+  if (count > MAX_CONTEXT_KEYS) throw new FormatError("kms_pg ciphertext header is malformed");
+  const names = [];
+  for (let i = 0; i < count; i++) {
+    need(off, 1);
+    const l = b[off++];
+    if (l === 0) throw new FormatError("kms_pg ciphertext header is malformed");
+    need(off, l);
+    names.push(b.subarray(off, off + l));
+    off += l;
+  }
+  const namesBlock = b.subarray(namesStart, off);
+  need(off, 2);
+  const wlen = b.readUInt16BE(off);
+  off += 2;
+  if (wlen === 0 || wlen > MAX_WRAPPED_LEN) throw new FormatError("kms_pg ciphertext header is malformed");
+  need(off, wlen);
+  const wrapped = b.subarray(off, off + wlen);
+  off += wlen;
+  need(off, NONCE_LEN + TAG_LEN);
+  return {
+    version: 1, provider, keyId: kid.toString("latin1"), contextKeys: names, namesBlock, wrapped,
+    header: b.subarray(0, off), nonce: b.subarray(off, off + NONCE_LEN),
+    body: b.subarray(off + NONCE_LEN, n - TAG_LEN), tag: b.subarray(n - TAG_LEN),
+  };
+}
+
+function gcmOpen(key, nonce, body, tag, aad) {
+  const d = createDecipheriv("aes-256-gcm", key, nonce);
+  d.setAAD(aad);
+  d.setAuthTag(tag);
+  try {
+    return Buffer.concat([d.update(body), d.final()]);
+  } catch {
+    throw new AuthenticationError(AUTH_MSG);
+  }
+}
+
+function providerPairs(pairs, names) {
+  return names.map((nm) => {
+    const p = pairs.find((q) => q.key.equals(nm));
+    if (!p) throw new AuthenticationError(`${AUTH_MSG} (the context lacks key "${nm.toString("utf8")}")`);
+    return p;
+  });
+}
+
+function localUnwrap(keyringPath, keyId, wrapped, providerCanonical) {
+  const doc = JSON.parse(readFileSync(keyringPath, "utf8"));
+  if (doc.format !== "kms_pg local keyring" || doc.version !== 1)
+    throw new Error(`${keyringPath} is not a kms_pg keyring of version 1`);
+  const key = (doc.keys ?? []).find((k) => k.key_id === keyId);
+  if (!key) throw new Error(`kms_pg local key "${keyId}" does not exist`);
+  if (!key.enabled) throw new Error(`kms_pg local key "${keyId}" is disabled`);
+  if (wrapped.length !== LOCAL_WRAP_LEN || wrapped[0] !== 1)
+    throw new FormatError("kms_pg local wrapped data key is malformed");
+  const version = wrapped.readUInt32BE(1);
+  const v = (key.versions ?? []).find((x) => x.version === version);
+  if (!v) throw new Error(`kms_pg local key "${keyId}" has no version ${version}`);
+  const material = Buffer.from(v.material, "base64");
+  const aad = Buffer.concat([LOCAL_WRAP_AAD, Buffer.from(key.key_id, "latin1"), providerCanonical]);
+  return gcmOpen(material, wrapped.subarray(5, 5 + NONCE_LEN),
+    wrapped.subarray(5 + NONCE_LEN, 5 + NONCE_LEN + DEK_LEN), wrapped.subarray(5 + NONCE_LEN + DEK_LEN), aad);
+}
+
+// Decrypt one value.  opts: { kmsClient } for AWS values, { keyringPath } for local ones.
+export async function decrypt(ciphertext, context, opts = {}) {
+  const env = parse(ciphertext);
+  const pairs = contextPairs(context);
+  const canonical = serialiseContext(pairs);
+  const ppairs = providerPairs(pairs, env.contextKeys);
+  let dek;
+  if (env.provider === PROVIDER_AWS) {
+    if (!opts.kmsClient) throw new Error("this value was wrapped by AWS KMS: pass opts.kmsClient");
+    const input = { CiphertextBlob: env.wrapped, KeyId: env.keyId };
+    if (ppairs.length > 0)
+      input.EncryptionContext = Object.fromEntries(ppairs.map((p) => [p.key.toString("utf8"), p.value.toString("utf8")]));
+    dek = Buffer.from((await opts.kmsClient.send(new DecryptCommand(input))).Plaintext);
+  } else {
+    if (!opts.keyringPath) throw new Error("this value was wrapped by the local provider: pass opts.keyringPath");
+    dek = localUnwrap(opts.keyringPath, env.keyId, env.wrapped, serialiseContext(ppairs));
+  }
+  if (dek.length !== DEK_LEN) throw new Error(`the key provider returned a ${dek.length}-byte data key`);
+  try {
+    return gcmOpen(dek, env.nonce, env.body, env.tag,
+      Buffer.concat([env.header.subarray(0, 5), env.namesBlock, canonical]));
+  } finally {
+    dek.fill(0);
+  }
+}

@@ -1,0 +1,530 @@
+"""kms_pg_client: read and write kms_pg ciphertexts in the application.
+
+A small reference implementation of the kms_pg ciphertext format, version 1
+(docs/format.md), written from the specification only: it shares no code
+with the extension.  It needs Python 3, boto3 and cryptography (Debian:
+python3-boto3, python3-cryptography).
+
+    import boto3, kms_pg_client
+    kms = boto3.client("kms", region_name="eu-west-1")
+    ct = kms_pg_client.encrypt(b"secret", {"tenant": "acme", "id": 42},
+                               "alias/app-data", kms)
+    kms_pg_client.decrypt(ct, {"tenant": "acme", "id": 42}, kms_client=kms)
+
+Values written here are accepted by kms_decrypt() in the database with the
+same context, and values written by kms_encrypt() decrypt here.  Contexts are
+flat dicts of str keys to str, int, float, decimal.Decimal or bool values (or
+the same as JSON text); numbers are compared by value the way the database
+compares them (1.50 == 1.5 == Decimal("1.5")), so pass exact numbers as int or
+Decimal, never as a float that has lost digits.
+
+The local provider is supported given the keyring file (kms_pg.keyring_file,
+readable only by the database server's OS user): that is meant for tests and
+for offline recovery, not for applications.
+"""
+
+import base64
+import decimal
+import json
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = [
+    "decrypt", "encrypt", "parse", "canonical_context", "canonical_value",
+    "import_reference_envelope", "Envelope",
+    "KmsPgError", "FormatError", "ContextError", "AuthenticationError", "KeyUnavailableError",
+    "PROVIDER_LOCAL", "PROVIDER_AWS",
+]
+
+MAGIC = b"\xc5KPG"
+FORMAT_VERSION = 1
+PROVIDER_LOCAL = 1
+PROVIDER_AWS = 2
+NONCE_LEN = 12
+TAG_LEN = 16
+DEK_LEN = 32
+MAX_CONTEXT_KEYS = 32          # provider-context key names recorded in a value
+MAX_WRAPPED_LEN = 1024
+MAX_KEY_ID_LEN = 255
+MAX_CONTEXT_PAIRS = 1024
+MAX_CONTEXT_BYTES = 65536
+
+CTX_STRING = 1
+CTX_NUMBER = 2
+CTX_BOOLEAN = 3
+
+LOCAL_WRAP_FORMAT = 1
+LOCAL_WRAP_LEN = 1 + 4 + NONCE_LEN + DEK_LEN + TAG_LEN
+LOCAL_WRAP_AAD = b"kms_pg local wrap v1\x00"
+KEYRING_FORMAT = "kms_pg local keyring"
+
+
+class KmsPgError(Exception):
+    """Base class of this module's errors."""
+
+
+class FormatError(KmsPgError):
+    """The bytes are not a well-formed kms_pg ciphertext (SQLSTATE XX001, 22P03, 0A000)."""
+
+
+class ContextError(KmsPgError, ValueError):
+    """The encryption context cannot be canonicalised (SQLSTATE 22023 / 22004 / 54000)."""
+
+
+class AuthenticationError(KmsPgError):
+    """Wrong encryption context, or the value was altered (SQLSTATE 22000)."""
+
+
+class KeyUnavailableError(KmsPgError):
+    """The key is unknown, disabled or has no such version in the local keyring."""
+
+
+# ---------------------------------------------------------------------------
+# Encryption context
+# ---------------------------------------------------------------------------
+
+def _normalise_number(d):
+    """PostgreSQL numeric_normalize(): plain decimal text, no exponent,
+    no trailing fractional zeros, no trailing point, zero is "0"."""
+    if not d.is_finite():
+        raise ContextError("encryption context numbers must be finite (JSON has no NaN or Infinity)")
+    if d.is_zero():
+        return "0"
+    s = format(d, "f")             # never uses an exponent, keeps every digit
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+def canonical_value(value):
+    """(type byte, canonical value bytes) of one context value."""
+    if isinstance(value, bool):    # before int: bool is an int subclass
+        return CTX_BOOLEAN, b"true" if value else b"false"
+    if isinstance(value, int):
+        return CTX_NUMBER, str(value).encode("ascii")
+    if isinstance(value, float):
+        # repr() is the shortest text that round-trips, which is what
+        # json.dumps() sends to the database
+        return CTX_NUMBER, _normalise_number(decimal.Decimal(repr(value))).encode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return CTX_NUMBER, _normalise_number(value).encode("ascii")
+    if isinstance(value, str):
+        return CTX_STRING, _utf8(value, "value")
+    if value is None:
+        raise ContextError("encryption context values must be strings, numbers or booleans (got null)")
+    raise ContextError("encryption context values must be strings, numbers or booleans (got %s)"
+                       % type(value).__name__)
+
+
+def _utf8(s, what):
+    if "\x00" in s:
+        # jsonb rejects \u0000, so such a context could never be used in SQL
+        raise ContextError("encryption context %s contains a NUL character" % what)
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ContextError("encryption context %s is not valid Unicode: %s" % (what, e)) from None
+
+
+def _context_dict(context):
+    """Accept a dict or JSON text (numbers parsed exactly, as Decimal)."""
+    if context is None:
+        raise ContextError("encryption context must not be None (use {} for no context)")
+    if isinstance(context, (bytes, bytearray)):
+        context = bytes(context).decode("utf-8")
+    if isinstance(context, str):
+        try:
+            context = json.loads(context, parse_float=decimal.Decimal, parse_int=int)
+        except ValueError as e:
+            raise ContextError("encryption context is not valid JSON: %s" % e) from None
+    if not isinstance(context, dict):
+        raise ContextError("encryption context must be a JSON object")
+    return context
+
+
+def _context_pairs(context):
+    """Sorted [(key bytes, type, value bytes)] of a context."""
+    context = _context_dict(context)
+    if len(context) > MAX_CONTEXT_PAIRS:
+        raise ContextError("encryption context is too large: %d keys, at most %d"
+                           % (len(context), MAX_CONTEXT_PAIRS))
+    pairs = []
+    total = 4
+    for k, v in context.items():
+        if not isinstance(k, str):
+            raise ContextError("encryption context keys must be strings")
+        if k == "":
+            raise ContextError("encryption context keys must not be empty")
+        kb = _utf8(k, "key")
+        t, vb = canonical_value(v)
+        total += 9 + len(kb) + len(vb)
+        pairs.append((kb, t, vb))
+    if total > MAX_CONTEXT_BYTES:
+        raise ContextError("encryption context is too large: the canonical form exceeds %d bytes"
+                           % MAX_CONTEXT_BYTES)
+    pairs.sort(key=lambda p: p[0])  # bytes compare like memcmp, shorter first on a tie
+    return pairs
+
+
+def _serialise(pairs):
+    out = [struct.pack(">I", len(pairs))]
+    for kb, t, vb in pairs:
+        out.append(struct.pack(">I", len(kb)))
+        out.append(kb)
+        out.append(struct.pack(">BI", t, len(vb)))
+        out.append(vb)
+    return b"".join(out)
+
+
+def canonical_context(context):
+    """The canonical bytes of an encryption context (docs/format.md)."""
+    return _serialise(_context_pairs(context))
+
+
+def _provider_pairs(pairs, names):
+    """The pairs named by the ciphertext's provider-context key block, in its order."""
+    index = {kb: (kb, t, vb) for kb, t, vb in pairs}
+    out = []
+    for name in names:
+        p = index.get(name)
+        if p is None:
+            raise AuthenticationError(
+                "kms_pg ciphertext failed authentication: wrong encryption context, or the value "
+                "was altered (the value was encrypted with context key %r, which the given "
+                "context lacks)" % name.decode("utf-8", "replace"))
+        out.append(p)
+    return out
+
+
+def _aws_context(pairs):
+    """AWS EncryptionContext: the canonical value text of each pair, as a string."""
+    return {kb.decode("utf-8"): vb.decode("utf-8") for kb, _, vb in pairs}
+
+
+# ---------------------------------------------------------------------------
+# Ciphertext format
+# ---------------------------------------------------------------------------
+
+class Envelope:
+    """A parsed kms_pg ciphertext (nothing decrypted)."""
+
+    __slots__ = ("version", "provider", "key_id", "context_keys", "names_block",
+                 "wrapped", "header", "nonce", "body", "tag")
+
+    def __repr__(self):
+        return ("Envelope(version=%d, provider=%d, key_id=%r, context_keys=%r, wrapped=%d bytes, "
+                "body=%d bytes)" % (self.version, self.provider, self.key_id,
+                                    [n.decode("utf-8", "replace") for n in self.context_keys],
+                                    len(self.wrapped), len(self.body)))
+
+    @property
+    def aad_prefix(self):
+        return self.header[:5]
+
+
+def parse(ciphertext):
+    """Parse a ciphertext without decrypting it; raises FormatError."""
+    b = bytes(ciphertext)
+    n = len(b)
+    if n == 0:
+        raise FormatError("kms_pg ciphertext is empty")
+    if b[:4] != MAGIC[:min(4, n)]:
+        raise FormatError("value is not a kms_pg ciphertext")
+    if n < 5:
+        raise FormatError("kms_pg ciphertext is truncated")
+    if b[4] != FORMAT_VERSION:
+        raise FormatError("unsupported kms_pg ciphertext format version %d" % b[4])
+    min_len = 4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + NONCE_LEN + TAG_LEN
+    if n < min_len:
+        raise FormatError("kms_pg ciphertext is truncated")
+    env = Envelope()
+    env.version = b[4]
+    env.provider = b[5]
+    if env.provider not in (PROVIDER_LOCAL, PROVIDER_AWS):
+        raise FormatError("kms_pg ciphertext names an unknown key provider (%d)" % env.provider)
+    off = 6
+    klen = b[off]
+    off += 1
+    if klen == 0:
+        raise FormatError("kms_pg ciphertext header is malformed: empty key id")
+    if off + klen + 1 > n:
+        raise FormatError("kms_pg ciphertext is truncated")
+    kid = b[off:off + klen]
+    if any(c < 0x21 or c > 0x7E for c in kid):
+        raise FormatError("kms_pg ciphertext header is malformed: key id is not printable ASCII")
+    env.key_id = kid.decode("ascii")
+    off += klen
+    names_start = off
+    count = b[off]
+    off += 1
+    if count > MAX_CONTEXT_KEYS:
+        raise FormatError("kms_pg ciphertext header is malformed: %d provider-context keys" % count)
+    names = []
+    for _ in range(count):
+        if off + 1 > n:
+            raise FormatError("kms_pg ciphertext is truncated")
+        ln = b[off]
+        off += 1
+        if ln == 0:
+            raise FormatError("kms_pg ciphertext header is malformed: empty context key name")
+        if off + ln > n:
+            raise FormatError("kms_pg ciphertext is truncated")
+        names.append(b[off:off + ln])
+        off += ln
+    env.context_keys = names
+    env.names_block = b[names_start:off]
+    if off + 2 > n:
+        raise FormatError("kms_pg ciphertext is truncated")
+    wlen = (b[off] << 8) | b[off + 1]
+    off += 2
+    if wlen == 0 or wlen > MAX_WRAPPED_LEN:
+        raise FormatError("kms_pg ciphertext header is malformed: wrapped data key of %d bytes" % wlen)
+    if off + wlen > n:
+        raise FormatError("kms_pg ciphertext is truncated")
+    env.wrapped = b[off:off + wlen]
+    off += wlen
+    env.header = b[:off]
+    if off + NONCE_LEN + TAG_LEN > n:
+        raise FormatError("kms_pg ciphertext is truncated")
+    env.nonce = b[off:off + NONCE_LEN]
+    env.body = b[off + NONCE_LEN:n - TAG_LEN]
+    env.tag = b[n - TAG_LEN:]
+    return env
+
+
+def _build_header(provider, key_id, names, wrapped):
+    kid = key_id.encode("ascii") if isinstance(key_id, str) else bytes(key_id)
+    if not 1 <= len(kid) <= MAX_KEY_ID_LEN or any(c < 0x21 or c > 0x7E for c in kid):
+        raise KmsPgError("a key id of 1 to 255 printable ASCII bytes is required, got %r" % key_id)
+    if len(names) > MAX_CONTEXT_KEYS:
+        raise ContextError("at most %d context keys can be sent to the key provider" % MAX_CONTEXT_KEYS)
+    if not 1 <= len(wrapped) <= MAX_WRAPPED_LEN:
+        raise KmsPgError("wrapped data key of %d bytes cannot be recorded" % len(wrapped))
+    parts = [MAGIC, bytes([FORMAT_VERSION, provider, len(kid)]), kid, bytes([len(names)])]
+    for nm in names:
+        if not 1 <= len(nm) <= 255:
+            raise ContextError("context key names sent to the provider must be 1 to 255 bytes")
+        parts.append(bytes([len(nm)]))
+        parts.append(nm)
+    parts.append(struct.pack(">H", len(wrapped)))
+    parts.append(bytes(wrapped))
+    return b"".join(parts)
+
+
+def _names_block(header):
+    """The provider-context key block (count byte and names) of a header."""
+    off = 7 + header[6]
+    end = off + 1
+    for _ in range(header[off]):
+        end += 1 + header[end]
+    return header[off:end]
+
+
+def _aad(header, names_block, canonical):
+    return header[:5] + names_block + canonical
+
+
+def _seal(dek, header, canonical, plaintext, used_nonce=None):
+    nonce = os.urandom(NONCE_LEN)
+    while nonce == used_nonce:      # never twice under one data key
+        nonce = os.urandom(NONCE_LEN)
+    sealed = AESGCM(dek).encrypt(nonce, bytes(plaintext), _aad(header, _names_block(header), canonical))
+    return header + nonce + sealed        # sealed is body || tag
+
+
+# ---------------------------------------------------------------------------
+# Local provider (keyring file)
+# ---------------------------------------------------------------------------
+
+def _load_keyring(path):
+    with open(path, "rb") as f:
+        doc = json.loads(f.read().decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != KEYRING_FORMAT:
+        raise KeyUnavailableError("%s is not a kms_pg keyring" % path)
+    if doc.get("version") != 1:
+        raise KeyUnavailableError("kms_pg keyring %s has an unsupported version" % path)
+    return doc.get("keys") or []
+
+
+def _find_local_key(keys, key):
+    k = key
+    if key.startswith("arn:"):
+        if ":key/" in key:
+            k = key.split(":key/", 1)[1]
+        elif ":alias/" in key:
+            k = key[key.index(":alias/") + 1:]
+    for entry in keys:
+        if k.startswith("alias/"):
+            if entry.get("alias") == k:
+                return entry
+        elif entry.get("key_id") == k:
+            return entry
+    raise KeyUnavailableError('kms_pg local key "%s" does not exist' % key)
+
+
+def _local_wrap_aad(key_id, provider_canonical):
+    return LOCAL_WRAP_AAD + key_id.encode("ascii") + provider_canonical
+
+
+def _local_unwrap(keyring_path, key_id, wrapped, provider_canonical):
+    entry = _find_local_key(_load_keyring(keyring_path), key_id)
+    if not entry.get("enabled", False):
+        raise KeyUnavailableError('kms_pg local key "%s" is disabled' % entry["key_id"])
+    if len(wrapped) != LOCAL_WRAP_LEN or wrapped[0] != LOCAL_WRAP_FORMAT:
+        raise FormatError("kms_pg local wrapped data key is malformed")
+    version = struct.unpack(">I", wrapped[1:5])[0]
+    material = None
+    for v in entry.get("versions", []):
+        if v.get("version") == version:
+            material = base64.b64decode(v["material"])
+    if material is None:
+        raise KeyUnavailableError('kms_pg local key "%s" has no version %d' % (entry["key_id"], version))
+    try:
+        return AESGCM(material).decrypt(wrapped[5:5 + NONCE_LEN], wrapped[5 + NONCE_LEN:],
+                                        _local_wrap_aad(entry["key_id"], provider_canonical))
+    except InvalidTag:
+        raise AuthenticationError(
+            "kms_pg ciphertext failed authentication: wrong encryption context, or the value was "
+            "altered (the wrapped data key does not authenticate under the local key with this "
+            "context)") from None
+
+
+def _local_wrap(keyring_path, key, dek, provider_canonical):
+    entry = _find_local_key(_load_keyring(keyring_path), key)
+    if not entry.get("enabled", False):
+        raise KeyUnavailableError('kms_pg local key "%s" is disabled' % entry["key_id"])
+    current = entry["versions"][-1]
+    material = base64.b64decode(current["material"])
+    nonce = os.urandom(NONCE_LEN)
+    sealed = AESGCM(material).encrypt(nonce, dek, _local_wrap_aad(entry["key_id"], provider_canonical))
+    return entry["key_id"], bytes([LOCAL_WRAP_FORMAT]) + struct.pack(">I", current["version"]) + nonce + sealed
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+def decrypt(ciphertext, context, kms_client=None, local_keyring_path=None):
+    """Decrypt a kms_pg ciphertext written by kms_encrypt() (or encrypt()).
+
+    context is the same encryption context the value was written with.
+    AWS-provider values need kms_client (a boto3 KMS client); local-provider
+    values need local_keyring_path.
+    """
+    env = parse(ciphertext)
+    pairs = _context_pairs(context)
+    canonical = _serialise(pairs)
+    provider_pairs = _provider_pairs(pairs, env.context_keys)
+    if env.provider == PROVIDER_AWS:
+        if kms_client is None:
+            raise KmsPgError("this value was wrapped by AWS KMS: pass kms_client")
+        args = {"CiphertextBlob": env.wrapped, "KeyId": env.key_id}
+        if provider_pairs:
+            args["EncryptionContext"] = _aws_context(provider_pairs)
+        dek = kms_client.decrypt(**args)["Plaintext"]
+    else:
+        if local_keyring_path is None:
+            raise KmsPgError("this value was wrapped by the local provider: pass local_keyring_path")
+        dek = _local_unwrap(local_keyring_path, env.key_id, env.wrapped, _serialise(provider_pairs))
+    if len(dek) != DEK_LEN:
+        raise KmsPgError("the key provider returned a %d-byte data key" % len(dek))
+    try:
+        return AESGCM(dek).decrypt(env.nonce, env.body + env.tag,
+                                   _aad(env.header, env.names_block, canonical))
+    except InvalidTag:
+        raise AuthenticationError("kms_pg ciphertext failed authentication: wrong encryption "
+                                  "context, or the value was altered") from None
+
+
+def encrypt(plaintext, context, key_id, kms_client=None, kms_context_keys=(),
+            local_keyring_path=None):
+    """Encrypt plaintext into a kms_pg ciphertext that kms_decrypt() accepts.
+
+    key_id: an AWS key id, key ARN, alias name or alias ARN (AWS provider), or
+    a local key id / alias when local_keyring_path is given instead of
+    kms_client.  kms_context_keys: names of context keys also sent to the key
+    provider (like kms_pg.kms_context_keys); names absent from context are
+    skipped.  Each call makes a fresh data key: cache in the caller if needed.
+    """
+    pairs = _context_pairs(context)
+    canonical = _serialise(pairs)
+    wanted = sorted({_utf8(k, "key") for k in kms_context_keys})
+    if len(wanted) > MAX_CONTEXT_KEYS:
+        raise ContextError("at most %d context keys can be sent to the key provider" % MAX_CONTEXT_KEYS)
+    present = {kb for kb, _, _ in pairs}
+    names = [nm for nm in wanted if nm in present]
+    provider_pairs = _provider_pairs(pairs, names)
+    if kms_client is not None:
+        args = {"KeyId": key_id, "KeySpec": "AES_256"}
+        if provider_pairs:
+            args["EncryptionContext"] = _aws_context(provider_pairs)
+        resp = kms_client.generate_data_key(**args)
+        dek, wrapped, recorded = resp["Plaintext"], resp["CiphertextBlob"], resp["KeyId"]
+        provider = PROVIDER_AWS
+    elif local_keyring_path is not None:
+        dek = os.urandom(DEK_LEN)
+        recorded, wrapped = _local_wrap(local_keyring_path, key_id, dek, _serialise(provider_pairs))
+        provider = PROVIDER_LOCAL
+    else:
+        raise KmsPgError("pass kms_client (AWS) or local_keyring_path (local provider)")
+    header = _build_header(provider, recorded, names, wrapped)
+    return _seal(dek, header, canonical, plaintext)
+
+
+def import_reference_envelope(blob, kms_client, context=None):
+    """Convert an application-side envelope into a kms_pg ciphertext.
+
+    blob is the JSON envelope of the AWS KMS overview's example:
+    {"ciphertext": b64(nonce || ct || tag), "encrypted_dek": b64(CiphertextBlob),
+     "context": {...}} (AES-256-GCM with no additional data; the data key
+    generated by KMS GenerateDataKey under "context").
+
+    The payload is decrypted and verified here, in the application, with the
+    data key, then sealed again in kms_pg format under the SAME data key with
+    a fresh nonce; the wrapped data key is re-used as it is, so no new KMS
+    key material is made and the kms_pg value records every key of the
+    envelope's context as a provider-context key (KMS checks them on every
+    kms_decrypt()).
+
+    context is the kms_pg encryption context of the new value (default: the
+    envelope's own context).  It must hold every key of the envelope's
+    context with a value whose canonical text is the envelope's string (a
+    number 42 matches "42"); further keys (a row id, the column name) are
+    bound to the value as additional data only.
+
+    Why the tag cannot simply be re-used: see clients/python/README.md.
+    """
+    if isinstance(blob, (str, bytes, bytearray)):
+        blob = json.loads(blob)
+    ref_ctx = blob.get("context") or {}
+    if not isinstance(ref_ctx, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in ref_ctx.items()):
+        raise ContextError("the envelope's context must map strings to strings (AWS EncryptionContext)")
+    if context is None:
+        context = dict(ref_ctx)
+    pairs = _context_pairs(context)
+    canonical = _serialise(pairs)
+    names = sorted(_utf8(k, "key") for k in ref_ctx)
+    provider_pairs = _provider_pairs(pairs, names)
+    if _aws_context(provider_pairs) != ref_ctx:
+        raise ContextError("the kms_pg context must give every key of the envelope's context the "
+                           "same value (as text) as the envelope does")
+    wrapped = base64.b64decode(blob["encrypted_dek"], validate=True)
+    raw = base64.b64decode(blob["ciphertext"], validate=True)
+    if len(raw) < NONCE_LEN + TAG_LEN:
+        raise FormatError("the envelope's ciphertext is shorter than a nonce and a tag")
+    args = {"CiphertextBlob": wrapped}
+    if ref_ctx:
+        args["EncryptionContext"] = ref_ctx
+    resp = kms_client.decrypt(**args)
+    dek, key_arn = resp["Plaintext"], resp["KeyId"]
+    try:
+        plaintext = AESGCM(dek).decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], None)
+    except InvalidTag:
+        raise AuthenticationError("the envelope's ciphertext does not authenticate under its "
+                                  "data key: it was altered; not imported") from None
+    header = _build_header(PROVIDER_AWS, key_arn, names, wrapped)
+    return _seal(dek, header, canonical, plaintext, used_nonce=raw[:NONCE_LEN])

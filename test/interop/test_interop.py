@@ -1,0 +1,589 @@
+#!/usr/bin/python3
+"""Interop tests: kms_pg values cross between SQL, clients/python and clients/js.
+
+Started by test/interop/run.sh.  Starts its own throwaway PostgreSQL cluster
+(kms_pg preloaded, unix socket in a temp dir, a free port) and, for the AWS
+provider, its own KMS emulator over HTTPS with a throwaway CA.  For each
+provider:
+
+  * values written by kms_encrypt()/kms_encrypt_text() are read by the Python
+    client (context as Python objects spelt differently, and as JSON text)
+    and by the JavaScript reader;
+  * values written by the Python client are read by kms_decrypt() /
+    kms_decrypt_text();
+  * a wrong context is refused on every side;
+  * (AWS) an envelope of the reference text's format is imported into a
+    kms_pg value that kms_decrypt() reads, and a tampered one is refused.
+
+Cases: empty, small and 1 MiB values, Unicode text, contexts with numbers
+spelt many ways, booleans, keys that sort differently by UTF-8 bytes, jsonb
+order and UTF-16, and provider-context keys.  Ends with "N passed, M failed".
+"""
+
+import base64
+import decimal
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.environ.get("KMS_PG_ROOT") or os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+
+import kms_pg_client as kpc  # noqa: E402
+
+D = decimal.Decimal
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+PYTHON = os.environ.get("KMS_PYTHON", "/usr/bin/python3")
+AWS_AKID = "AKIDINTEROPTEST"
+AWS_SECRET = "interop-test-secret"
+AWS_REGION = "us-east-1"
+
+passed = 0
+failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print("ok   %s" % name)
+    else:
+        failed += 1
+        print("FAIL %s%s" % (name, (": " + detail) if detail else ""))
+
+
+def raises(fn, exc_types):
+    """(True, None) when fn raises one of exc_types, else (False, what happened)."""
+    try:
+        fn()
+    except exc_types:
+        return True, None
+    except Exception as e:  # noqa: BLE001 - reported as the failure detail
+        return False, "%s: %s" % (type(e).__name__, e)
+    return False, "no error"
+
+
+# ---------------------------------------------------------------------------
+# Test cases.  sql_ctx is the jsonb text SQL uses; py_ctx the same context as
+# Python objects, spelt differently on purpose (numbers by value, key order).
+# ---------------------------------------------------------------------------
+
+MIB = bytes(range(256)) * 4096
+UNICODE_TEXT = "Grüße aus Köln — 東京 🎉 ‮ ok"
+CASES = [
+    dict(name="empty", plain=b"", sql_ctx="{}", py_ctx={}, keys=""),
+    dict(name="small", plain=b"hello, kms_pg", sql_ctx='{"tenant": "acme", "id": 42}',
+         py_ctx={"id": 42, "tenant": "acme"}, keys=""),
+    dict(name="1MiB", plain=MIB, sql_ctx='{"tenant": "acme", "blob": true}',
+         py_ctx={"blob": True, "tenant": "acme"}, keys="tenant"),
+    dict(name="unicode-text", plain=UNICODE_TEXT.encode("utf-8"), text=True,
+         # keys whose orders differ: jsonb (length first), UTF-8 bytes, UTF-16 units
+         sql_ctx='{"zz": "Zoë", "b": "🔑", "é": "ü", "\uff5e": "wide", "🔑": "astral", "A": "a"}',
+         py_ctx={"🔑": "astral", "\uff5e": "wide", "A": "a", "b": "🔑", "é": "ü", "zz": "Zoë"},
+         keys=""),
+    dict(name="numbers-booleans", plain=b"amounts",
+         sql_ctx='{"amount": 1.50, "hundred": 100, "e": 1e2, "negzero": -0, "zero": 0.000, '
+                 '"big": 12345678901234567890.123, "neg": -1.230, "small": 1.5e-3, '
+                 '"flag": true, "off": false}',
+         py_ctx={"amount": D("1.5"), "hundred": D("1E+2"), "e": 100, "negzero": D("-0.0"),
+                 "zero": 0, "big": D("12345678901234567890.1230"), "neg": -1.23,
+                 "small": 0.0015, "flag": True, "off": False},
+         keys="amount,flag,hundred,off,big"),
+    dict(name="provider-context-unicode", plain="naïve café".encode("utf-8"), text=True,
+         sql_ctx='{"région": "Île-de-France", "tenant": "acme", "row": 7}',
+         py_ctx={"row": 7, "tenant": "acme", "région": "Île-de-France"},
+         keys="tenant,région"),
+]
+
+
+def wrong_context(case):
+    """The case's context with one change, outside the provider-context keys,
+    that must make the AES-GCM tag check fail."""
+    ctx = dict(case["py_ctx"])
+    free = sorted(k for k in ctx if k not in case["keys"].split(","))
+    if not free:
+        ctx["extra"] = 1
+        return ctx
+    k = free[0]
+    v = ctx[k]
+    ctx[k] = (not v) if isinstance(v, bool) else (v + 1 if isinstance(v, (int, D, float)) else v + "x")
+    return ctx
+
+
+def provider_key_context(case):
+    """The case's context with a provider-context value changed (None if it has none)."""
+    names = [n for n in case["keys"].split(",") if n and n in case["py_ctx"]]
+    if not names:
+        return None
+    ctx = dict(case["py_ctx"])
+    v = ctx[names[0]]
+    ctx[names[0]] = (not v) if isinstance(v, bool) else (v + 1 if isinstance(v, (int, D, float)) else v + "x")
+    return ctx
+
+
+# ---------------------------------------------------------------------------
+# Throwaway cluster and emulator
+# ---------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, tmp, env_extra, conf_extra):
+        self.tmp = tmp
+        self.data = os.path.join(tmp, "data")
+        self.port = free_port()
+        self.env = dict(os.environ, **env_extra)
+        subprocess.run([os.path.join(PG_BIN, "initdb"), "-D", self.data, "-A", "trust",
+                        "-U", "postgres", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
+                       env=self.env)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write("shared_preload_libraries = 'kms_pg'\n")
+            f.write("listen_addresses = ''\n")
+            f.write("unix_socket_directories = '%s'\n" % tmp)
+            f.write("port = %d\n" % self.port)
+            f.write("fsync = off\n")
+            f.write(conf_extra)
+        subprocess.run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l",
+                        os.path.join(tmp, "server.log"), "-w", "start"], check=True,
+                       stdout=subprocess.DEVNULL, env=self.env)
+        self.psql("CREATE DATABASE interop", db="postgres")
+        self.psql("CREATE EXTENSION kms_pg")
+
+    def psql(self, sql, db="interop"):
+        """Run SQL; return stdout (unaligned, tuples only).  Raises on error."""
+        r = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                            "-h", self.tmp, "-p", str(self.port), "-U", "postgres", "-d", db, "-f", "-"],
+                           input=sql.encode("utf-8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=self.env)
+        if r.returncode != 0:
+            raise RuntimeError("psql failed: %s" % r.stderr.decode("utf-8", "replace").strip())
+        return r.stdout.decode("utf-8")
+
+    def stop(self):
+        subprocess.run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+
+
+class Emulator:
+    def __init__(self, tmp):
+        self.certs = os.path.join(tmp, "certs")
+        subprocess.run(["sh", os.path.join(ROOT, "test", "emulator", "make_certs.sh"), self.certs],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ca = os.path.join(self.certs, "ca.pem")
+        port_file = os.path.join(tmp, "emulator.port")
+        self.log = open(os.path.join(tmp, "emulator.log"), "w")
+        self.proc = subprocess.Popen(
+            [PYTHON, os.path.join(ROOT, "test", "emulator", "kms_emulator.py"), "--port", "0",
+             "--port-file", port_file, "--tls-cert", os.path.join(self.certs, "server.pem"),
+             "--tls-key", os.path.join(self.certs, "server.key"), "--region", AWS_REGION,
+             "--cred", "%s:%s" % (AWS_AKID, AWS_SECRET), "--seed-alias", "alias/interop",
+             "--seed-alias", "alias/interop-other", "--die-with-parent", "--quiet"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the KMS emulator did not start (see emulator.log)")
+            time.sleep(0.05)
+        with open(port_file) as f:
+            self.port = int(f.read().strip())
+        self.endpoint = "https://127.0.0.1:%d" % self.port
+
+    def client(self):
+        import boto3
+        return boto3.client("kms", region_name=AWS_REGION, endpoint_url=self.endpoint,
+                            verify=self.ca, aws_access_key_id=AWS_AKID,
+                            aws_secret_access_key=AWS_SECRET)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------
+# SQL helpers
+# ---------------------------------------------------------------------------
+
+def hexs(b):
+    return b.hex()
+
+
+def sql_literal(s):
+    return "'" + s.replace("'", "''") + "'"
+
+
+def load_plaintexts(pg):
+    """Table plain(name, pt, ctx) holding every case, loaded through COPY in hex."""
+    rows = "".join("%s\t%s\t%s\n" % (c["name"], hexs(c["plain"]), hexs(c["sql_ctx"].encode("utf-8")))
+                   for c in CASES)
+    pg.psql("CREATE TABLE plain_hex (name text PRIMARY KEY, pt text, ctx text);\n"
+            "COPY plain_hex FROM STDIN;\n" + rows + "\\.\n"
+            "CREATE TABLE plain AS SELECT name, decode(pt, 'hex') AS pt,"
+            " convert_from(decode(ctx, 'hex'), 'UTF8')::jsonb AS ctx FROM plain_hex;\n")
+
+
+def sql_encrypt_all(pg, provider, key, table):
+    """kms_encrypt every case in SQL into table(name, ct); returns {name: ct bytes}."""
+    stmts = ["SET kms_pg.provider = %s;" % sql_literal(provider),
+             "CREATE TABLE %s (name text PRIMARY KEY, ct bytea);" % table]
+    for c in CASES:
+        stmts.append("SET kms_pg.kms_context_keys = %s;" % sql_literal(c["keys"]))
+        if c.get("text"):
+            expr = "kms_encrypt_text(convert_from(pt, 'UTF8'), ctx, %s)" % sql_literal(key)
+        else:
+            expr = "kms_encrypt(pt, ctx, %s)" % sql_literal(key)
+        stmts.append("INSERT INTO %s SELECT name, %s FROM plain WHERE name = %s;"
+                     % (table, expr, sql_literal(c["name"])))
+    stmts.append("RESET kms_pg.kms_context_keys;")
+    stmts.append("SELECT name, encode(ct, 'hex') FROM %s ORDER BY name;" % table)
+    out = pg.psql("\n".join(stmts))
+    res = {}
+    for line in out.splitlines():
+        name, h = line.split("|")
+        res[name] = bytes.fromhex(h)
+    return res
+
+
+def sql_read_python_values(pg, values, table):
+    """Load Python-written values; return {name: (decrypt ok, recorded context keys)}."""
+    rows = "".join("%s\t%s\n" % (n, hexs(ct)) for n, ct in values.items())
+    stmts = ["CREATE TABLE %s (name text PRIMARY KEY, ct bytea);" % table,
+             "CREATE TEMP TABLE stage (name text, h text);",
+             "COPY stage FROM STDIN;\n" + rows + "\\.",
+             "INSERT INTO %s SELECT name, decode(h, 'hex') FROM stage;" % table]
+    # one failing value must not hide the others: report each one's SQLSTATE
+    stmts.append(
+        "CREATE FUNCTION pg_temp.reads(ct bytea, ctx jsonb, pt bytea, is_text boolean) RETURNS text\n"
+        "LANGUAGE plpgsql AS $f$ BEGIN\n"
+        "  IF is_text THEN RETURN (kms_decrypt_text(ct, ctx) = convert_from(pt, 'UTF8'))::text; END IF;\n"
+        "  RETURN (kms_decrypt(ct, ctx) = pt)::text;\n"
+        "EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $f$;")
+    texts = ",".join(sql_literal(c["name"]) for c in CASES if c.get("text"))
+    stmts.append("SELECT t.name, pg_temp.reads(t.ct, p.ctx, p.pt, t.name IN (%s)),"
+                 " array_to_string((kms_ciphertext_info(t.ct)).kms_context_keys, ',')"
+                 " FROM %s t JOIN plain p USING (name) ORDER BY t.name;" % (texts, table))
+    out = pg.psql("\n".join(stmts))
+    res = {}
+    for line in out.splitlines():
+        name, ok, keys = line.split("|")
+        res[name] = (ok, keys)
+    return res
+
+
+def sql_sqlstate(pg, expr):
+    out = pg.psql(
+        "CREATE OR REPLACE FUNCTION pg_temp.st() RETURNS text LANGUAGE plpgsql AS $f$\n"
+        "BEGIN PERFORM %s; RETURN 'none';\n"
+        "EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$;\n"
+        "SELECT pg_temp.st();\n" % expr)
+    return out.strip()
+
+
+# ---------------------------------------------------------------------------
+# JavaScript reader
+# ---------------------------------------------------------------------------
+
+def js_ready(tmp):
+    """npm ci in clients/js (the lock file pins every version); True when usable."""
+    js = os.path.join(ROOT, "clients", "js")
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("note: node/npm not installed: the JavaScript reader is not run")
+        return False
+    if not os.path.isdir(os.path.join(js, "node_modules", "@aws-sdk", "client-kms")):
+        env = dict(os.environ)        # npm's cache: $HOME/.npm, shared with the other JS step
+        if os.environ.get("KMS_NPM_CACHE"):
+            env["npm_config_cache"] = os.environ["KMS_NPM_CACHE"]
+        r = subprocess.run(["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=js, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        check("js: npm ci (exact versions from package-lock.json)", r.returncode == 0,
+              r.stdout.decode("utf-8", "replace")[-2000:])
+        return r.returncode == 0
+    return True
+
+
+def js_decrypt(values, emulator=None, keyring=None, wrong=False):
+    req = {"values": [{"name": n, "ciphertext_hex": hexs(ct), "context": ctx} for n, (ct, ctx) in values.items()]}
+    env = dict(os.environ)
+    if emulator:
+        req.update(endpoint=emulator.endpoint, region=AWS_REGION, ca_file=emulator.ca)
+        env.update(AWS_ACCESS_KEY_ID=AWS_AKID, AWS_SECRET_ACCESS_KEY=AWS_SECRET)
+    if keyring:
+        req["keyring"] = keyring
+    r = subprocess.run(["node", os.path.join(ROOT, "clients", "js", "cli.mjs")],
+                       input=json.dumps(req).encode(), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=env, timeout=60)
+    out = {}
+    for line in r.stdout.decode().splitlines():
+        o = json.loads(line)
+        out[o["name"]] = o
+    if not out:
+        out["<none>"] = {"error": r.stderr.decode("utf-8", "replace")[-2000:]}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The tests, once per provider
+# ---------------------------------------------------------------------------
+
+def run_provider(label, pg, key, py_opts, js_opts, tmp, use_js, kms_client=None):
+    sqlct = sql_encrypt_all(pg, label, key, "sqlct_" + label)
+    check("%s: SQL wrote every case" % label, sorted(sqlct) == sorted(c["name"] for c in CASES),
+          repr(sorted(sqlct)))
+
+    # SQL -> Python
+    for c in CASES:
+        ct = sqlct.get(c["name"])
+        if ct is None:
+            continue
+        env = kpc.parse(ct)
+        check("%s: %s: SQL recorded provider %s" % (label, c["name"], label),
+              env.provider == {"local": kpc.PROVIDER_LOCAL, "aws": kpc.PROVIDER_AWS}[label], repr(env))
+        expect_keys = sorted(k.encode("utf-8") for k in c["keys"].split(",") if k and k in c["py_ctx"])
+        check("%s: %s: recorded provider-context keys" % (label, c["name"]),
+              env.context_keys == expect_keys, repr(env.context_keys))
+        try:
+            got = kpc.decrypt(ct, c["py_ctx"], **py_opts)
+            check("%s: %s: SQL -> Python" % (label, c["name"]), got == c["plain"],
+                  "plaintext differs (%d bytes)" % len(got))
+        except Exception as e:  # noqa: BLE001
+            check("%s: %s: SQL -> Python" % (label, c["name"]), False, "%s: %s" % (type(e).__name__, e))
+        try:
+            got = kpc.decrypt(ct, c["sql_ctx"], **py_opts)
+            check("%s: %s: SQL -> Python (context as JSON text)" % (label, c["name"]), got == c["plain"])
+        except Exception as e:  # noqa: BLE001
+            check("%s: %s: SQL -> Python (context as JSON text)" % (label, c["name"]), False,
+                  "%s: %s" % (type(e).__name__, e))
+        ok, what = raises(lambda: kpc.decrypt(ct, wrong_context(c), **py_opts), kpc.AuthenticationError)
+        check("%s: %s: Python refuses a wrong context" % (label, c["name"]), ok, what)
+        pctx = provider_key_context(c)
+        if pctx is not None:
+            if kms_client is not None:
+                exc = kms_client.exceptions.InvalidCiphertextException
+            else:
+                exc = kpc.AuthenticationError
+            ok, what = raises(lambda: kpc.decrypt(ct, pctx, **py_opts), exc)
+            check("%s: %s: the provider refuses a changed provider-context value" % (label, c["name"]),
+                  ok, what)
+
+    # a tampered body is refused
+    ct = bytearray(sqlct["small"])
+    ct[-20] ^= 1
+    ok, what = raises(lambda: kpc.decrypt(bytes(ct), CASES[1]["py_ctx"], **py_opts), kpc.AuthenticationError)
+    check("%s: Python refuses an altered body" % label, ok, what)
+
+    # SQL -> JavaScript
+    if use_js:
+        values = {c["name"]: (sqlct[c["name"]], c["sql_ctx"]) for c in CASES if c["name"] in sqlct}
+        res = js_decrypt(values, **js_opts)
+        for c in CASES:
+            o = res.get(c["name"], {"error": "no answer: %r" % res.get("<none>")})
+            check("%s: %s: SQL -> JavaScript" % (label, c["name"]),
+                  o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+        # the JS reader with objects whose numbers are JS numbers, and a wrong context
+        c = CASES[1]
+        res = js_decrypt({"wrong": (sqlct["small"], json.dumps(wrong_context(c)))}, **js_opts)
+        check("%s: JavaScript refuses a wrong context" % label,
+              res.get("wrong", {}).get("kind") == "AuthenticationError", repr(res))
+
+    # Python -> SQL
+    pyct = {}
+    for c in CASES:
+        keys = [k for k in c["keys"].split(",") if k]
+        try:
+            pyct[c["name"]] = kpc.encrypt(c["plain"], c["py_ctx"], key, kms_context_keys=keys,
+                                          **({"kms_client": kms_client} if kms_client else
+                                             {"local_keyring_path": py_opts["local_keyring_path"]}))
+        except Exception as e:  # noqa: BLE001
+            check("%s: %s: Python encrypt" % (label, c["name"]), False, "%s: %s" % (type(e).__name__, e))
+    for n, ct in pyct.items():
+        if kpc.parse(ct).provider != {"local": kpc.PROVIDER_LOCAL, "aws": kpc.PROVIDER_AWS}[label]:
+            check("%s: %s: Python recorded provider %s" % (label, n, label), False)
+    res = sql_read_python_values(pg, pyct, "pyct_" + label)
+    for c in CASES:
+        if c["name"] not in pyct:
+            continue
+        ok, keys = res.get(c["name"], ("no row", None))
+        check("%s: %s: Python -> SQL" % (label, c["name"]), ok == "true", ok)
+        expect = ",".join(sorted(k for k in c["keys"].split(",") if k and k in c["py_ctx"]))
+        check("%s: %s: Python records the provider-context keys" % (label, c["name"]), keys == expect,
+              "%r != %r" % (keys, expect))
+    st = sql_sqlstate(pg, "kms_decrypt(ct, '{\"tenant\": \"acme\", \"id\": 43}') FROM pyct_%s WHERE name = 'small'"
+                      % label)
+    check("%s: SQL refuses a Python value under a wrong context (22000)" % label, st == "22000", st)
+    st = sql_sqlstate(pg, "kms_decrypt(ct, '{\"tenant\": \"acme\", \"id\": 42.0}') FROM pyct_%s WHERE name = 'small'"
+                      % label)
+    check("%s: SQL reads a Python value with the number spelt 42.0" % label, st == "none", st)
+
+    # Python -> JavaScript (a third pair of implementations)
+    if use_js:
+        res = js_decrypt({"py-numbers": (pyct["numbers-booleans"], CASES[4]["sql_ctx"])}, **js_opts)
+        check("%s: Python -> JavaScript (numbers and booleans)" % label,
+              res.get("py-numbers", {}).get("plaintext_hex") == hexs(CASES[4]["plain"]), repr(res)[:300])
+    return pyct
+
+
+def reference_encrypt(kms, key, plaintext, context):
+    """The envelope encryption of the reference text (kms-overview.txt), verbatim in behaviour."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    resp = kms.generate_data_key(KeyId=key, KeySpec="AES_256", EncryptionContext=context)
+    dek_plain, dek_encrypted = resp["Plaintext"], resp["CiphertextBlob"]
+    nonce = os.urandom(12)
+    ct = AESGCM(dek_plain).encrypt(nonce, plaintext, None)
+    return {"ciphertext": base64.b64encode(nonce + ct).decode(),
+            "encrypted_dek": base64.b64encode(dek_encrypted).decode(),
+            "context": context}
+
+
+def run_import(pg, kms):
+    ref_ctx = {"tenant": "acme", "purpose": "import", "row": "7"}
+    plain = "imported – ünïcode".encode("utf-8")
+    blob = reference_encrypt(kms, "alias/interop", plain, ref_ctx)
+    new_ctx = {"tenant": "acme", "purpose": "import", "row": 7, "column": "ssn"}
+    try:
+        ct = kpc.import_reference_envelope(json.dumps(blob), kms, context=new_ctx)
+    except Exception as e:  # noqa: BLE001
+        check("import: reference envelope -> kms_pg", False, "%s: %s" % (type(e).__name__, e))
+        return
+    env = kpc.parse(ct)
+    check("import: the wrapped data key is re-used as it is",
+          env.wrapped == base64.b64decode(blob["encrypted_dek"]))
+    check("import: the envelope's context keys are the provider-context keys",
+          env.context_keys == [b"purpose", b"row", b"tenant"], repr(env.context_keys))
+    check("import: a fresh nonce", env.nonce != base64.b64decode(blob["ciphertext"])[:12])
+    sql_ctx = json.dumps(new_ctx)
+    out = pg.psql("SELECT convert_from(kms_decrypt(decode(%s, 'hex'), %s), 'UTF8') = %s;"
+                  % (sql_literal(ct.hex()), sql_literal(sql_ctx), sql_literal(plain.decode("utf-8"))))
+    check("import: kms_decrypt reads the imported value", out.strip() == "t", out)
+    st = sql_sqlstate(pg, "kms_decrypt(decode(%s, 'hex'), %s)"
+                      % (sql_literal(ct.hex()), sql_literal(json.dumps(dict(new_ctx, column="name")))))
+    check("import: the imported value is bound to its kms_pg context (22000)", st == "22000", st)
+    # a tampered envelope is refused and nothing is produced
+    raw = bytearray(base64.b64decode(blob["ciphertext"]))
+    raw[14] ^= 1
+    bad = dict(blob, ciphertext=base64.b64encode(bytes(raw)).decode())
+    ok, what = raises(lambda: kpc.import_reference_envelope(bad, kms, context=new_ctx), kpc.AuthenticationError)
+    check("import: a tampered envelope is refused", ok, what)
+    # a kms_pg context that disagrees with the envelope's context is refused before any KMS call
+    ok, what = raises(lambda: kpc.import_reference_envelope(blob, kms, context=dict(new_ctx, row=8)),
+                      kpc.ContextError)
+    check("import: a context that contradicts the envelope is refused", ok, what)
+
+
+def unit_checks():
+    """Canonicalisation edge cases the SQL round trips then prove end to end."""
+    cv = kpc.canonical_value
+    for lit, want in [("1.50", "1.5"), ("100", "100"), ("1e2", "100"), ("-0", "0"), ("0.000", "0"),
+                      ("12345678901234567890.123", "12345678901234567890.123"), ("-1.230", "-1.23"),
+                      ("1.5e-3", "0.0015"), ("1E+30", "1" + "0" * 30), ("-0.000", "0")]:
+        got = cv(D(lit))[1].decode()
+        check("python: numeric_normalize(%s) = %s" % (lit, want), got == want, got)
+    check("python: booleans", cv(True) == (3, b"true") and cv(False) == (3, b"false"))
+    check("python: float 1.5 = Decimal 1.50", cv(1.5) == cv(D("1.50")))
+    ok, what = raises(lambda: kpc.canonical_context({"a": None}), kpc.ContextError)
+    check("python: null value refused", ok, what)
+    ok, what = raises(lambda: kpc.canonical_context({"a": [1]}), kpc.ContextError)
+    check("python: array value refused", ok, what)
+    ok, what = raises(lambda: kpc.canonical_context([1]), kpc.ContextError)
+    check("python: non-object context refused", ok, what)
+    ok, what = raises(lambda: kpc.canonical_context({"a": float("nan")}), kpc.ContextError)
+    check("python: NaN refused", ok, what)
+    for bad, cls in [(b"", kpc.FormatError), (b"\xc5KP", kpc.FormatError), (b"hello world", kpc.FormatError),
+                     (b"\xc5KPG\x02" + bytes(40), kpc.FormatError)]:
+        ok, what = raises(lambda: kpc.parse(bad), cls)
+        check("python: parse refuses %r" % bad[:8], ok, what)
+
+
+def guarded(name, fn, *args, **kwargs):
+    """Run one part; an unexpected exception fails it without hiding the other parts."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        check(name, False, "%s: %s" % (type(e).__name__, e))
+
+
+def local_rotation(pg, keyring):
+    """After kms_rotate_key, new values use version 2 and read in Python."""
+    pg.psql("SELECT kms_rotate_key('alias/interop');")
+    ct = sql_encrypt_all(pg, "local", "alias/interop", "sqlct_local_rotated")["small"]
+    check("local: after kms_rotate_key, a new value reads in Python",
+          kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring_path=keyring) == CASES[1]["plain"])
+    check("local: the new value uses key version 2",
+          int.from_bytes(kpc.parse(ct).wrapped[1:5], "big") == 2)
+
+
+def main():
+    global passed, failed
+    t0 = time.time()
+    tmp = tempfile.mkdtemp(prefix="kms_pg_interop.")
+    os.chmod(tmp, 0o700)
+    pg = emu = None
+    aws = os.path.exists(os.path.join(ROOT, "test", "emulator", "kms_emulator.py"))
+    try:
+        unit_checks()
+        conf = ""
+        env = {}
+        if aws:
+            emu = Emulator(tmp)
+            conf = ("kms_pg.region = '%s'\nkms_pg.endpoint = '%s'\nkms_pg.ca_file = '%s'\n"
+                    "kms_pg.credential_sources = 'env'\n" % (AWS_REGION, emu.endpoint, emu.ca))
+            env = {"AWS_ACCESS_KEY_ID": AWS_AKID, "AWS_SECRET_ACCESS_KEY": AWS_SECRET}
+        pg = Cluster(tmp, env, conf)
+        load_plaintexts(pg)
+        use_js = js_ready(tmp)
+
+        # local provider
+        pg.psql("SELECT kms_create_key('alias/interop', 'interop tests');")
+        keyring = os.path.join(pg.data, "kms_pg_keyring.json")
+        guarded("local: interop", run_provider, "local", pg, "alias/interop",
+                {"local_keyring_path": keyring}, {"keyring": keyring}, tmp, use_js)
+        guarded("local: rotation", local_rotation, pg, keyring)
+
+        # AWS provider against the emulator
+        if aws:
+            have = pg.psql("SELECT count(*) FROM pg_proc WHERE proname = 'kms_aws_describe_key';").strip()
+            if have != "1":
+                print("note: this kms_pg build has no AWS provider: the AWS interop part is not run")
+            else:
+                kms = emu.client()
+                guarded("aws: interop", run_provider, "aws", pg, "alias/interop", {"kms_client": kms},
+                        {"emulator": emu}, tmp, use_js, kms_client=kms)
+                guarded("aws: import", run_import, pg, kms)
+        else:
+            print("note: test/emulator/kms_emulator.py is missing: the AWS interop part is not run")
+    except Exception as e:  # noqa: BLE001
+        check("harness", False, "%s: %s" % (type(e).__name__, e))
+        log = os.path.join(tmp, "server.log")
+        if os.path.exists(log):
+            with open(log) as f:
+                sys.stdout.write(f.read()[-3000:])
+    finally:
+        if pg:
+            pg.stop()
+        if emu:
+            emu.stop()
+        if failed == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("kept for inspection: %s" % tmp)
+    print("interop took %.1f s" % (time.time() - t0))
+    print("%d passed, %d failed" % (passed, failed))
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
