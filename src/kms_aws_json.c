@@ -48,6 +48,19 @@ wipe_str(char *s)
 		explicit_bzero(s, strlen(s));
 }
 
+/* Wipe and free a value seen earlier for the same (duplicated) member. */
+static void
+drop_value(KmsAwsJsonField *f)
+{
+	if (f->value)
+	{
+		explicit_bzero(f->value, f->len);
+		pfree(f->value);
+		f->value = NULL;
+		f->len = 0;
+	}
+}
+
 static void
 ex_object_start(void *state)
 {
@@ -68,6 +81,7 @@ ex_object_end(void *state)
 		int			n = st->lex->prev_token_terminator - st->span_start;
 
 		f->kind = KMS_AWS_JSON_OBJECT;
+		drop_value(f);
 		f->value = palloc(n + 1);
 		memcpy(f->value, st->span_start, n);
 		f->value[n] = '\0';
@@ -98,6 +112,7 @@ ex_array_end(void *state)
 		int			n = st->lex->prev_token_terminator - st->span_start;
 
 		f->kind = KMS_AWS_JSON_ARRAY;
+		drop_value(f);
 		f->value = palloc(n + 1);
 		memcpy(f->value, st->span_start, n);
 		f->value[n] = '\0';
@@ -136,7 +151,11 @@ ex_field_end(void *state, char *fname, bool isnull)
 	if (st->lex->lex_level == 1)
 		st->cur = -1;
 	if (fname)
+	{
+		/* a hostile document could put anything in a name */
+		wipe_str(fname);
 		pfree(fname);
+	}
 }
 
 static void
@@ -162,11 +181,7 @@ ex_scalar(void *state, char *token, JsonTokenType tokentype)
 				f->kind = KMS_AWS_JSON_BOOL;
 				break;
 		}
-		if (f->value)
-		{
-			wipe_str(f->value);
-			pfree(f->value);
-		}
+		drop_value(f);
 		f->value = pstrdup(token ? token : "");
 		f->len = strlen(f->value);
 	}
@@ -175,6 +190,19 @@ ex_scalar(void *state, char *token, JsonTokenType tokentype)
 		wipe_str(token);
 		pfree(token);
 	}
+}
+
+/* Free a lexer, wiping its de-escaping buffer (it held every string value). */
+static void
+lex_free(JsonLexContext *lex)
+{
+	if (lex->strval)
+	{
+		explicit_bzero(lex->strval->data, lex->strval->maxlen);
+		pfree(lex->strval->data);
+		pfree(lex->strval);
+	}
+	pfree(lex);
 }
 
 KmsAwsJsonError
@@ -200,6 +228,22 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 	memcpy(copy, json, len);
 	copy[len] = '\0';
 
+	/*
+	 * Validate first, with no semantic actions: the parser then copies
+	 * nothing (only its de-escaping buffer, wiped below).  On a syntax
+	 * error part-way through the real pass it would leave copies of field
+	 * names or values it had already made, which may hold key material.
+	 */
+	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, true);
+	rc = pg_parse_json(lex, &nullSemAction);
+	lex_free(lex);
+	if (rc != JSON_SUCCESS)
+	{
+		explicit_bzero(copy, len);
+		pfree(copy);
+		return KMS_AWS_JSON_SYNTAX;
+	}
+
 	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, true);
 
 	memset(&st, 0, sizeof(st));
@@ -220,14 +264,7 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 
 	rc = pg_parse_json(lex, &sem);
 
-	/* the lexer's de-escaping buffer held every string value */
-	if (lex->strval)
-	{
-		explicit_bzero(lex->strval->data, lex->strval->maxlen);
-		pfree(lex->strval->data);
-		pfree(lex->strval);
-	}
-	pfree(lex);
+	lex_free(lex);
 	explicit_bzero(copy, len);
 	pfree(copy);
 
@@ -302,11 +339,29 @@ kms_aws_json_strerror(KmsAwsJsonError err)
 	return "unknown JSON error";
 }
 
+/*
+ * Strict base64 as AWS sends it: [A-Za-z0-9+/], length a multiple of 4,
+ * at most two '=' and only at the very end.  pg_b64_decode alone is more
+ * lenient (it accepts '=' followed by more data), and a KMS response that
+ * is not canonical base64 is damaged, not something to guess at.
+ */
 int
 kms_aws_b64_decode(const char *src, int srclen, uint8 *dst, int dstlen)
 {
-	if (srclen <= 0 || pg_b64_dec_len(srclen) > dstlen)
+	int			pad = 0;
+
+	if (srclen <= 0 || srclen % 4 != 0 || pg_b64_dec_len(srclen) > dstlen)
 		return -1;
+	if (src[srclen - 1] == '=')
+		pad = (src[srclen - 2] == '=') ? 2 : 1;
+	for (int i = 0; i < srclen - pad; i++)
+	{
+		char		c = src[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			  (c >= '0' && c <= '9') || c == '+' || c == '/'))
+			return -1;
+	}
 	return pg_b64_decode(src, srclen, (char *) dst, dstlen);
 }
 

@@ -350,6 +350,7 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 	TimestampTz start = GetCurrentTimestamp();
 	TimestampTz deadline = TimestampTzPlusMilliseconds(start, kms_guc_request_timeout_ms);
 	StringInfoData body;
+	bool		refreshed_credentials = false;
 
 	/* the body may carry a plaintext DEK (Encrypt): fixed secure buffer */
 	body.maxlen = op->body_bound + 4 * strlen(key) + 64;
@@ -403,6 +404,16 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 			{
 				res->outcome = AWS_FAIL_5XX;
 				retry = true;
+			}
+			else if (res->err_type && strcmp(res->err_type, "ExpiredTokenException") == 0 &&
+					 !refreshed_credentials)
+			{
+				/* expired under us (clock, early revocation): refetch once, at once */
+				res->outcome = AWS_FAIL_SERVICE;
+				refreshed_credentials = true;
+				kms_aws_credentials_invalidate();
+				attempt--;
+				continue;
 			}
 			else
 				res->outcome = AWS_FAIL_SERVICE;
