@@ -266,8 +266,12 @@ kms_envelope_dek_id(const uint8 *wrapped, int wrapped_len, char *out)
 {
 	uint8		md[SHA256_DIGEST_LENGTH];
 	static const char hex[] = "0123456789abcdef";
+	static EVP_MD *sha256 = NULL;
 
-	if (EVP_Digest(wrapped, wrapped_len, md, NULL, EVP_sha256(), NULL) != 1)
+	/* fetch the implementation once: an implicit fetch per call costs more than the hash */
+	if (sha256 == NULL && (sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+		kms_report_openssl_error("EVP_MD_fetch");
+	if (EVP_Digest(wrapped, wrapped_len, md, NULL, sha256, NULL) != 1)
 		kms_report_openssl_error("SHA-256");
 	for (int i = 0; i < 16; i++)
 	{

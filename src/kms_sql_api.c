@@ -211,8 +211,18 @@ kms_ciphertext_info(PG_FUNCTION_ARGS)
 	Datum	   *names;
 	const KmsProviderRoutine *provider;
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	/* the result descriptor is built once per call site, not per row */
+	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
 	parse_or_error(ct, &env);
 	provider = kms_provider_by_id(env.provider);
 	kms_envelope_dek_id(env.wrapped, env.wrapped_len, dek_id);
@@ -493,4 +503,37 @@ kms_hmac_sha256(PG_FUNCTION_ARGS)
 		kms_report_openssl_error("HMAC-SHA256");
 	SET_VARSIZE(out, VARHDRSZ + len);
 	PG_RETURN_BYTEA_P(out);
+}
+
+/*
+ * Cheap header readers for bulk predicates (rotation): no hashing, no
+ * composite result, NULL for anything that is not a kms_pg ciphertext.
+ */
+
+/* SQL: kms_ciphertext_key_id(ciphertext bytea) RETURNS text */
+PG_FUNCTION_INFO_V1(kms_ciphertext_key_id);
+Datum
+kms_ciphertext_key_id(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	KmsEnvelope env;
+
+	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(env.key_id, env.key_id_len));
+}
+
+/* SQL: kms_ciphertext_provider(ciphertext bytea) RETURNS text */
+PG_FUNCTION_INFO_V1(kms_ciphertext_provider);
+Datum
+kms_ciphertext_provider(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	KmsEnvelope env;
+	const KmsProviderRoutine *provider;
+
+	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
+		PG_RETURN_NULL();
+	provider = kms_provider_by_id(env.provider);
+	PG_RETURN_TEXT_P(cstring_to_text(provider ? provider->name : "unknown"));
 }

@@ -35,6 +35,16 @@ RETURNS record
 AS 'MODULE_PATHNAME', 'kms_ciphertext_info'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+CREATE FUNCTION kms_ciphertext_key_id(ciphertext bytea)
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_ciphertext_key_id'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION kms_ciphertext_provider(ciphertext bytea)
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_ciphertext_provider'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
 CREATE FUNCTION kms_is_ciphertext(value bytea)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'kms_is_ciphertext'

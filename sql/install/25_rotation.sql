@@ -230,9 +230,11 @@ BEGIN
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
 
-    needs := format('t.%1$I IS NOT NULL AND @extschema@.kms_is_ciphertext(t.%1$I)'
-                    ' AND ((@extschema@.kms_ciphertext_info(t.%1$I)).provider,'
-                    '      (@extschema@.kms_ciphertext_info(t.%1$I)).key_id) IS DISTINCT FROM ($2, $3)',
+    -- kms_ciphertext_key_id/_provider only read the header (NULL for values
+    -- that are not kms_pg ciphertexts): cheap enough to run per row.
+    needs := format('@extschema@.kms_ciphertext_key_id(t.%1$I) IS NOT NULL'
+                    ' AND (@extschema@.kms_ciphertext_provider(t.%1$I),'
+                    '      @extschema@.kms_ciphertext_key_id(t.%1$I)) IS DISTINCT FROM ($2, $3)',
                     col);
 
     IF v_resolved IS NULL THEN
