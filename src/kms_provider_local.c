@@ -758,6 +758,8 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 	MemoryContext tmpcxt;
 	MemoryContext old;
 	LocalKeyring *volatile kr_v;
+	struct stat lst;
+	bool		had_keyring;
 
 	if (RecoveryInProgress())
 		ereport(ERROR,
@@ -766,6 +768,13 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 				 errhint("Change keys on the primary; standbys receive the keyring with base backups.")));
 
 	snprintf(lockpath, sizeof(lockpath), "%s.lock", path);
+
+	/*
+	 * The lock file is created with the keyring and never removed: if it
+	 * exists while the keyring does not, the keyring was lost, and making a
+	 * new one would orphan every value under the old keys.
+	 */
+	had_keyring = (stat(lockpath, &lst) == 0);
 	lockfd = OpenTransientFilePerm(lockpath, O_RDWR | O_CREAT | PG_BINARY, S_IRUSR | S_IWUSR);
 	if (lockfd < 0)
 		ereport(ERROR, (errcode_for_file_access(),
@@ -791,6 +800,13 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("kms_pg local keyring \"%s\" does not exist", path)));
+		if (text == NULL && had_keyring)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("kms_pg local keyring \"%s\" is missing but existed before", path),
+					 errdetail("Its lock file \"%s\" is still there; values encrypted under its keys cannot be decrypted without it.",
+							   lockpath),
+					 errhint("Restore the keyring from backup. To start a new, empty keyring on purpose, remove the lock file first.")));
 		if (text != NULL)
 		{
 			keyring_parse(text, path, kr);

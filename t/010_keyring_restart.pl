@@ -100,6 +100,10 @@ like(
 like(sql_error(q{SELECT * FROM kms_keys}),
 	qr/ERROR:  42704: kms_pg local keyring ".*" does not exist/,
 	'missing keyring: kms_keys fails with 42704');
+like(
+	sql_error(q{SELECT kms_create_key('alias/t010_new')}),
+	qr/ERROR:  42704: kms_pg local keyring ".*" is missing but existed before/,
+	'missing keyring: kms_create_key refuses to start a new keyring over a lost one');
 ok(!-e $keyring, 'none of these recreated the keyring');
 
 # Damaged keyring (truncated to half its size): a clear error, file untouched.
