@@ -29,7 +29,8 @@ KMS_REGRESS_CONF ?= test/regress.conf
 REGRESS_OPTS = --encoding=UTF8 --temp-instance=tmp_check --temp-config=$(KMS_REGRESS_CONF) --load-extension=$(EXTENSION)
 
 PG_CONFIG ?= pg_config
-PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+# -Wno-unused-parameter: every V1 function receives fcinfo, used or not (as in core).
+PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter
 SHLIB_LINK = -lcurl -lcrypto
 EXTRA_CLEAN = tmp_check results regression.diffs regression.out
 

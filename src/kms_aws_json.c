@@ -297,7 +297,7 @@ kms_aws_json_fields_free(KmsAwsJsonField *fields, int nfields)
 bool
 kms_aws_json_parse_error(const char *body, size_t len, char **type, char **message)
 {
-	KmsAwsJsonField f[3] = {{"__type"}, {"message"}, {"Message"}};
+	KmsAwsJsonField f[3] = {{.name = "__type"}, {.name = "message"}, {.name = "Message"}};
 
 	*type = NULL;
 	*message = NULL;

@@ -247,7 +247,7 @@ xml_tag(const char *xml, const char *tag)
 
 		if (*s == '&')
 		{
-			for (int i = 0; i < lengthof(ents); i++)
+			for (int i = 0; i < (int) lengthof(ents); i++)
 			{
 				size_t		l = strlen(ents[i].ent);
 
@@ -342,7 +342,7 @@ cred_http(const char *what, const char *method, const char *url,
 static void
 parse_credential_json(const KmsHttpResponse *resp, const char *what, FoundCreds *fc)
 {
-	KmsAwsJsonField f[5] = {{"AccessKeyId"}, {"SecretAccessKey"}, {"Token"}, {"Expiration"}, {"Code"}};
+	KmsAwsJsonField f[5] = {{.name = "AccessKeyId"}, {.name = "SecretAccessKey"}, {.name = "Token"}, {.name = "Expiration"}, {.name = "Code"}};
 	KmsAwsJsonError jerr;
 
 	jerr = kms_aws_json_extract(resp->body, resp->body_len, f, 5);

@@ -1020,7 +1020,7 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 		/* we fill (shared) or make a DEK for this backend only */
 		{
-			GenerateArgs g = {provider, key, kctx};
+			GenerateArgs g = {.provider = provider, .key = key, .kctx = kctx};
 			uint8		dec_id[KMS_ID_LEN];
 			char		dstack[512];
 			int			dlen;

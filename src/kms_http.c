@@ -138,7 +138,7 @@ host_is_metadata(const char *host)
 		"[fd00:ec2::254]", "[fd00:ec2::23]"
 	};
 
-	for (int i = 0; i < lengthof(hosts); i++)
+	for (int i = 0; i < (int) lengthof(hosts); i++)
 		if (pg_strcasecmp(host, hosts[i]) == 0)
 			return true;
 	return false;

@@ -15,7 +15,7 @@ static const KmsProviderRoutine *const kms_providers[] = {
 const KmsProviderRoutine *
 kms_provider_by_id(int id)
 {
-	for (int i = 0; i < lengthof(kms_providers); i++)
+	for (int i = 0; i < (int) lengthof(kms_providers); i++)
 		if ((int) kms_providers[i]->id == id)
 			return kms_providers[i];
 	return NULL;
@@ -24,7 +24,7 @@ kms_provider_by_id(int id)
 const KmsProviderRoutine *
 kms_provider_by_name(const char *name)
 {
-	for (int i = 0; i < lengthof(kms_providers); i++)
+	for (int i = 0; i < (int) lengthof(kms_providers); i++)
 		if (strcmp(kms_providers[i]->name, name) == 0)
 			return kms_providers[i];
 	return NULL;

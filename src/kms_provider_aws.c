@@ -162,7 +162,7 @@ is_throttling(const char *type)
 
 	if (type == NULL)
 		return false;
-	for (int i = 0; i < lengthof(t); i++)
+	for (int i = 0; i < (int) lengthof(t); i++)
 		if (strcmp(type, t[i]) == 0)
 			return true;
 	return false;
@@ -179,7 +179,7 @@ is_transient_service_error(const char *type)
 
 	if (type == NULL)
 		return false;
-	for (int i = 0; i < lengthof(t); i++)
+	for (int i = 0; i < (int) lengthof(t); i++)
 		if (strcmp(type, t[i]) == 0)
 			return true;
 	return false;
@@ -197,7 +197,7 @@ is_credential_error(const char *type)
 
 	if (type == NULL)
 		return false;
-	for (int i = 0; i < lengthof(t); i++)
+	for (int i = 0; i < (int) lengthof(t); i++)
 		if (strcmp(type, t[i]) == 0)
 			return true;
 	return false;
@@ -826,11 +826,11 @@ static void
 aws_generate_data_key(const char *key, const KmsContext *kctx, uint8 *dek_out,
 					  KmsWrappedKey *wrapped_out)
 {
-	AwsBodyArgs a = {kctx};
+	AwsBodyArgs a = {.kctx = kctx};
 	AwsOp		op = {"GenerateDataKey", KMS_STAT_GENERATE, key, build_generate, &a,
 	256 + context_bound(kctx)};
 	AwsResult	res;
-	KmsAwsJsonField f[3] = {{"CiphertextBlob"}, {"Plaintext"}, {"KeyId"}};
+	KmsAwsJsonField f[3] = {{.name = "CiphertextBlob"}, {.name = "Plaintext"}, {.name = "KeyId"}};
 
 	aws_execute(&op, &res);
 	extract_or_error(&op, &res, f, 3);
@@ -850,11 +850,11 @@ static void
 aws_decrypt_data_key(const char *key_id, const uint8 *wrapped, int wrapped_len,
 					 const KmsContext *kctx, uint8 *dek_out)
 {
-	AwsBodyArgs a = {kctx, wrapped, wrapped_len};
+	AwsBodyArgs a = {.kctx = kctx, .blob = wrapped, .blob_len = wrapped_len};
 	AwsOp		op = {"Decrypt", KMS_STAT_DECRYPT, key_id, build_decrypt, &a,
 	256 + context_bound(kctx) + pg_b64_enc_len(wrapped_len)};
 	AwsResult	res;
-	KmsAwsJsonField f[1] = {{"Plaintext"}};
+	KmsAwsJsonField f[1] = {{.name = "Plaintext"}};
 
 	aws_execute(&op, &res);
 	extract_or_error(&op, &res, f, 1);
@@ -873,11 +873,11 @@ static void
 aws_rewrap_data_key(const char *key_id, const uint8 *wrapped, int wrapped_len,
 					const KmsContext *kctx, const char *new_key, KmsWrappedKey *out)
 {
-	AwsBodyArgs a = {kctx, wrapped, wrapped_len, new_key};
+	AwsBodyArgs a = {.kctx = kctx, .blob = wrapped, .blob_len = wrapped_len, .dest_key = new_key};
 	AwsOp		op = {"ReEncrypt", KMS_STAT_REWRAP, key_id, build_reencrypt, &a,
 	256 + 2 * context_bound(kctx) + pg_b64_enc_len(wrapped_len) + 6 * strlen(new_key)};
 	AwsResult	res;
-	KmsAwsJsonField f[2] = {{"CiphertextBlob"}, {"KeyId"}};
+	KmsAwsJsonField f[2] = {{.name = "CiphertextBlob"}, {.name = "KeyId"}};
 
 	aws_execute(&op, &res);
 	extract_or_error(&op, &res, f, 2);
@@ -889,11 +889,11 @@ static void
 aws_encrypt_data_key(const char *key, const KmsContext *kctx, const uint8 *dek,
 					 KmsWrappedKey *out)
 {
-	AwsBodyArgs a = {kctx, NULL, 0, NULL, dek};
+	AwsBodyArgs a = {.kctx = kctx, .dek = dek};
 	AwsOp		op = {"Encrypt", KMS_STAT_REWRAP, key, build_encrypt, &a,
 	256 + context_bound(kctx) + pg_b64_enc_len(KMS_DEK_LEN)};
 	AwsResult	res;
-	KmsAwsJsonField f[2] = {{"CiphertextBlob"}, {"KeyId"}};
+	KmsAwsJsonField f[2] = {{.name = "CiphertextBlob"}, {.name = "KeyId"}};
 
 	aws_execute(&op, &res);
 	extract_or_error(&op, &res, f, 2);
@@ -906,7 +906,7 @@ aws_describe_key(const char *key)
 {
 	AwsOp		op = {"DescribeKey", KMS_STAT_DESCRIBE, key, build_describe, NULL, 256};
 	AwsResult	res;
-	KmsAwsJsonField f[1] = {{"KeyMetadata"}};
+	KmsAwsJsonField f[1] = {{.name = "KeyMetadata"}};
 	StringInfoData s;
 
 	aws_execute(&op, &res);
