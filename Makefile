@@ -43,3 +43,12 @@ $(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
 .PHONY: unitcheck
 unitcheck:
 	$(MAKE) -C test/unit check
+
+# Fuzzing (fuzz/README.md) and sanitizer runs (test/sanitize.sh).
+.PHONY: fuzz fuzz-long sanitize
+fuzz:
+	$(MAKE) -C fuzz run-short
+fuzz-long:
+	$(MAKE) -C fuzz run-long BIN=/tmp/kms_pg_fuzz
+sanitize:
+	bash test/sanitize.sh

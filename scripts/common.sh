@@ -33,13 +33,16 @@ KMS_PACKAGES="build-essential ca-certificates openssl \
 postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} postgresql-contrib \
 libssl-dev libcurl4-openssl-dev \
 python3 python3-botocore python3-boto3 python3-cryptography \
-libipc-run-perl perl rsync curl"
+libipc-run-perl perl rsync curl \
+clang-14 libclang-rt-14-dev"
 
 install_packages() {
     local missing=""
     for p in $KMS_PACKAGES "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
     done
+    # Node.js and npm for the JavaScript clients: Debian's, unless a node is already there
+    command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
     if [ -n "$missing" ]; then
         echo "== installing:$missing"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

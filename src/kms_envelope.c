@@ -152,7 +152,17 @@ kms_envelope_build_header(uint8 provider, const char *key_id,
 	int			off = 0;
 
 	if (klen == 0 || klen > KMS_KEY_ID_MAXLEN)
-		elog(ERROR, "key id of %d bytes cannot be recorded", klen);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key id of %d bytes cannot be recorded in a ciphertext", klen),
+				 errdetail("Key ids must be 1 to %d bytes.", KMS_KEY_ID_MAXLEN)));
+	/* the reader accepts printable ASCII only: never write what it cannot read */
+	for (int i = 0; i < klen; i++)
+		if ((unsigned char) key_id[i] < 0x21 || (unsigned char) key_id[i] > 0x7e)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("key id contains a byte that is not printable ASCII"),
+					 errdetail("The key provider returned a key id that a kms_pg ciphertext cannot record.")));
 	if (wrapped_len <= 0 || wrapped_len > KMS_WRAPPED_MAXLEN)
 		elog(ERROR, "wrapped data key of %d bytes cannot be recorded", wrapped_len);
 	if (nnames > KMS_CTX_KEYS_MAX)

@@ -142,7 +142,7 @@ parse_timestamp(const char *s)
 static void
 keyring_parse(const char *text, const char *path, LocalKeyring *kr)
 {
-	Jsonb	   *jb;
+	Jsonb	   *volatile jb = NULL;
 	JsonbValue *v;
 	JsonbValue *keys;
 	char	   *fmt;
@@ -242,6 +242,9 @@ keyring_parse(const char *text, const char *path, LocalKeyring *kr)
 			explicit_bzero(buf, sizeof(buf));
 		}
 	}
+
+	/* the parsed document holds every key's material in base64: wipe it */
+	explicit_bzero((Jsonb *) jb, VARSIZE((Jsonb *) jb));
 }
 
 /* Read the whole file; NULL with errno ENOENT when it does not exist. */
@@ -820,7 +823,6 @@ keyring_modify(keyring_change_fn change, void *arg, bool create_if_missing)
 		/* wipe root key material before the scratch context goes away */
 		keyring_wipe(kr_v);
 		MemoryContextSwitchTo(old);
-		/* wipe any key material left in the scratch context */
 		MemoryContextDelete(tmpcxt);
 		CloseTransientFile(lockfd);		/* releases the flock */
 		keyring_forget();

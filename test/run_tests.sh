@@ -56,6 +56,9 @@ fi
 if [ -f "$WORK/src/test/interop/run.sh" ]; then
     run_step interop "bash test/interop/run.sh"
 fi
+if [ -f "$WORK/src/fuzz/Makefile" ]; then
+    run_step fuzz "make -s -C fuzz run-short BIN='$WORK/fuzzbin'"
+fi
 if [ -f "$WORK/src/test/docs_check.py" ]; then
     run_step docs "$KMS_PYTHON test/docs_check.py"
 fi
