@@ -29,6 +29,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_http.h"
+#include "kms_dek_cache.h"
 #include "kms_guc.h"
 #include "kms_secure_mem.h"
 
@@ -548,6 +549,7 @@ kms_http_perform(const KmsHttpRequest *req, KmsHttpResponse *resp)
 		mc = curl_multi_add_handle(kms_multi, kms_curl);
 		if (mc != CURLM_OK)
 			elog(ERROR, "kms_pg: curl_multi_add_handle failed: %s", curl_multi_strerror(mc));
+		resp->sent = true;
 		xfer_in_multi = true;
 
 		/* Drive the transfer, looking at interrupts every KMS_HTTP_POLL_MS. */
@@ -584,6 +586,17 @@ kms_http_perform(const KmsHttpRequest *req, KmsHttpResponse *resp)
 
 		if (xfer.interrupted || (got_result && rc == CURLE_ABORTED_BY_CALLBACK))
 		{
+			curl_off_t	uploaded = 0;
+
+			/*
+			 * KMS may have received the request: count it as a failed call
+			 * now, since the error below unwinds past the caller (FATAL for
+			 * a terminate does not unwind at all).
+			 */
+			if (req->count_if_interrupted &&
+				curl_easy_getinfo(kms_curl, CURLINFO_SIZE_UPLOAD_T, &uploaded) == CURLE_OK &&
+				uploaded > 0)
+				kms_stats_count_call((KmsStatOp) req->stat_op, true);
 			/* free everything, then let PostgreSQL raise the real error */
 			http_cleanup();
 			CHECK_FOR_INTERRUPTS();

@@ -43,6 +43,9 @@ typedef struct KmsHttpRequest
 	size_t		body_len;
 	TimestampTz deadline;		/* absolute end of this attempt (0: request_timeout) */
 	bool		allow_metadata_http;	/* plain http to link-local metadata hosts */
+	bool		count_if_interrupted;	/* count stat_op as a failed provider
+										 * call when interrupted after sending */
+	int			stat_op;		/* a KmsStatOp */
 } KmsHttpRequest;
 
 typedef struct KmsHttpResponse
@@ -54,6 +57,7 @@ typedef struct KmsHttpResponse
 	char		request_id[KMS_HTTP_REQUEST_ID_LEN];	/* x-amzn-RequestId or "" */
 	char		error[256];		/* transport error text (no secrets) */
 	int			elapsed_ms;
+	bool		sent;			/* a transfer was started (the peer may have seen it) */
 } KmsHttpResponse;
 
 /*

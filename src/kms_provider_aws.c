@@ -52,6 +52,8 @@
 #define AWS_BACKOFF_BASE_MS		50
 #define AWS_BACKOFF_CAP_MS		2000
 #define AWS_AUTHZ_MAX			1024
+/* an attempt needs at least this much time left to be worth making */
+#define KMS_AWS_MIN_ATTEMPT_MS	100
 
 /* How a request ended, after retries. */
 typedef enum AwsOutcome
@@ -220,7 +222,7 @@ amz_now(char out[17])
  * token header are built in buffers wiped before returning or on error.
  */
 static void
-aws_attempt(const char *target, const char *region, const char *url,
+aws_attempt(const char *target, KmsStatOp stat, const char *region, const char *url,
 			const char *body, size_t body_len, TimestampTz deadline,
 			KmsHttpResponse *resp)
 {
@@ -293,6 +295,8 @@ aws_attempt(const char *target, const char *region, const char *url,
 	req.body = body;
 	req.body_len = body_len;
 	req.deadline = deadline;
+	req.count_if_interrupted = true;
+	req.stat_op = stat;
 
 	PG_TRY();
 	{
@@ -375,7 +379,7 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 		res->attempts = attempt + 1;
 		res->err_type = res->err_message = NULL;
 		res->transport_error[0] = '\0';
-		aws_attempt(op->target, region, url, body.data, body.len, deadline, &resp);
+		aws_attempt(op->target, op->stat, region, url, body.data, body.len, deadline, &resp);
 		strlcpy(res->request_id, resp.request_id, sizeof(res->request_id));
 		res->http_code = resp.http_code;
 
@@ -387,7 +391,9 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 			res->body_len = resp.body_len;
 			break;
 		}
-		kms_stats_count_call(op->stat, true);
+		/* an attempt that never left (deadline already reached) is no KMS call */
+		if (resp.sent)
+			kms_stats_count_call(op->stat, true);
 
 		if (resp.status == KMS_HTTP_OK)
 		{
@@ -431,7 +437,9 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 					break;
 				case KMS_HTTP_ERR_TIMEOUT:
 					res->outcome = AWS_FAIL_TIMEOUT;
-					retry = GetCurrentTimestamp() < deadline;
+					/* retry only with time for a real attempt left */
+					retry = resp.sent &&
+						TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KMS_AWS_MIN_ATTEMPT_MS) < deadline;
 					break;
 				case KMS_HTTP_ERR_TLS:
 					res->outcome = AWS_FAIL_TLS;
@@ -445,8 +453,8 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 		if (!retry || attempt >= kms_guc_max_retries)
 			break;
 		wait = backoff_ms(attempt);
-		/* no time left for another attempt after the sleep */
-		if (TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait) >= deadline)
+		/* no time left for another real attempt after the sleep */
+		if (TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait + KMS_AWS_MIN_ATTEMPT_MS) >= deadline)
 			break;
 		aws_stats.retries++;
 		backoff_sleep(wait);
