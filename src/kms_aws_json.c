@@ -229,12 +229,12 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 	copy[len] = '\0';
 
 	/*
-	 * Validate first, with no semantic actions: the parser then copies
-	 * nothing (only its de-escaping buffer, wiped below).  On a syntax
+	 * Validate first, with no semantic actions and no de-escaping: the
+	 * parser then copies nothing.  On a syntax
 	 * error part-way through the real pass it would leave copies of field
 	 * names or values it had already made, which may hold key material.
 	 */
-	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, true);
+	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, false);
 	rc = pg_parse_json(lex, &nullSemAction);
 	lex_free(lex);
 	if (rc != JSON_SUCCESS)
@@ -245,6 +245,14 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 	}
 
 	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, true);
+
+	/*
+	 * The lexer de-escapes every string into lex->strval, growing it with
+	 * repalloc, which would free a copy of a long secret unwiped.  No token
+	 * is longer than the input: size it once, and lex_free() wipes it.
+	 */
+	explicit_bzero(lex->strval->data, lex->strval->maxlen);
+	enlargeStringInfo(lex->strval, (int) len + 1);
 
 	memset(&st, 0, sizeof(st));
 	st.lex = lex;
