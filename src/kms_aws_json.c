@@ -61,6 +61,25 @@ drop_value(KmsAwsJsonField *f)
 	}
 }
 
+/* A member whose value is an object or array keeps its raw JSON text. */
+static void
+end_container_span(ExtractState *st, KmsAwsJsonKind kind)
+{
+	if (st->lex->lex_level == 1 && st->cur >= 0 && st->span_start)
+	{
+		KmsAwsJsonField *f = &st->fields[st->cur];
+		int			n = st->lex->prev_token_terminator - st->span_start;
+
+		f->kind = kind;
+		drop_value(f);
+		f->value = palloc(n + 1);
+		memcpy(f->value, st->span_start, n);
+		f->value[n] = '\0';
+		f->len = n;
+		st->span_start = NULL;
+	}
+}
+
 static void
 ex_object_start(void *state)
 {
@@ -75,19 +94,7 @@ ex_object_end(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
 
-	if (st->lex->lex_level == 1 && st->cur >= 0 && st->span_start)
-	{
-		KmsAwsJsonField *f = &st->fields[st->cur];
-		int			n = st->lex->prev_token_terminator - st->span_start;
-
-		f->kind = KMS_AWS_JSON_OBJECT;
-		drop_value(f);
-		f->value = palloc(n + 1);
-		memcpy(f->value, st->span_start, n);
-		f->value[n] = '\0';
-		f->len = n;
-		st->span_start = NULL;
-	}
+	end_container_span(st, KMS_AWS_JSON_OBJECT);
 }
 
 static void
@@ -106,19 +113,7 @@ ex_array_end(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
 
-	if (st->lex->lex_level == 1 && st->cur >= 0 && st->span_start)
-	{
-		KmsAwsJsonField *f = &st->fields[st->cur];
-		int			n = st->lex->prev_token_terminator - st->span_start;
-
-		f->kind = KMS_AWS_JSON_ARRAY;
-		drop_value(f);
-		f->value = palloc(n + 1);
-		memcpy(f->value, st->span_start, n);
-		f->value[n] = '\0';
-		f->len = n;
-		st->span_start = NULL;
-	}
+	end_container_span(st, KMS_AWS_JSON_ARRAY);
 }
 
 static void

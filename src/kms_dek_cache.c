@@ -454,21 +454,27 @@ kms_cache_before_exit(int code, Datum arg)
 
 /* ---- local level ---- */
 
-static void
-l1_init(void)
+/* A backend-local hash table keyed by a 64-bit hash, in cxt. */
+static HTAB *
+local_hash_create(const char *name, Size entrysize, MemoryContext cxt)
 {
 	HASHCTL		info;
 
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(uint64);
+	info.entrysize = entrysize;
+	info.hcxt = cxt;
+	return hash_create(name, 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+static void
+l1_init(void)
+{
 	if (kms_l1 != NULL)
 		return;
 	kms_l1_cxt = AllocSetContextCreate(TopMemoryContext, "kms_pg local data keys",
 									   ALLOCSET_DEFAULT_SIZES);
-	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(uint64);
-	info.entrysize = sizeof(KmsLocalDek);
-	info.hcxt = kms_l1_cxt;
-	kms_l1 = hash_create("kms_pg local data keys", 64, &info,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	kms_l1 = local_hash_create("kms_pg local data keys", sizeof(KmsLocalDek), kms_l1_cxt);
 	if (!xact_cb_registered)
 	{
 		RegisterXactCallback(kms_xact_callback, NULL);
@@ -1261,17 +1267,10 @@ kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 
 	if (kms_rewrap_memo == NULL)
 	{
-		HASHCTL		info;
-
 		if (kms_rewrap_cxt == NULL)
 			kms_rewrap_cxt = AllocSetContextCreate(TopMemoryContext, "kms_pg rewrap memo",
 												   ALLOCSET_DEFAULT_SIZES);
-		memset(&info, 0, sizeof(info));
-		info.keysize = sizeof(uint64);
-		info.entrysize = sizeof(RewrapMemo);
-		info.hcxt = kms_rewrap_cxt;
-		kms_rewrap_memo = hash_create("kms_pg rewrap memo", 64, &info,
-									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		kms_rewrap_memo = local_hash_create("kms_pg rewrap memo", sizeof(RewrapMemo), kms_rewrap_cxt);
 	}
 	m = hash_search(kms_rewrap_memo, &hkey, HASH_FIND, NULL);
 	if (m != NULL && m->ident_len == ident.len && memcmp(m->ident, ident.data, ident.len) == 0
@@ -1308,15 +1307,8 @@ kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 
 	if (hash_get_num_entries(kms_rewrap_memo) >= KMS_REWRAP_MEMO_MAX)
 	{
-		HASHCTL		info;
-
 		rewrap_memo_clear();
-		memset(&info, 0, sizeof(info));
-		info.keysize = sizeof(uint64);
-		info.entrysize = sizeof(RewrapMemo);
-		info.hcxt = kms_rewrap_cxt;
-		kms_rewrap_memo = hash_create("kms_pg rewrap memo", 64, &info,
-									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		kms_rewrap_memo = local_hash_create("kms_pg rewrap memo", sizeof(RewrapMemo), kms_rewrap_cxt);
 	}
 	old = MemoryContextSwitchTo(kms_rewrap_cxt);
 	m = hash_search(kms_rewrap_memo, &hkey, HASH_ENTER, &found);

@@ -154,6 +154,17 @@ parse_mrk_arn(const char *key, char **prefix, char **region, char **rest)
 /* ---- error classification ---- */
 
 static bool
+type_in_list(const char *type, const char *const *list, int n)
+{
+	if (type == NULL)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (strcmp(type, list[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool
 is_throttling(const char *type)
 {
 	static const char *const t[] = {
@@ -162,12 +173,7 @@ is_throttling(const char *type)
 		"RequestThrottledException", "RequestThrottled", "SlowDown"
 	};
 
-	if (type == NULL)
-		return false;
-	for (int i = 0; i < (int) lengthof(t); i++)
-		if (strcmp(type, t[i]) == 0)
-			return true;
-	return false;
+	return type_in_list(type, t, lengthof(t));
 }
 
 static bool
@@ -179,12 +185,7 @@ is_transient_service_error(const char *type)
 		"InternalError"
 	};
 
-	if (type == NULL)
-		return false;
-	for (int i = 0; i < (int) lengthof(t); i++)
-		if (strcmp(type, t[i]) == 0)
-			return true;
-	return false;
+	return type_in_list(type, t, lengthof(t));
 }
 
 static bool
@@ -197,12 +198,7 @@ is_credential_error(const char *type)
 		"IncompleteSignature", "SignatureDoesNotMatch", "AuthFailure"
 	};
 
-	if (type == NULL)
-		return false;
-	for (int i = 0; i < (int) lengthof(t); i++)
-		if (strcmp(type, t[i]) == 0)
-			return true;
-	return false;
+	return type_in_list(type, t, lengthof(t));
 }
 
 /* ---- one signed attempt ---- */
