@@ -116,7 +116,7 @@ DECLARE
     v_n         bigint;
     v_in_batch  bigint;
     v_last      boolean;
-    v_todo      bigint;
+    v_pending      bigint;
     v_done      bigint := 0;
     v_total     bigint := 0;
     v_pass      int := 0;
@@ -257,19 +257,19 @@ BEGIN
         -- One pass over the key range; the next pass picks up values that
         -- concurrent writers stored under another key meanwhile.
         EXECUTE format('SELECT count(*) FROM %s t WHERE %s', tbl, needs)
-            INTO v_todo USING NULL::text[], v_provider, v_resolved;
-        EXIT WHEN v_todo = 0;
+            INTO v_pending USING NULL::text[], v_provider, v_resolved;
+        EXIT WHEN v_pending = 0;
         IF v_pass = max_passes THEN
             RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
-                v_todo, tbl, col, max_passes
+                v_pending, tbl, col, max_passes
                 USING HINT = 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.';
             EXIT;
         END IF;
         v_pass := v_pass + 1;
-        v_total := v_total + v_todo;
+        v_total := v_total + v_pending;
         IF v_pass > 1 THEN
             RAISE NOTICE 'kms_rotate_column: pass %: % values were written under another key during the rotation',
-                v_pass, v_todo;
+                v_pass, v_pending;
         END IF;
         UPDATE @extschema@.kms_rotation_progress
            SET rows_total = v_total, passes = v_pass, updated = clock_timestamp()
@@ -321,11 +321,11 @@ BEGIN
             v_other, tbl, col;
     END IF;
     UPDATE @extschema@.kms_rotation_progress
-       SET finished = CASE WHEN v_todo = 0 THEN clock_timestamp() END,
+       SET finished = CASE WHEN v_pending = 0 THEN clock_timestamp() END,
            updated = clock_timestamp()
      WHERE run_id = v_run;
     COMMIT;
-    IF v_todo = 0 THEN
+    IF v_pending = 0 THEN
         RAISE NOTICE 'kms_rotate_column: done, % rows rewrapped under %', v_done, v_key;
     END IF;
 END
