@@ -216,3 +216,49 @@ kms_context_init_empty(KmsContext *ctx)
 	ctx->canonical.len = 4;
 	ctx->canonical.maxlen = 5;
 }
+
+/*
+ * Canonicalise pairs given one by one (kms_encrypt_pairs and friends):
+ * sort them in place, refuse duplicate and empty keys, serialise.  The
+ * canonical bytes equal those of a jsonb object with the same keys and
+ * values of the same JSON types.
+ */
+KmsError
+kms_context_from_pairs(KmsContextPair *pairs, int npairs, KmsContext *out, char **detail)
+{
+	Size		total = 4;
+
+	*detail = NULL;
+	memset(out, 0, sizeof(*out));
+	if (npairs > KMS_CTX_MAX_PAIRS)
+	{
+		*detail = psprintf("The context has %d keys; at most %d are allowed.",
+						   npairs, KMS_CTX_MAX_PAIRS);
+		return KMS_ERR_CTX_TOO_LARGE;
+	}
+	if (npairs > 1)
+		qsort(pairs, npairs, sizeof(KmsContextPair), kms_context_pair_cmp);
+	for (int i = 0; i < npairs; i++)
+	{
+		if (pairs[i].keylen == 0)
+			return KMS_ERR_CTX_EMPTY_KEY;
+		if (i > 0 && kms_context_pair_cmp(&pairs[i - 1], &pairs[i]) == 0)
+		{
+			*detail = psprintf("Key \"%.*s\" appears twice.",
+							   Min(pairs[i].keylen, 64), pairs[i].key);
+			return KMS_ERR_CTX_DUPLICATE_KEY;
+		}
+		total += 9 + (Size) pairs[i].keylen + (Size) pairs[i].valuelen;
+		if (total > KMS_CTX_MAX_BYTES)
+		{
+			*detail = psprintf("The canonical context exceeds %d bytes.", KMS_CTX_MAX_BYTES);
+			return KMS_ERR_CTX_TOO_LARGE;
+		}
+	}
+	out->pairs = pairs;
+	out->npairs = npairs;
+	out->canonical.data = palloc(total + 1);
+	out->canonical.maxlen = total + 1;
+	kms_context_serialize(pairs, npairs, &out->canonical);
+	return KMS_OK;
+}

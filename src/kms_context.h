@@ -47,6 +47,10 @@ typedef struct KmsContext
 /* Parse and canonicalise; on failure returns a code and sets *detail. */
 extern KmsError kms_context_from_jsonb(Jsonb *jb, KmsContext *out, char **detail);
 
+/* Canonicalise pairs passed one by one (sorted in place). */
+extern KmsError kms_context_from_pairs(KmsContextPair *pairs, int npairs, KmsContext *out,
+									   char **detail);
+
 /* Same, raising the error. */
 extern void kms_context_from_jsonb_or_error(Jsonb *jb, KmsContext *out);
 

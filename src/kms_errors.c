@@ -41,6 +41,8 @@ kms_error_text(KmsError code)
 			return "encryption context values must be strings, numbers or booleans";
 		case KMS_ERR_CTX_EMPTY_KEY:
 			return "encryption context keys must not be empty";
+		case KMS_ERR_CTX_DUPLICATE_KEY:
+			return "encryption context key is given more than once";
 		case KMS_ERR_CTX_TOO_LARGE:
 			return "encryption context is too large";
 		case KMS_ERR_VALUE_TOO_LARGE:
@@ -82,6 +84,7 @@ kms_report_error(KmsError code, const char *detail)
 		case KMS_ERR_CTX_NOT_OBJECT:
 		case KMS_ERR_CTX_BAD_VALUE:
 		case KMS_ERR_CTX_EMPTY_KEY:
+		case KMS_ERR_CTX_DUPLICATE_KEY:
 			sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
 			hint = "Use a flat JSON object such as {\"tenant\": \"acme\", \"id\": 42}.";
 			break;

@@ -22,6 +22,8 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/numeric.h"
 
 #include <openssl/hmac.h>
 
@@ -172,25 +174,188 @@ kms_decrypt(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx));
 }
 
-/* SQL: kms_decrypt_text(ciphertext bytea, context jsonb DEFAULT '{}') RETURNS text */
-PG_FUNCTION_INFO_V1(kms_decrypt_text);
-Datum
-kms_decrypt_text(PG_FUNCTION_ARGS)
+/* A decrypted value returned as text must be valid in the database encoding. */
+static text *
+as_text(bytea *out)
 {
-	KmsContext	ctx;
-	bytea	   *out;
-
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	get_context(fcinfo, 1, &ctx);
-	out = kms_open(PG_GETARG_BYTEA_PP(0), &ctx);
 	if (!pg_verifymbstr(VARDATA(out), VARSIZE(out) - VARHDRSZ, true))
 		ereport(ERROR,
 				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
 				 errmsg("decrypted value is not valid text in encoding \"%s\"",
 						GetDatabaseEncodingName()),
 				 errhint("The value was probably encrypted from bytea; use kms_decrypt().")));
-	PG_RETURN_TEXT_P((text *) out);
+	return (text *) out;
+}
+
+/* SQL: kms_decrypt_text(ciphertext bytea, context jsonb DEFAULT '{}') RETURNS text */
+PG_FUNCTION_INFO_V1(kms_decrypt_text);
+Datum
+kms_decrypt_text(PG_FUNCTION_ARGS)
+{
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	get_context(fcinfo, 1, &ctx);
+	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx)));
+}
+
+/*
+ * The context given as key/value arguments (VARIADIC "any") from argument
+ * first on: keys are text, values text, integers, numeric or boolean, with
+ * the same canonical form as the jsonb a jsonb_build_object() of the same
+ * arguments would give, without building a jsonb per row.
+ */
+static void
+get_context_pairs(FunctionCallInfo fcinfo, int first, KmsContext *ctx)
+{
+	int			nargs = PG_NARGS() - first;
+	int			npairs;
+	KmsContextPair *pairs;
+	char	   *detail;
+	KmsError	err;
+
+	if (get_fn_expr_variadic(fcinfo->flinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("context pairs must be passed as separate arguments, not as a VARIADIC array")));
+	if (nargs <= 0 || nargs % 2 != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("context must be given as key, value pairs"),
+				 errdetail("%d context arguments were given.", nargs)));
+	npairs = nargs / 2;
+	pairs = palloc(sizeof(KmsContextPair) * npairs);
+	for (int i = 0; i < npairs; i++)
+	{
+		int			ka = first + 2 * i;
+		int			va = ka + 1;
+		Oid			kt = get_fn_expr_argtype(fcinfo->flinfo, ka);
+		Oid			vt = get_fn_expr_argtype(fcinfo->flinfo, va);
+		KmsContextPair *p = &pairs[i];
+		char	   *s;
+
+		if (PG_ARGISNULL(ka))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("encryption context key must not be NULL")));
+		if (kt == UNKNOWNOID)
+			s = PG_GETARG_POINTER(ka);
+		else if (kt == TEXTOID || kt == VARCHAROID)
+			s = text_to_cstring(PG_GETARG_TEXT_PP(ka));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("encryption context keys must be text"),
+					 errdetail("Argument %d is of type %s.", ka + 1, format_type_be(kt))));
+		p->key = s;
+		p->keylen = strlen(s);
+
+		if (PG_ARGISNULL(va))
+			kms_report_error(KMS_ERR_CTX_BAD_VALUE,
+							 psprintf("The value of key \"%.*s\" is null.", Min(p->keylen, 64), p->key));
+		switch (vt)
+		{
+			case UNKNOWNOID:
+				s = PG_GETARG_POINTER(va);
+				p->type = KMS_CTX_TYPE_STRING;
+				break;
+			case TEXTOID:
+			case VARCHAROID:
+				s = text_to_cstring(PG_GETARG_TEXT_PP(va));
+				p->type = KMS_CTX_TYPE_STRING;
+				break;
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+				{
+					int64		v = vt == INT2OID ? PG_GETARG_INT16(va) :
+						vt == INT4OID ? PG_GETARG_INT32(va) : PG_GETARG_INT64(va);
+
+					s = palloc(MAXINT8LEN + 1);
+					pg_lltoa(v, s);
+					p->type = KMS_CTX_TYPE_NUMBER;
+					break;
+				}
+			case NUMERICOID:
+				{
+					Numeric		n = PG_GETARG_NUMERIC(va);
+
+					if (numeric_is_nan(n) || numeric_is_inf(n))
+						kms_report_error(KMS_ERR_CTX_BAD_VALUE,
+										 psprintf("The value of key \"%.*s\" is not a finite number.",
+												  Min(p->keylen, 64), p->key));
+					s = numeric_normalize(n);
+					p->type = KMS_CTX_TYPE_NUMBER;
+					break;
+				}
+			case BOOLOID:
+				s = PG_GETARG_BOOL(va) ? "true" : "false";
+				p->type = KMS_CTX_TYPE_BOOLEAN;
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("encryption context values must be text, integer, numeric or boolean"),
+						 errdetail("The value of key \"%.*s\" is of type %s.",
+								   Min(p->keylen, 64), p->key, format_type_be(vt)),
+						 errhint("Cast it to text, or use the jsonb form of the function.")));
+		}
+		p->value = s;
+		p->valuelen = strlen(s);
+	}
+	err = kms_context_from_pairs(pairs, npairs, ctx, &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+}
+
+/* SQL: kms_encrypt_pairs(plaintext bytea, key_id text, VARIADIC context "any") RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_encrypt_pairs);
+Datum
+kms_encrypt_pairs(PG_FUNCTION_ARGS)
+{
+	bytea	   *pt;
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	pt = PG_GETARG_BYTEA_PP(0);
+	get_context_pairs(fcinfo, 2, &ctx);
+	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 1)));
+}
+
+/* SQL: kms_encrypt_text_pairs(plaintext text, key_id text, VARIADIC context "any") RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_encrypt_text_pairs);
+Datum
+kms_encrypt_text_pairs(PG_FUNCTION_ARGS)
+{
+	return kms_encrypt_pairs(fcinfo);
+}
+
+/* SQL: kms_decrypt_pairs(ciphertext bytea, VARIADIC context "any") RETURNS bytea */
+PG_FUNCTION_INFO_V1(kms_decrypt_pairs);
+Datum
+kms_decrypt_pairs(PG_FUNCTION_ARGS)
+{
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	get_context_pairs(fcinfo, 1, &ctx);
+	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx));
+}
+
+/* SQL: kms_decrypt_text_pairs(ciphertext bytea, VARIADIC context "any") RETURNS text */
+PG_FUNCTION_INFO_V1(kms_decrypt_text_pairs);
+Datum
+kms_decrypt_text_pairs(PG_FUNCTION_ARGS)
+{
+	KmsContext	ctx;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	get_context_pairs(fcinfo, 1, &ctx);
+	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx)));
 }
 
 /*

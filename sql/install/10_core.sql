@@ -27,6 +27,31 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'kms_decrypt_text'
 LANGUAGE C STABLE PARALLEL SAFE;
 
+-- The same with the context given as key, value arguments instead of a
+-- jsonb: kms_encrypt_pairs(data, NULL, 'id', id, 'tenant', tenant) seals
+-- exactly as kms_encrypt(data, jsonb_build_object('id', id, 'tenant',
+-- tenant)) would (same canonical context), without building a jsonb per
+-- row.  Values: text, integers, numeric, boolean.
+CREATE FUNCTION kms_encrypt_pairs(plaintext bytea, key_id text, VARIADIC context "any")
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_encrypt_pairs'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION kms_encrypt_text_pairs(plaintext text, key_id text, VARIADIC context "any")
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_encrypt_text_pairs'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION kms_decrypt_pairs(ciphertext bytea, VARIADIC context "any")
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_decrypt_pairs'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION kms_decrypt_text_pairs(ciphertext bytea, VARIADIC context "any")
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_decrypt_text_pairs'
+LANGUAGE C STABLE PARALLEL SAFE;
+
 CREATE FUNCTION kms_ciphertext_info(ciphertext bytea,
     OUT format_version int, OUT provider text, OUT key_id text, OUT dek_id text,
     OUT kms_context_keys text[], OUT wrapped_dek_bytes int, OUT plaintext_bytes int,
@@ -123,6 +148,8 @@ CREATE VIEW kms_cache_stats AS SELECT * FROM kms_cache_stats();
 -- cache control and key inspection need an explicit GRANT (README).
 REVOKE EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_decrypt_text_pairs(bytea, "any") FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_reencrypt(bytea, jsonb, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_rewrap(bytea, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION kms_hmac_sha256(bytea, bytea) FROM PUBLIC;
