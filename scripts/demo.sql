@@ -17,6 +17,10 @@ SELECT id, tenant, left(encode(ssn, 'hex'), 24) || '...' AS stored FROM customer
 SELECT id, kms_decrypt_text(ssn, jsonb_build_object('id', id, 'tenant', tenant)) AS ssn
 FROM customers ORDER BY id;
 
+-- 3b. The same context given as key, value arguments (no jsonb per row).
+SELECT id, kms_decrypt_text_pairs(ssn, 'id', id, 'tenant', tenant) AS ssn
+FROM customers ORDER BY id;
+
 -- 4. What a ciphertext says about itself, without decrypting.
 SELECT format_version, provider, dek_id, overhead_bytes FROM kms_ciphertext_info((SELECT ssn FROM customers WHERE id = 1));
 
