@@ -482,9 +482,18 @@ l1_init(void)
 	}
 }
 
+/*
+ * The decrypt entry used last: rows of one statement usually share a DEK,
+ * so the next value is checked against it before building its identity
+ * and probing the hash table.  Cleared whenever that entry is wiped.
+ */
+static KmsLocalDek *last_dec = NULL;
+
 static void
 l1_entry_wipe(KmsLocalDek *e)
 {
+	if (e == last_dec)
+		last_dec = NULL;
 	if (e->dek.ctx)
 		EVP_CIPHER_CTX_free(e->dek.ctx);	/* cleanses the key schedule */
 	e->dek.ctx = NULL;
@@ -1179,6 +1188,21 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 
 	kms_dek_cache_require();
 	l1_init();
+
+	/* the previous row's DEK, compared piece by piece (identity layout of build_ident) */
+	e = last_dec;
+	if (e != NULL && e->ident_len == 2 + env->key_id_len + env->wrapped_len &&
+		(uint8) e->ident[0] == provider->id &&
+		e->ident[1 + env->key_id_len] == '\0' &&
+		memcmp(e->ident + 2 + env->key_id_len, env->wrapped, env->wrapped_len) == 0 &&
+		memcmp(e->ident + 1, env->key_id, env->key_id_len) == 0 &&
+		l1_valid(e, now))
+	{
+		if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
+			flush_pending_stats();
+		return &e->dek;
+	}
+
 	ident = build_ident(provider->id, env->key_id, env->key_id_len, env->wrapped, env->wrapped_len,
 						stackbuf, sizeof(stackbuf), &ident_len);
 	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x444543);
@@ -1190,6 +1214,7 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		{
 			if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
 				flush_pending_stats();
+			last_dec = e;
 			return &e->dek;
 		}
 		l1_remove(e);
@@ -1223,6 +1248,7 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		explicit_bzero(dek, sizeof(dek));
 	}
 	PG_END_TRY();
+	last_dec = e;
 	return &e->dek;
 }
 
