@@ -10,7 +10,7 @@ Checks:
   * every user-facing message in src/*.c (errmsg / errmsg_internal format
     strings, and the texts of kms_error_text() that errmsg("%s") raises) and
     every RAISE EXCEPTION / RAISE WARNING in sql/install/*.sql has an entry
-    "### `message`" in docs/troubleshooting.md (placeholders such as %s, %d,
+    "### `message`" in docs/troubleshooting.md (format specifiers such as %s, %d,
     %m or % match any text there); when the ereport() names a fixed
     errcode(ERRCODE_...), the entry must give its SQLSTATE.
 
@@ -301,7 +301,7 @@ def code_messages():
 
 
 def message_regex(fmt, sql=False):
-    """Regex matching the documented form of a message: placeholders match any text."""
+    """Regex matching the documented form of a message: format specifiers match any text."""
     if sql:
         pieces = re.split(r"%", fmt)
     else:
