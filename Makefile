@@ -20,9 +20,13 @@ OBJS = \
 	src/kms_http.o \
 	src/kms_sigv4.o
 
-# The install script is assembled from one file per concern.
+# The install script is assembled from one file per concern, and so is the
+# update script from the last released version.  Released install scripts are
+# kept frozen in sql/versions/ so that upgrades from them can be tested.
 INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
-DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+UPDATE_PARTS = $(sort $(wildcard sql/update/1.0--$(EXTVERSION)/*.sql))
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql $(EXTENSION)--1.0--$(EXTVERSION).sql
+DATA = $(wildcard sql/versions/$(EXTENSION)--*.sql)
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
 KMS_REGRESS_CONF ?= test/regress.conf
@@ -38,6 +42,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 $(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
+	cat $^ > $@
+
+$(EXTENSION)--1.0--$(EXTVERSION).sql: $(UPDATE_PARTS)
 	cat $^ > $@
 
 .PHONY: unitcheck
