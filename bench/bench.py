@@ -31,7 +31,11 @@ import sys
 import tempfile
 import time
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+# The PostgreSQL to measure: PG_BIN, or the bindir of PG_CONFIG / pg_config
+# (scripts/common.sh sets both for the version chosen with --pg N).
+PG_BIN = os.environ.get("PG_BIN") or subprocess.run(
+    [os.environ.get("PG_CONFIG", "pg_config"), "--bindir"],
+    capture_output=True, text=True, check=True).stdout.strip()
 PY = "/usr/bin/python3"
 
 # Fixed server settings, printed with the results.

@@ -10,6 +10,8 @@
 # The chroot lives outside the checkout, so a second run on the same machine
 # reuses it (a fresh machine builds it: debootstrap ~2 min, packages ~5 min).
 
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
 KMS_CHROOT_CACHE="${KMS_CHROOT_CACHE:-/var/cache/kms_pg}"
 KMS_DEBIAN_MIRROR="${KMS_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
@@ -22,16 +24,10 @@ kms_chroot_suite() {
     esac
 }
 
-# Packages the suite needs inside the chroot: the server and its headers,
-# the build toolchain, the test drivers (Perl TAP, Python, Node).
+# Packages inside the chroot: what test/run_suite.sh needs for one version
+# (kms_pg_packages, scripts/common.sh), and Node.js for the interop test.
 kms_chroot_packages() {
-    local major="$1"
-    echo "build-essential ca-certificates openssl \
-postgresql-${major} postgresql-server-dev-${major} \
-libssl-dev libcurl4-openssl-dev \
-python3 python3-botocore python3-boto3 python3-cryptography \
-python3-psycopg2 python3-psycopg \
-libipc-run-perl perl rsync curl procps iproute2 nodejs npm"
+    echo "$(kms_pg_packages "$1") nodejs npm"
 }
 
 kms_chroot_dir() { echo "$KMS_CHROOT_CACHE/chroot-$1"; }
@@ -45,33 +41,50 @@ kms_chroot_apt() {
 }
 
 kms_chroot_create() {
-    local major="$1" suite dir tmp
+    local major="$1" suite dir tmp rc
     suite=$(kms_chroot_suite "$major") || return 1
     dir=$(kms_chroot_dir "$major")
     tmp="$dir.tmp"
-    rm -rf "$tmp"
     mkdir -p "$KMS_CHROOT_CACHE"
-    command -v debootstrap >/dev/null 2>&1 || \
-        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-    echo "== debootstrap $suite (PostgreSQL $major) into $tmp"
-    # bookworm's debootstrap has no script for forky: the sid script fits
-    # every suite after trixie.
-    debootstrap --variant=minbase "$suite" "$tmp" "$KMS_DEBIAN_MIRROR" \
-        /usr/share/debootstrap/scripts/sid >"$KMS_CHROOT_CACHE/debootstrap-$major.log" 2>&1 \
-        || { tail -20 "$KMS_CHROOT_CACHE/debootstrap-$major.log"; return 1; }
-    # No service may start inside the chroot (Debian's default cluster).
-    printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
-    chmod 755 "$tmp/usr/sbin/policy-rc.d"
-    mkdir -p "$tmp/etc/postgresql-common/createcluster.d"
-    echo "create_main_cluster = false" >"$tmp/etc/postgresql-common/createcluster.d/kms_pg.conf"
+    # A half-made chroot is resumed after debootstrap, never before.
+    if [ ! -f "$tmp/.kms_debootstrapped" ]; then
+        rm -rf "$tmp"
+        echo "== debootstrap $suite (PostgreSQL $major) into $tmp"
+        # bookworm's debootstrap has no script for forky: the sid script
+        # fits every suite after trixie.
+        debootstrap --variant=minbase "$suite" "$tmp" "$KMS_DEBIAN_MIRROR" \
+            /usr/share/debootstrap/scripts/sid >"$KMS_CHROOT_CACHE/debootstrap-$major.log" 2>&1 \
+            || { tail -n 20 "$KMS_CHROOT_CACHE/debootstrap-$major.log"; return 1; }
+        # No service may start inside the chroot (Debian's default cluster).
+        printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+        chmod 755 "$tmp/usr/sbin/policy-rc.d"
+        mkdir -p "$tmp/etc/postgresql-common/createcluster.d"
+        echo "create_main_cluster = false" >"$tmp/etc/postgresql-common/createcluster.d/kms_pg.conf"
+        touch "$tmp/.kms_debootstrapped"
+    fi
     cp /etc/resolv.conf "$tmp/etc/resolv.conf" 2>/dev/null || true
-    kms_chroot_apt "$tmp" update || return 1
+    echo "== installing PostgreSQL $major and the test tools into $tmp"
+    # Maintainer scripts (postgresql-common's systemd-tmpfiles) need /proc.
+    kms_chroot_mount "$tmp"
     # shellcheck disable=SC2046
-    kms_chroot_apt "$tmp" install -y $(kms_chroot_packages "$major") >/dev/null || return 1
-    kms_chroot_apt "$tmp" clean
+    kms_chroot_apt "$tmp" update &&
+        chroot "$tmp" dpkg --configure -a &&
+        kms_chroot_apt "$tmp" install -y $(kms_chroot_packages "$major") >/dev/null &&
+        kms_chroot_apt "$tmp" clean
+    rc=$?
+    kms_chroot_umount "$tmp"
+    [ "$rc" = 0 ] || return 1
     mv "$tmp" "$dir"
     echo "== caching $dir.tar"
     tar -C "$dir" -cf "$dir.tar.tmp" . && mv "$dir.tar.tmp" "$dir.tar"
+}
+
+# debootstrap on the host: run before any chroot is prepared in the
+# background, so that no two apt-get runs compete for the host's dpkg lock.
+kms_chroot_host_tools() {
+    command -v debootstrap >/dev/null 2>&1 && return 0
+    env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 }
 
 kms_chroot_ensure() {

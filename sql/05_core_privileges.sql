@@ -56,9 +56,12 @@ FROM (VALUES ('kms_pg.keyring_file', '/tmp/regress_kms05_keyring.json'),
              ('kms_pg.key_id', 'alias/regress_priv05'),
              ('kms_pg.kms_context_keys', 'tenant'),
              ('kms_pg.dek_max_messages', '1000')) AS t(g, v);
-SELECT pg_temp.try($$SELECT set_config('kms_pg.keyring_file', '/tmp/x', false)$$) AS set_config_keyring,
-       pg_temp.try($$SHOW kms_pg.keyring_file$$) AS show_keyring,
-       pg_temp.try($$SHOW kms_pg.ca_file$$) AS show_ca_file;
+SELECT pg_temp.try($$SELECT set_config('kms_pg.keyring_file', '/tmp/x', false)$$) AS set_config_keyring;
+-- PostgreSQL 16 reworded the refusal to show a setting ("permission denied
+-- to examine ..."): compare the SQLSTATE and the setting it names.
+SELECT split_part(r, ':', 1) AS sqlstate, r LIKE '%examine "' || g || '"' AS names_setting
+FROM (VALUES ('kms_pg.keyring_file'), ('kms_pg.ca_file')) AS t(g),
+     LATERAL pg_temp.try('SHOW ' || g) AS r;
 RESET ROLE;
 -- a superuser cannot SET them in a session either (they are PGC_SIGHUP)
 SELECT pg_temp.try($$SET kms_pg.keyring_file = '/tmp/x'$$) AS superuser_keyring,

@@ -19,9 +19,8 @@
 
 #include "kms_aws_json.h"
 
-#include "common/base64.h"
-#include "common/jsonapi.h"
-#include "mb/pg_wchar.h"
+#define KMS_COMPAT_WANT_JSON
+#include "kms_compat.h"
 
 #ifndef FRONTEND
 #include "utils/json.h"
@@ -36,7 +35,7 @@ typedef struct ExtractState
 	KmsAwsJsonField *fields;
 	int			nfields;
 	int			cur;			/* index of the top-level member being parsed */
-	char	   *span_start;		/* raw start of an object/array member value */
+	const char *span_start;		/* raw start of an object/array member value */
 	bool		not_object;
 	bool		duplicate;
 } ExtractState;
@@ -80,24 +79,26 @@ end_container_span(ExtractState *st, KmsAwsJsonKind kind)
 	}
 }
 
-static void
+static KMS_JSON_ACTION
 ex_object_start(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
 
 	if (st->lex->lex_level == 1 && st->cur >= 0)
 		st->span_start = st->lex->token_start;
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_object_end(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
 
 	end_container_span(st, KMS_AWS_JSON_OBJECT);
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_array_start(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
@@ -106,23 +107,25 @@ ex_array_start(void *state)
 		st->not_object = true;
 	else if (st->lex->lex_level == 1 && st->cur >= 0)
 		st->span_start = st->lex->token_start;
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_array_end(void *state)
 {
 	ExtractState *st = (ExtractState *) state;
 
 	end_container_span(st, KMS_AWS_JSON_ARRAY);
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_field_start(void *state, char *fname, bool isnull)
 {
 	ExtractState *st = (ExtractState *) state;
 
 	if (st->lex->lex_level != 1 || fname == NULL)
-		return;
+		KMS_JSON_DONE;
 	st->cur = -1;
 	for (int i = 0; i < st->nfields; i++)
 	{
@@ -136,9 +139,10 @@ ex_field_start(void *state, char *fname, bool isnull)
 		}
 	}
 	/* fname is handed to object_field_end too, which frees it */
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_field_end(void *state, char *fname, bool isnull)
 {
 	ExtractState *st = (ExtractState *) state;
@@ -151,9 +155,10 @@ ex_field_end(void *state, char *fname, bool isnull)
 		wipe_str(fname);
 		pfree(fname);
 	}
+	KMS_JSON_DONE;
 }
 
-static void
+static KMS_JSON_ACTION
 ex_scalar(void *state, char *token, JsonTokenType tokentype)
 {
 	ExtractState *st = (ExtractState *) state;
@@ -185,6 +190,7 @@ ex_scalar(void *state, char *token, JsonTokenType tokentype)
 		wipe_str(token);
 		pfree(token);
 	}
+	KMS_JSON_DONE;
 }
 
 /* Free a lexer, wiping its de-escaping buffer (it held every string value). */
@@ -192,12 +198,8 @@ static void
 lex_free(JsonLexContext *lex)
 {
 	if (lex->strval)
-	{
 		explicit_bzero(lex->strval->data, lex->strval->maxlen);
-		pfree(lex->strval->data);
-		pfree(lex->strval);
-	}
-	pfree(lex);
+	kms_json_lex_free(lex);
 }
 
 KmsAwsJsonError
@@ -229,7 +231,7 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 	 * error part-way through the real pass it would leave copies of field
 	 * names or values it had already made, which may hold key material.
 	 */
-	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, false);
+	lex = kms_json_lex_make(copy, len, false);
 	rc = pg_parse_json(lex, &nullSemAction);
 	lex_free(lex);
 	if (rc != JSON_SUCCESS)
@@ -239,7 +241,7 @@ kms_aws_json_extract(const char *json, size_t len, KmsAwsJsonField *fields, int 
 		return KMS_AWS_JSON_SYNTAX;
 	}
 
-	lex = makeJsonLexContextCstringLen(copy, (int) len, PG_UTF8, true);
+	lex = kms_json_lex_make(copy, len, true);
 
 	/*
 	 * The lexer de-escapes every string into lex->strval, growing it with
@@ -365,7 +367,7 @@ kms_aws_b64_decode(const char *src, int srclen, uint8 *dst, int dstlen)
 			  (c >= '0' && c <= '9') || c == '+' || c == '/'))
 			return -1;
 	}
-	return pg_b64_decode(src, srclen, (char *) dst, dstlen);
+	return kms_b64_decode(src, srclen, dst, dstlen);
 }
 
 #ifndef FRONTEND
@@ -403,7 +405,7 @@ kms_aws_json_add_base64(StringInfo s, const char *name, const uint8 *data, int l
 	add_name(s, name);
 	appendStringInfoChar(s, '"');
 	enlargeStringInfo(s, enclen + 2);
-	n = pg_b64_encode((const char *) data, len, s->data + s->len, enclen + 1);
+	n = kms_b64_encode(data, len, s->data + s->len, enclen + 1);
 	if (n < 0)
 		elog(ERROR, "kms_pg: base64 encoding failed");
 	s->len += n;

@@ -40,10 +40,10 @@ typedef enum KmsError
  * Raise the error for code; detail may be NULL.  Never returns for an
  * error code.  Nothing secret may be passed in detail.
  */
-extern void kms_report_error(KmsError code, const char *detail) pg_attribute_noreturn();
+kms_noreturn extern void kms_report_error(KmsError code, const char *detail);
 
 /* Raise an OpenSSL failure with the library's reason (never key bytes). */
-extern void kms_report_openssl_error(const char *what) pg_attribute_noreturn();
+kms_noreturn extern void kms_report_openssl_error(const char *what);
 
 /* Short English text for a code (also used by the fuzz harnesses). */
 extern const char *kms_error_text(KmsError code);

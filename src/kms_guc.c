@@ -113,8 +113,7 @@ check_kms_context_keys(char **newval, void **extra, GucSource source)
 	}
 	qsort(tmp, n, sizeof(char *), cmp_cstr);
 
-	/* GUC "extra" must be malloc'd: guc.c free()s it */
-	kl = (KmsKeyList *) malloc(sz);
+	kl = (KmsKeyList *) kms_guc_extra_alloc(sz);
 	if (kl == NULL)
 	{
 		GUC_check_errdetail("Out of memory.");

@@ -6,11 +6,17 @@
  */
 #include "kms_pg.h"
 
+#include "fmgr.h"
 #include "miscadmin.h"
 
 bool		kms_loaded_via_preload = false;
 
-void		_PG_init(void);
+/*
+ * From 16 on, symbols are hidden by default and fmgr.h declares _PG_init
+ * PGDLLEXPORT; 15's fmgr.h does not declare it.  Declared here too, so
+ * every version exports it (build check: test/check_exports.sh).
+ */
+extern PGDLLEXPORT void _PG_init(void);
 
 void
 _PG_init(void)

@@ -12,6 +12,8 @@
 
 #include "postgres.h"
 
+#include "kms_compat.h"
+
 #define KMS_DEK_LEN			32		/* AES-256 data key */
 #define KMS_NONCE_LEN		12		/* 96-bit GCM nonce */
 #define KMS_TAG_LEN			16		/* 128-bit GCM tag */

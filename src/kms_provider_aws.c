@@ -460,9 +460,8 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 }
 
 /* Raise the error for a failed request (never returns). */
-static void
-report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
-	pg_attribute_noreturn();
+kms_noreturn static void
+report_kms_error(const AwsOp *op, const AwsResult *res, const char *key);
 
 static void
 report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
@@ -677,8 +676,8 @@ aws_execute(const AwsOp *op, AwsResult *res)
 
 /* ---- response fields ---- */
 
-static void
-bad_response(const AwsOp *op, const AwsResult *res, const char *what) pg_attribute_noreturn();
+kms_noreturn static void
+bad_response(const AwsOp *op, const AwsResult *res, const char *what);
 
 static void
 bad_response(const AwsOp *op, const AwsResult *res, const char *what)

@@ -231,7 +231,7 @@ keyring_parse(const char *text, const char *path, LocalKeyring *kr)
 			b64 = json_string_field(vc, "material", true, path);
 			if (pg_b64_dec_len(strlen(b64)) > (int) sizeof(buf))
 				report_keyring_error(path, "is damaged", "Key material has the wrong length.");
-			dlen = pg_b64_decode(b64, strlen(b64), (char *) buf, sizeof(buf));
+			dlen = kms_b64_decode(b64, strlen(b64), buf, sizeof(buf));
 			explicit_bzero(b64, strlen(b64));
 			if (dlen != KMS_DEK_LEN)
 			{
@@ -657,7 +657,7 @@ keyring_serialize(const LocalKeyring *kr, StringInfo s)
 			char		b64[64];
 			int			l;
 
-			l = pg_b64_encode((const char *) k->versions[j].material, KMS_DEK_LEN, b64, sizeof(b64));
+			l = kms_b64_encode(k->versions[j].material, KMS_DEK_LEN, b64, sizeof(b64));
 			if (l < 0)
 				elog(ERROR, "base64 encoding of key material failed");
 			appendStringInfo(s, "%s{\"version\": %d, \"created\": ", j > 0 ? ", " : "",

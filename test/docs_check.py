@@ -23,7 +23,18 @@ import re
 import sys
 
 ROOT = os.environ.get("KMS_PG_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ERRCODES_H = "/usr/include/postgresql/15/server/utils/errcodes.h"
+def _errcodes_h():
+    """errcodes.h of the PostgreSQL the suite builds against (PG_CONFIG)."""
+    import subprocess
+    try:
+        inc = subprocess.run([os.environ.get("PG_CONFIG", "pg_config"), "--includedir-server"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        inc = "/usr/include/postgresql/15/server"
+    return os.path.join(inc, "utils", "errcodes.h")
+
+
+ERRCODES_H = _errcodes_h()
 
 passed = 0
 failed = 0

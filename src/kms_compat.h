@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ * kms_compat.h
+ *	  Every PostgreSQL-version difference kms_pg depends on, in one place.
+ *
+ * kms_pg supports PostgreSQL 15, 16, 17 and 18 from one source tree.  The
+ * rest of the code uses only the kms_* names below and never tests
+ * PG_VERSION_NUM itself.  Each guard sits at the release that made the
+ * change (16 has no Debian package for the CI machine: its guards are
+ * right by construction, from the release notes and headers, not by test).
+ *
+ *	 16: JSON semantic-action callbacks return JsonParseErrorType;
+ *		 GUC check-hook "extra" is freed with guc_free (allocate with
+ *		 guc_malloc), no longer free().
+ *	 17: makeJsonLexContextCstringLen takes the context to initialise
+ *		 (NULL: allocate) and a size_t length; freeJsonLexContext frees.
+ *	 18: pg_attribute_noreturn() is gone (pg_noreturn goes in front);
+ *		 pg_b64_encode/decode take uint8 * for the binary side.
+ *-------------------------------------------------------------------------
+ */
+#ifndef KMS_COMPAT_H
+#define KMS_COMPAT_H
+
+#include "common/base64.h"
+
+/*
+ * A function that never returns: written in front of the declaration,
+ * where both pg_noreturn (18+, may be C11 _Noreturn) and the older
+ * pg_attribute_noreturn() (an __attribute__ or __declspec) are valid.
+ */
+#if PG_VERSION_NUM >= 180000
+#define kms_noreturn pg_noreturn
+#else
+#define kms_noreturn pg_attribute_noreturn()
+#endif
+
+/*
+ * Base64 of binary data (common/base64.h).  Returns the length written,
+ * or -1, as pg_b64_* do.
+ */
+static inline int
+kms_b64_encode(const uint8 *src, int len, char *dst, int dstlen)
+{
+#if PG_VERSION_NUM >= 180000
+	return pg_b64_encode(src, len, dst, dstlen);
+#else
+	return pg_b64_encode((const char *) src, len, dst, dstlen);
+#endif
+}
+
+static inline int
+kms_b64_decode(const char *src, int len, uint8 *dst, int dstlen)
+{
+#if PG_VERSION_NUM >= 180000
+	return pg_b64_decode(src, len, dst, dstlen);
+#else
+	return pg_b64_decode(src, len, (char *) dst, dstlen);
+#endif
+}
+
+/*
+ * Memory for a GUC check hook's "extra": guc.c releases it with free()
+ * up to 15 and with guc_free() (which expects guc_malloc) from 16 on.
+ * Returns NULL when out of memory (the check hook then fails).
+ */
+#ifndef FRONTEND
+#include "utils/guc.h"
+
+static inline void *
+kms_guc_extra_alloc(size_t size)
+{
+#if PG_VERSION_NUM >= 160000
+	return guc_malloc(LOG, size);
+#else
+	return malloc(size);
+#endif
+}
+#endif							/* !FRONTEND */
+
+/*
+ * JSON parser (common/jsonapi.h).  Semantic-action callbacks are written
+ *
+ *		static KMS_JSON_ACTION cb(void *state, ...) { ...; KMS_JSON_DONE; }
+ *
+ * and lexers are made and freed with the two functions below.  Define
+ * KMS_COMPAT_WANT_JSON before including this header to get them.
+ */
+#endif							/* KMS_COMPAT_H */
+
+/* The JSON part has its own guard: a file may want it after kms_pg.h. */
+#if defined(KMS_COMPAT_WANT_JSON) && !defined(KMS_COMPAT_JSON_H)
+#define KMS_COMPAT_JSON_H
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+
+#if PG_VERSION_NUM >= 160000
+#define KMS_JSON_ACTION JsonParseErrorType
+#define KMS_JSON_DONE return JSON_SUCCESS
+#else
+#define KMS_JSON_ACTION void
+#define KMS_JSON_DONE return
+#endif
+
+/* A lexer over a UTF-8 buffer of len bytes, de-escaping strings if asked. */
+static inline JsonLexContext *
+kms_json_lex_make(char *json, size_t len, bool need_escapes)
+{
+#if PG_VERSION_NUM >= 170000
+	return makeJsonLexContextCstringLen(NULL, json, len, PG_UTF8, need_escapes);
+#else
+	return makeJsonLexContextCstringLen(json, (int) len, PG_UTF8, need_escapes);
+#endif
+}
+
+/*
+ * Free a lexer from kms_json_lex_make.  The caller has already wiped what
+ * must be wiped (the de-escaping buffer lex->strval).
+ */
+static inline void
+kms_json_lex_free(JsonLexContext *lex)
+{
+#if PG_VERSION_NUM >= 170000
+	freeJsonLexContext(lex);
+#else
+	if (lex->strval)
+	{
+		pfree(lex->strval->data);
+		pfree(lex->strval);
+	}
+	pfree(lex);
+#endif
+}
+#endif							/* KMS_COMPAT_WANT_JSON */
