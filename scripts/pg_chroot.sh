@@ -125,8 +125,13 @@ kms_chroot_run() {
     local major="$1" dir rc; shift
     dir=$(kms_chroot_dir "$major")
     kms_chroot_mount "$dir"
+    # The chroot trusts what the host trusts (npm's registry may be reached
+    # through a TLS proxy whose CA only the host's bundle has).
+    cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/kms_host_ca.crt"
     chroot "$dir" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 CI="${CI:-}" bash -c "$*"
+        HOME=/root LANG=C.UTF-8 CI="${CI:-}" \
+        NODE_EXTRA_CA_CERTS=/etc/ssl/certs/kms_host_ca.crt npm_config_cafile=/etc/ssl/certs/kms_host_ca.crt \
+        SSL_CERT_FILE=/etc/ssl/certs/kms_host_ca.crt bash -c "$*"
     rc=$?
     kms_chroot_umount "$dir"
     return $rc

@@ -62,7 +62,9 @@ run_leg() {
 
 for v in $VERSIONS; do
     [ "$v" = "$HOST_MAJOR" ] || continue
-    run_leg "$v" bash "$ROOT/test/run_suite.sh" --pg "$v"
+    # The host leg installs into the host's PostgreSQL: concurrent runs on
+    # one machine (other work trees) take turns.
+    run_leg "$v" flock /tmp/kms_pg_pg15.lock bash "$ROOT/test/run_suite.sh" --pg "$v"
 done
 
 for v in $chroot_versions; do
