@@ -29,6 +29,11 @@ if [ "${1:-}" = "--pg" ] && [ -n "${2:-}" ]; then
     KMS_PG_MAJOR="$2"
     shift 2
 fi
+# KMS_PG_CONFIG=/path/to/pg_config: a PostgreSQL not from Debian's packages
+# (built from source, say); its version decides, nothing is installed for it.
+if [ -n "${KMS_PG_CONFIG:-}" ]; then
+    KMS_PG_MAJOR=$("$KMS_PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+fi
 PG_MAJOR="${KMS_PG_MAJOR:-$(kms_default_pg_major)}"
 case " $KMS_PG_SUPPORTED " in
     *" $PG_MAJOR "*) ;;
@@ -36,8 +41,13 @@ case " $KMS_PG_SUPPORTED " in
 esac
 KMS_PG_MAJOR="$PG_MAJOR"
 export KMS_PG_MAJOR PG_MAJOR
-PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
-PG_CONFIG="${PG_BIN}/pg_config"
+if [ -n "${KMS_PG_CONFIG:-}" ]; then
+    PG_CONFIG="$KMS_PG_CONFIG"
+    PG_BIN=$("$PG_CONFIG" --bindir)
+else
+    PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
+    PG_CONFIG="${PG_BIN}/pg_config"
+fi
 export PG_BIN PG_CONFIG
 export PATH="${PG_BIN}:${PATH}"
 
@@ -66,8 +76,9 @@ as_server_user() {
 # What the suite needs for one PostgreSQL version (also installed into the
 # version-matrix chroots, scripts/pg_chroot.sh) ...
 kms_pg_packages() {
-    echo "build-essential ca-certificates openssl \
-postgresql-$1 postgresql-server-dev-$1 \
+    local server="postgresql-$1 postgresql-server-dev-$1"
+    [ -n "${KMS_PG_CONFIG:-}" ] && server=""
+    echo "build-essential ca-certificates openssl $server \
 libssl-dev libcurl4-openssl-dev binutils \
 python3 python3-botocore python3-boto3 python3-cryptography \
 libipc-run-perl perl rsync curl procps"
