@@ -14,7 +14,7 @@
  * pg_extension_config_dump: standbys, PITR, base backups and pg_dump carry
  * every key, and only the master key stays outside the database.
  *
- * Reading is direct heap access under the statement's snapshot, as the
+ * Reading is direct heap access under the latest snapshot, as the
  * calling user, with no SQL and no privilege change: decrypting needs no
  * privilege on the tables.  Changing is fixed SQL through SPI run as the
  * tables' owner (the extension's superuser) with search_path pinned to
@@ -36,6 +36,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_class.h"
@@ -135,7 +136,15 @@ static void
 scan_begin(CatalogScan *cs, const char *table)
 {
 	cs->rel = table_open(catalog_relid_or_error(table), AccessShareLock);
-	cs->snap = RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
+	/*
+	 * The latest snapshot sees keys created earlier in the same statement
+	 * (kms_encrypt(..., kms_create_key(...))); a parallel worker cannot take
+	 * one and uses the statement's.
+	 */
+	if (!IsInParallelMode())
+		cs->snap = RegisterSnapshot(GetLatestSnapshot());
+	else
+		cs->snap = RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
 	cs->scan = table_beginscan(cs->rel, cs->snap, 0, NULL);
 	cs->natts = RelationGetDescr(cs->rel)->natts;
 	cs->values = palloc(sizeof(Datum) * cs->natts);

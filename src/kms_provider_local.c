@@ -1103,11 +1103,6 @@ kms_local_schedule_deletion(const char *key, int pending_days, const char **key_
 	TimestampTz when;
 
 	require_catalog();
-	if (pending_days < 7 || pending_days > 30)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("pending deletion window of %d days is out of range", pending_days),
-				 errdetail("A key can be scheduled for deletion 7 to 30 days ahead, as in AWS KMS.")));
 	lk = catalog_key_or_error(key);
 	if (lk->pending_deletion)
 		ereport(ERROR,

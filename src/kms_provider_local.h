@@ -41,7 +41,7 @@ extern List *kms_local_list_keys(void);
 /* The key id of a key given by id, alias or ARN form (ERROR when unknown). */
 extern char *kms_local_key_id(const char *key);
 
-/* Schedule deletion pending_days (7..30) ahead; disables the key. */
+/* Schedule deletion pending_days ahead (the caller checked 7..30); disables the key. */
 extern TimestampTz kms_local_schedule_deletion(const char *key, int pending_days,
 											   const char **key_id_out);
 extern void kms_local_cancel_deletion(const char *key);

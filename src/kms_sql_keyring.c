@@ -108,6 +108,11 @@ kms_schedule_key_deletion(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", "pending_days")));
 	days = PG_GETARG_INT32(1);
+	if (days < 7 || days > 30)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pending deletion window of %d days is out of range", days),
+				 errdetail("A key can be scheduled for deletion 7 to 30 days ahead, as in AWS KMS.")));
 	require_unused(fcinfo, kms_local_key_id(key));
 	when = kms_local_schedule_deletion(key, days, &key_id);
 	/* the key is disabled from now on: its cached DEKs must stop working */
