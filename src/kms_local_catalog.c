@@ -32,10 +32,8 @@
 #include <openssl/rand.h>
 
 #include "access/genam.h"
-#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
@@ -126,7 +124,7 @@ typedef struct CatalogScan
 {
 	Relation	rel;
 	Snapshot	snap;
-	TableScanDesc scan;
+	SysScanDesc scan;
 	int			natts;
 	Datum	   *values;
 	bool	   *nulls;
@@ -145,7 +143,7 @@ scan_begin(CatalogScan *cs, const char *table)
 		cs->snap = RegisterSnapshot(GetLatestSnapshot());
 	else
 		cs->snap = RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
-	cs->scan = table_beginscan(cs->rel, cs->snap, 0, NULL);
+	cs->scan = systable_beginscan(cs->rel, InvalidOid, false, cs->snap, 0, NULL);
 	cs->natts = RelationGetDescr(cs->rel)->natts;
 	cs->values = palloc(sizeof(Datum) * cs->natts);
 	cs->nulls = palloc(sizeof(bool) * cs->natts);
@@ -154,7 +152,7 @@ scan_begin(CatalogScan *cs, const char *table)
 static bool
 scan_next(CatalogScan *cs)
 {
-	HeapTuple	tup = heap_getnext(cs->scan, ForwardScanDirection);
+	HeapTuple	tup = systable_getnext(cs->scan);
 
 	if (tup == NULL)
 		return false;
@@ -165,7 +163,7 @@ scan_next(CatalogScan *cs)
 static void
 scan_end(CatalogScan *cs)
 {
-	table_endscan(cs->scan);
+	systable_endscan(cs->scan);
 	UnregisterSnapshot(cs->snap);
 	table_close(cs->rel, AccessShareLock);
 }

@@ -410,7 +410,7 @@ keyring_find_or_error(LocalKeyring *kr, const char *key)
  * and an error wipes it with its parent.
  */
 static LocalKey *
-key_get(const char *key, MemoryContext *tmp)
+key_get_ext(const char *key, MemoryContext *tmp, bool with_material)
 {
 	MemoryContext old;
 	LocalKey   *lk;
@@ -420,7 +420,7 @@ key_get(const char *key, MemoryContext *tmp)
 		return keyring_find_or_error(keyring_get(), key);
 	*tmp = AllocSetContextCreate(CurrentMemoryContext, "kms_pg local key", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(*tmp);
-	lk = kms_catalog_load_key(key, true);
+	lk = kms_catalog_load_key(key, with_material);
 	MemoryContextSwitchTo(old);
 	if (lk == NULL)
 		ereport(ERROR,
@@ -428,6 +428,12 @@ key_get(const char *key, MemoryContext *tmp)
 				 errmsg("kms_pg local key \"%s\" does not exist", key),
 				 errhint("See the kms_keys view for the keys of the local keyring.")));
 	return lk;
+}
+
+static LocalKey *
+key_get(const char *key, MemoryContext *tmp)
+{
+	return key_get_ext(key, tmp, true);
 }
 
 static void
@@ -621,7 +627,7 @@ static char *
 local_describe_key(const char *key)
 {
 	MemoryContext tmp;
-	LocalKey   *lk = key_get(key, &tmp);
+	LocalKey   *lk = key_get_ext(key, &tmp, false);	/* no material needed */
 	StringInfoData s;
 
 	kms_stats_count_call(KMS_STAT_DESCRIBE, false);
