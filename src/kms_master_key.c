@@ -212,6 +212,66 @@ kill_and_reap(pid_t pid)
 }
 
 /*
+ * Read the command's output until it closes it, then reap it, all before
+ * deadline; returns the number of bytes read into buf (MAX_OUTPUT).  Any
+ * ERROR (the caller kills the child): timeout, too much output, a cancel.
+ */
+static int
+wait_for_command(const char *guc, pid_t pid, int fd, TimestampTz deadline, char *buf, int *status)
+{
+	int			got = 0;
+	bool		eof = false;
+
+	for (;;)
+	{
+		long		left;
+
+		CHECK_FOR_INTERRUPTS();
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("kms_pg master key command timed out after %d ms", kms_guc_master_key_command_timeout_ms),
+					 errdetail("%s did not finish in time and was killed.", guc),
+					 errhint("Check the secret manager the command talks to, or raise kms_pg.master_key_command_timeout.")));
+		if (!eof)
+		{
+			struct pollfd pfd = {.fd = fd,.events = POLLIN};
+			int			rc = poll(&pfd, 1, (int) Min(left, 100));
+
+			if (rc < 0 && errno != EINTR)
+				ereport(ERROR, (errcode_for_file_access(), errmsg("could not poll the kms_pg master key command: %m")));
+			if (rc > 0)
+			{
+				ssize_t		r = read(fd, buf + got, MAX_OUTPUT - got);
+
+				if (r > 0)
+				{
+					got += r;
+					if (got >= MAX_OUTPUT)
+						ereport(ERROR,
+								(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+								 errmsg("kms_pg master key command printed no valid master key"),
+								 errdetail("%s printed more than %d bytes.", guc, MAX_OUTPUT - 1)));
+				}
+				else if (r == 0 || (errno != EINTR && errno != EAGAIN))
+					eof = true;		/* output closed: wait for the exit */
+			}
+		}
+		else
+		{
+			pid_t		w = waitpid(pid, status, WNOHANG);
+
+			if (w == pid)
+				return got;
+			if (w < 0 && errno != EINTR)
+				ereport(ERROR, (errcode_for_file_access(), errmsg("could not wait for the kms_pg master key command: %m")));
+			pg_usleep(Min(left, 10) * 1000L);
+		}
+	}
+}
+
+/*
  * Run the command line (split at white space, no shell) and parse what it
  * prints on standard output.
  */
@@ -228,7 +288,7 @@ run_key_command(const char *guc, const char *cmdline, uint8 *key)
 	int			got = 0;
 	TimestampTz deadline;
 	int			status = 0;
-	bool		exited = false;
+	volatile bool child_alive;
 	bool		ok;
 
 	for (char *tok = strtok_r(copy, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save))
@@ -284,81 +344,23 @@ run_key_command(const char *guc, const char *cmdline, uint8 *key)
 	pfree(copy);
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), kms_guc_master_key_command_timeout_ms);
-	for (;;)
+	child_alive = true;
+	PG_TRY();
 	{
-		struct pollfd pfd = {.fd = fds[0],.events = POLLIN};
-		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		int			rc;
-
-		if (INTERRUPTS_PENDING_CONDITION())
-		{
-			kill_and_reap(pid);
-			close(fds[0]);
-			explicit_bzero(buf, sizeof(buf));
-			CHECK_FOR_INTERRUPTS();
-			elog(ERROR, "kms_pg master key command interrupted");
-		}
-		if (left <= 0)
-		{
-			kill_and_reap(pid);
-			close(fds[0]);
-			explicit_bzero(buf, sizeof(buf));
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("kms_pg master key command timed out after %d ms", kms_guc_master_key_command_timeout_ms),
-					 errdetail("%s did not finish in time and was killed.", guc),
-					 errhint("Check the secret manager the command talks to, or raise kms_pg.master_key_command_timeout.")));
-		}
-		if (!exited)
-		{
-			rc = poll(&pfd, 1, (int) Min(left, 100));
-			if (rc < 0 && errno != EINTR)
-			{
-				kill_and_reap(pid);
-				close(fds[0]);
-				ereport(ERROR, (errcode_for_file_access(), errmsg("could not poll the kms_pg master key command: %m")));
-			}
-			if (rc > 0)
-			{
-				ssize_t		r = read(fds[0], buf + got, sizeof(buf) - got);
-
-				if (r > 0)
-				{
-					got += r;
-					if (got >= (int) sizeof(buf))
-					{
-						kill_and_reap(pid);
-						close(fds[0]);
-						explicit_bzero(buf, sizeof(buf));
-						ereport(ERROR,
-								(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-								 errmsg("kms_pg master key command printed no valid master key"),
-								 errdetail("%s printed more than %d bytes.", guc, MAX_OUTPUT - 1)));
-					}
-					continue;
-				}
-				if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN))
-				{
-					/* end of output: wait for the exit below */
-					exited = true;
-				}
-			}
-			continue;
-		}
-		/* output closed: reap the child, still under the deadline */
-		{
-			pid_t		w = waitpid(pid, &status, WNOHANG);
-
-			if (w == pid)
-				break;
-			if (w < 0 && errno != EINTR)
-			{
-				close(fds[0]);
-				ereport(ERROR, (errcode_for_file_access(), errmsg("could not wait for the kms_pg master key command: %m")));
-			}
-			pg_usleep(Min(left, 10) * 1000L);
-		}
+		got = wait_for_command(guc, pid, fds[0], deadline, buf, &status);
+		child_alive = false;
 	}
+	PG_CATCH();
+	{
+		/* timeout, too much output, cancel or termination: no child is left behind */
+		if (child_alive)
+			kill_and_reap(pid);
+		child_alive = false;
+		close(fds[0]);
+		explicit_bzero(buf, sizeof(buf));
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	close(fds[0]);
 
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)

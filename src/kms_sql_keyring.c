@@ -28,7 +28,7 @@ keyring_xact_callback(XactEvent event, void *arg)
 {
 	if (!flush_pending)
 		return;
-	if (event == XACT_EVENT_COMMIT)
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
 	{
 		flush_pending = false;
 		kms_dek_cache_flush();

@@ -45,6 +45,7 @@ sub set_master
 	# wait until a new backend sees the settings
 	my $want = join('|', map { $s{$_} // '' } qw(master_key_file master_key_command))
 	  . '|' . ($s{master_key_command_timeout} // '10s');
+	$want =~ s/\|60s$/|1min/;
 	for (1 .. 200)
 	{
 		my $v = $node->safe_psql('postgres',
@@ -145,6 +146,14 @@ set_master(master_key_command => '/bin/sleep 60', master_key_command_timeout => 
 my $t0 = time();
 fails($check_all, qr/57014: kms_pg master key command timed out after 500 ms/, 'hanging master key command: 57014');
 ok(time() - $t0 < 20, 'the hanging command was killed at its timeout');
+# a cancel (here statement_timeout) while the command hangs kills it too
+set_master(master_key_command => '/bin/sleep 61.25', master_key_command_timeout => '60s');
+$t0 = time();
+fails("SET statement_timeout = '1s';\n" . $check_all, qr/57014: canceling statement due to statement timeout/,
+	'a cancel while the master key command runs: the statement is cancelled');
+ok(time() - $t0 < 20, 'at once, not at the command timeout');
+my @left = grep { m{/bin/sleep 61\.25} } `ps -eo args`;
+is(scalar(@left), 0, 'and the command was killed with it') or diag(@left);
 
 set_master(master_key_file => master_key_file('a'));
 is($node->safe_psql('postgres', $check_all), 't|120', 'the right master key again: every value decrypts');
