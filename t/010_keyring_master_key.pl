@@ -220,6 +220,39 @@ set_master(master_key_file => master_key_file('a'));
 fails($check_all, qr/28P01/, 'and the old master key no longer does');
 set_master(master_key_file => master_key_file('b'));
 
+# ---- a role granted key management: no privilege on the catalog needed,
+# and nothing it defines runs with the owner's rights ----
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE keyadm LOGIN;
+GRANT EXECUTE ON FUNCTION kms_create_key(text, text), kms_rotate_key(text), kms_disable_key(text),
+    kms_enable_key(text) TO keyadm;
+CREATE SCHEMA evil AUTHORIZATION keyadm;
+});
+is( $node->safe_psql('postgres', q{SET ROLE keyadm; SELECT kms_rotate_key(kms_create_key('alias/t010-adm'))}),
+	'2', 'a role granted kms_create_key/kms_rotate_key manages keys without privileges on the catalog');
+{
+	my ($ret, $out, $e) = $node->psql('postgres', 'SET ROLE keyadm; SELECT count(*) FROM kms_local_key');
+	like($e, qr/permission denied/, 'and still cannot read the catalog');
+}
+$node->safe_psql(
+	'postgres', q{
+SET ROLE keyadm;
+CREATE FUNCTION evil.texteq(text, text) RETURNS boolean LANGUAGE plpgsql
+  AS $$BEGIN RAISE EXCEPTION 'hijacked: % %', $1, $2; END$$;
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq);
+CREATE FUNCTION evil.max(int) RETURNS int LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'hijacked max'; END$$;
+});
+is( $node->safe_psql('postgres',
+		q{SET ROLE keyadm; SET search_path = evil, pg_catalog, public;
+		  SELECT kms_rotate_key('alias/t010-adm'); SELECT kms_disable_key('alias/t010-adm');
+		  SELECT kms_enable_key('alias/t010-adm'); SELECT kms_create_key('alias/t010-adm2') IS NOT NULL}),
+	"3
+
+
+t", "an operator or function of the caller's schema is never resolved by the catalog changes");
+$node->safe_psql('postgres', q{DROP SCHEMA evil CASCADE});
+
 # ---- scheduled deletion ----
 fails(q{SELECT kms_schedule_key_deletion('alias/t010', 6)},
 	qr/22023: pending deletion window of 6 days is out of range/, 'a 6-day window is refused');

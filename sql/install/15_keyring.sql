@@ -36,7 +36,8 @@ REVOKE ALL ON kms_local_key, kms_local_key_version FROM PUBLIC;
 
 -- Every column this user can read that holds values under key_id, with
 -- the count kms_key_usage() gives (bytea columns of tables and
--- materialized views; partitions are counted one by one).
+-- materialized views, except kms_pg's own; partitions are counted one by
+-- one).
 CREATE FUNCTION kms_key_columns(key_id text)
 RETURNS TABLE (tbl regclass, col name, "values" bigint)
 LANGUAGE plpgsql STABLE
@@ -55,6 +56,11 @@ BEGIN
           AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.bytea'::pg_catalog.regtype
           AND s.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema'])
           AND s.nspname OPERATOR(pg_catalog.!~) '^pg_toast'
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d      -- kms_pg's own tables
+                          WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                            AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                            AND d.refobjid OPERATOR(pg_catalog.=)
+                                (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'kms_pg'))
         ORDER BY 1, 2
     LOOP
         SELECT u."values" INTO n FROM @extschema@.kms_key_usage(r.t, r.c) u
