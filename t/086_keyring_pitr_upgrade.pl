@@ -110,6 +110,21 @@ my $keys_before = $node->safe_psql('postgres',
 
 $node->append_conf('postgresql.conf', master_key_conf('a'));
 $node->reload;
+
+# a damaged keyring file stops the update too, and nothing changes
+{
+	my $ring = $node->data_dir . '/kms_pg_keyring.json';
+	my $good = slurp_file($ring);
+	truncate($ring, int(length($good) / 2)) or die;
+	my ($ret, $out, $err) = $node->psql('postgres', 'ALTER EXTENSION kms_pg UPDATE',
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/F0000: kms_pg local keyring ".*" is damaged/, 'update with a damaged keyring file: F0000');
+	is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'kms_pg'}), '1.0',
+		'the extension stays at 1.0');
+	open(my $fh, '>', $ring) or die;
+	print $fh $good;
+	close($fh);
+}
 $node->safe_psql('postgres', 'ALTER EXTENSION kms_pg UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'kms_pg'}), '1.1',
 	'updated to 1.1');

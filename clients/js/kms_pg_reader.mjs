@@ -4,7 +4,7 @@
 // with clients/python.  AWS-provider values are unwrapped with
 // @aws-sdk/client-kms (Decrypt with the recorded KeyId and the provider
 // context), local-provider values with a keyring export (the keyring
-// catalog rows as JSON, docs/format.md "Local provider") and the master key
+// catalog rows as JSON, docs/format.md "Local key material") and the master key
 // that wraps their material, or with a kms_pg 1.0 keyring file; the payload
 // is opened with node:crypto AES-256-GCM.
 //

@@ -20,7 +20,7 @@ Decimal, never as a float that has lost digits.
 
 The local provider is supported given a keyring export (the rows of the
 keyring catalog tables kms_local_key and kms_local_key_version as JSON,
-docs/format.md "Local provider") and the master key that wraps their
+docs/format.md "Local key material") and the master key that wraps their
 material: that is meant for tests and for offline recovery, not for
 applications.  A kms_pg 1.0 keyring file (no master key) is read as well.
 """
