@@ -2,7 +2,14 @@
  * kms_provider_local.c
  *	  The embedded local key provider.
  *
- * Root keys live in one JSON keyring file (kms_pg.keyring_file, inside
+ * Since 1.1 root keys live in the keyring catalog of the database
+ * (kms_local_catalog.c), wrapped under the master key (kms_master_key.c);
+ * every provider call reads the key it needs from there.  Until ALTER
+ * EXTENSION kms_pg UPDATE has created the catalog (and imported the file
+ * with kms_local_import_keyring_file()), a database still at 1.0 uses the
+ * 1.0 keyring file as described below; the rest of this file is that code.
+ *
+ * 1.0: root keys live in one JSON keyring file (kms_pg.keyring_file, inside
  * the data directory by default, so pg_basebackup carries it to standbys).
  * The file is created by the first kms_create_key() with mode 0600, and
  * every change is made under an exclusive flock() on "<file>.lock":
