@@ -12,6 +12,9 @@ OBJS = \
 	src/kms_envelope.o \
 	src/kms_provider.o \
 	src/kms_provider_local.o \
+	src/kms_master_key.o \
+	src/kms_local_catalog.o \
+	src/kms_sql_keyring.o \
 	src/kms_dek_cache.o \
 	src/kms_sql_api.o \
 	src/kms_provider_aws.o \

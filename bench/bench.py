@@ -52,7 +52,8 @@ SETTINGS = [
     ("checkpoint_timeout", "'1h'"),
     ("work_mem", "'64MB'"),
     ("max_connections", "40"),
-    ("kms_pg.keyring_file", "'kms_pg_keyring.json'"),
+    # benchmark only: a fixed local master key printed by a command
+    ("kms_pg.master_key_command", "'/bin/echo 1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100'"),
 ]
 
 KEY_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"

@@ -14,8 +14,12 @@ cleanup() { as_server_user pg_ctl -D "$DEMO_DIR/data" stop -m fast >/dev/null 2>
 trap cleanup EXIT
 
 as_server_user initdb -D "$DEMO_DIR/data" -A trust -U postgres >/dev/null
+# the local provider's master key: a 0600 file outside the data directory
+(umask 077; openssl rand -hex 32 > "$DEMO_DIR/master.key")
+[ "$(id -u)" = 0 ] && chown postgres "$DEMO_DIR/master.key"
 cat >> "$DEMO_DIR/data/postgresql.conf" <<CONF
 shared_preload_libraries = 'kms_pg'
+kms_pg.master_key_file = '$DEMO_DIR/master.key'
 listen_addresses = ''
 unix_socket_directories = '$DEMO_DIR'
 port = 54329

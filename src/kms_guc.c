@@ -5,7 +5,7 @@
  * Contexts follow risk (the pgaudit model):
  *	- anything that decides where KMS traffic goes or which credentials it
  *	  carries (endpoint, region, CA, credential sources, metadata and STS
- *	  endpoints, profile, keyring file) is PGC_SIGHUP: only the server
+ *	  endpoints, profile, keyring file, master key source) is PGC_SIGHUP: only the server
  *	  configuration can set it, so an ordinary user can never redirect KMS
  *	  requests or read another keyring;
  *	- which provider makes new DEKs is PGC_SUSET;
@@ -18,6 +18,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_guc.h"
+#include "kms_master_key.h"
 
 #include <limits.h>
 
@@ -228,6 +229,33 @@ kms_guc_init(void)
 							   "Local provider keyring file (relative paths are inside the data directory).",
 							   NULL, &kms_guc_keyring_file, "kms_pg_keyring.json",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.master_key_file",
+							   "File holding the local provider's master key (relative paths are inside the data directory).",
+							   "64 hexadecimal characters; keep the file outside the data directory, mode 0600.",
+							   &kms_guc_master_key_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.master_key_command",
+							   "Command printing the local provider's master key (run without a shell).",
+							   "An absolute program path and arguments separated by spaces.",
+							   &kms_guc_master_key_command, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.previous_master_key_file",
+							   "File holding the master key being rotated away from.",
+							   NULL, &kms_guc_previous_master_key_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.previous_master_key_command",
+							   "Command printing the master key being rotated away from.",
+							   NULL, &kms_guc_previous_master_key_command, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kms_pg.master_key_command_timeout",
+							"Time a master key command may run before it is killed.",
+							NULL, &kms_guc_master_key_command_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kms_pg.dek_max_age",
 							"Seconds a cached data key may seal new values.",

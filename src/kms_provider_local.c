@@ -2,7 +2,14 @@
  * kms_provider_local.c
  *	  The embedded local key provider.
  *
- * Root keys live in one JSON keyring file (kms_pg.keyring_file, inside
+ * Since 1.1 root keys live in the keyring catalog of the database
+ * (kms_local_catalog.c), wrapped under the master key (kms_master_key.c);
+ * every provider call reads the key it needs from there.  Until ALTER
+ * EXTENSION kms_pg UPDATE has created the catalog (and imported the file
+ * with kms_local_import_keyring_file()), a database still at 1.0 uses the
+ * 1.0 keyring file as described below; the rest of this file is that code.
+ *
+ * 1.0: root keys live in one JSON keyring file (kms_pg.keyring_file, inside
  * the data directory by default, so pg_basebackup carries it to standbys).
  * The file is created by the first kms_create_key() with mode 0600, and
  * every change is made under an exclusive flock() on "<file>.lock":
@@ -20,6 +27,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_provider_local.h"
+#include "kms_local_catalog.h"
 #include "kms_guc.h"
 #include "kms_dek_cache.h"
 #include "kms_secure_mem.h"
@@ -31,6 +39,7 @@
 
 #include <openssl/rand.h>
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "common/base64.h"
 #include "miscadmin.h"
@@ -46,23 +55,8 @@
 #define LOCAL_WRAP_AAD		"kms_pg local wrap v1"
 #define KEYRING_FORMAT		"kms_pg local keyring"
 
-typedef struct LocalKeyVersion
-{
-	int			version;
-	TimestampTz created;
-	uint8		material[KMS_DEK_LEN];
-} LocalKeyVersion;
-
-typedef struct LocalKey
-{
-	char		key_id[37];
-	char	   *alias;
-	char	   *description;
-	bool		enabled;
-	TimestampTz created;
-	int			nversions;
-	LocalKeyVersion *versions;	/* ascending by version */
-} LocalKey;
+typedef KmsLocalKeyVersion LocalKeyVersion;
+typedef KmsLocalKey LocalKey;
 
 typedef struct LocalKeyring
 {
@@ -414,9 +408,57 @@ keyring_find_or_error(LocalKeyring *kr, const char *key)
 	return lk;
 }
 
+/*
+ * The key named key (id, alias or ARN form): from the keyring catalog when
+ * this database's kms_pg has one (1.1 on), else from the keyring file of
+ * kms_pg 1.0 (the state before ALTER EXTENSION kms_pg UPDATE migrates it).
+ * A catalog key and its unwrapped material live in *tmp, a child of the
+ * current memory context in wipe-on-reset memory: key_done() deletes it,
+ * and an error wipes it with its parent.
+ */
+static LocalKey *
+key_get_ext(const char *key, MemoryContext *tmp, bool with_material)
+{
+	MemoryContext old;
+	LocalKey   *lk;
+
+	*tmp = NULL;
+	if (!kms_catalog_present())
+		return keyring_find_or_error(keyring_get(), key);
+	*tmp = AllocSetContextCreate(CurrentMemoryContext, "kms_pg local key", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(*tmp);
+	lk = kms_catalog_load_key(key, with_material);
+	MemoryContextSwitchTo(old);
+	if (lk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("kms_pg local key \"%s\" does not exist", key),
+				 errhint("See the kms_keys view for the keys of the local keyring.")));
+	return lk;
+}
+
+static LocalKey *
+key_get(const char *key, MemoryContext *tmp)
+{
+	return key_get_ext(key, tmp, true);
+}
+
+static void
+key_done(MemoryContext tmp)
+{
+	if (tmp != NULL)
+		MemoryContextDelete(tmp);
+}
+
 static void
 require_enabled(const LocalKey *lk)
 {
+	if (lk->pending_deletion)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg local key \"%s\" is pending deletion", lk->key_id),
+				 errdetail("It is scheduled for deletion at %s.", timestamptz_to_str(lk->deletion_date)),
+				 errhint("A superuser can cancel the deletion with kms_cancel_key_deletion() and then enable the key.")));
 	if (!lk->enabled)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -524,35 +566,38 @@ static void
 local_generate_data_key(const char *key, const KmsContext *kctx, uint8 *dek_out,
 						KmsWrappedKey *wrapped_out)
 {
-	LocalKeyring *kr = keyring_get();
-	LocalKey   *lk = keyring_find_or_error(kr, key);
+	MemoryContext tmp;
+	LocalKey   *lk = key_get(key, &tmp);
 
 	kms_stats_count_call(KMS_STAT_GENERATE, false);
 	require_enabled(lk);
 	if (RAND_bytes(dek_out, KMS_DEK_LEN) != 1)
 		kms_report_openssl_error("RAND_bytes");
 	wrap_dek(lk, kctx, dek_out, wrapped_out);
+	key_done(tmp);
 }
 
 static void
 local_decrypt_data_key(const char *key_id, const uint8 *wrapped, int wrapped_len,
 					   const KmsContext *kctx, uint8 *dek_out)
 {
-	LocalKeyring *kr = keyring_get();
-	LocalKey   *lk = keyring_find_or_error(kr, key_id);
+	MemoryContext tmp;
+	LocalKey   *lk = key_get(key_id, &tmp);
 
 	kms_stats_count_call(KMS_STAT_DECRYPT, false);
 	require_enabled(lk);
 	unwrap_dek(lk, wrapped, wrapped_len, kctx, dek_out);
+	key_done(tmp);
 }
 
 static void
 local_rewrap_data_key(const char *key_id, const uint8 *wrapped, int wrapped_len,
 					  const KmsContext *kctx, const char *new_key, KmsWrappedKey *out)
 {
-	LocalKeyring *kr = keyring_get();
-	LocalKey   *src = keyring_find_or_error(kr, key_id);
-	LocalKey   *dst = keyring_find_or_error(kr, new_key);
+	MemoryContext tmp_src;
+	MemoryContext tmp_dst;
+	LocalKey   *src = key_get(key_id, &tmp_src);
+	LocalKey   *dst = key_get(new_key, &tmp_dst);
 	uint8		dek[KMS_DEK_LEN];
 
 	kms_stats_count_call(KMS_STAT_REWRAP, false);
@@ -568,25 +613,28 @@ local_rewrap_data_key(const char *key_id, const uint8 *wrapped, int wrapped_len,
 		explicit_bzero(dek, sizeof(dek));
 	}
 	PG_END_TRY();
+	key_done(tmp_dst);
+	key_done(tmp_src);
 }
 
 static void
 local_encrypt_data_key(const char *key, const KmsContext *kctx, const uint8 *dek,
 					   KmsWrappedKey *out)
 {
-	LocalKeyring *kr = keyring_get();
-	LocalKey   *lk = keyring_find_or_error(kr, key);
+	MemoryContext tmp;
+	LocalKey   *lk = key_get(key, &tmp);
 
 	kms_stats_count_call(KMS_STAT_REWRAP, false);
 	require_enabled(lk);
 	wrap_dek(lk, kctx, dek, out);
+	key_done(tmp);
 }
 
 static char *
 local_describe_key(const char *key)
 {
-	LocalKeyring *kr = keyring_get();
-	LocalKey   *lk = keyring_find_or_error(kr, key);
+	MemoryContext tmp;
+	LocalKey   *lk = key_get_ext(key, &tmp, false);	/* no material needed */
 	StringInfoData s;
 
 	kms_stats_count_call(KMS_STAT_DESCRIBE, false);
@@ -598,9 +646,17 @@ local_describe_key(const char *key)
 		escape_json(&s, lk->alias);
 	else
 		appendStringInfoString(&s, "null");
-	appendStringInfo(&s, ", \"Enabled\": %s, \"KeyState\": \"%s\", \"CurrentVersion\": %d}",
-					 lk->enabled ? "true" : "false", lk->enabled ? "Enabled" : "Disabled",
+	appendStringInfo(&s, ", \"Enabled\": %s, \"KeyState\": \"%s\", \"CurrentVersion\": %d",
+					 lk->enabled ? "true" : "false",
+					 lk->pending_deletion ? "PendingDeletion" : lk->enabled ? "Enabled" : "Disabled",
 					 lk->versions[lk->nversions - 1].version);
+	if (lk->pending_deletion)
+	{
+		appendStringInfoString(&s, ", \"DeletionDate\": ");
+		escape_json(&s, timestamptz_to_str(lk->deletion_date));
+	}
+	appendStringInfoChar(&s, '}');
+	key_done(tmp);
 	return s.data;
 }
 
@@ -920,8 +976,48 @@ kms_local_create_key(const char *alias, const char *description)
 	a.alias = alias;
 	a.description = description;
 	a.key_id[0] = '\0';
+	if (kms_catalog_present())
+	{
+		LocalKey	k;
+		LocalKeyVersion *v;
+
+		kms_catalog_require_writable();
+		if (alias && kms_catalog_load_key(alias, false) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("kms_pg local key alias \"%s\" already exists", alias)));
+		memset(&k, 0, sizeof(k));
+		format_uuid_v4(k.key_id);
+		k.alias = (char *) alias;
+		k.description = (char *) description;
+		k.enabled = true;
+		k.created = GetCurrentTimestamp();
+		k.nversions = 1;
+		v = k.versions = kms_secure_palloc(sizeof(LocalKeyVersion));
+		v->version = 1;
+		v->created = k.created;
+		if (RAND_bytes(v->material, KMS_DEK_LEN) != 1)
+			kms_report_openssl_error("RAND_bytes");
+		kms_catalog_insert_key(&k);
+		explicit_bzero(v, sizeof(*v));
+		return pstrdup(k.key_id);
+	}
 	keyring_modify(create_change, &a, true);
 	return pstrdup(a.key_id);
+}
+
+/* A catalog key by id, alias or ARN form (without material), or ERROR. */
+static LocalKey *
+catalog_key_or_error(const char *key)
+{
+	LocalKey   *lk = kms_catalog_load_key(key, false);
+
+	if (lk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("kms_pg local key \"%s\" does not exist", key),
+				 errhint("See the kms_keys view for the keys of the local keyring.")));
+	return lk;
 }
 
 typedef struct EnableArgs
@@ -944,6 +1040,21 @@ kms_local_set_enabled(const char *key, bool enabled)
 {
 	EnableArgs	a = {key, enabled, 0};
 
+	if (kms_catalog_present())
+	{
+		LocalKey   *lk;
+
+		kms_catalog_require_writable();
+		lk = catalog_key_or_error(key);
+		if (enabled && lk->pending_deletion)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("kms_pg local key \"%s\" is pending deletion", lk->key_id),
+					 errdetail("It is scheduled for deletion at %s.", timestamptz_to_str(lk->deletion_date)),
+					 errhint("A superuser can cancel the deletion with kms_cancel_key_deletion() and then enable the key.")));
+		kms_catalog_set_enabled(lk->key_id, enabled);
+		return;
+	}
 	keyring_modify(enable_change, &a, false);
 }
 
@@ -969,15 +1080,167 @@ kms_local_rotate_key(const char *key)
 {
 	EnableArgs	a = {key, true, 0};
 
+	if (kms_catalog_present())
+	{
+		kms_catalog_require_writable();
+		return kms_catalog_add_version(catalog_key_or_error(key)->key_id);
+	}
 	keyring_modify(rotate_change, &a, false);
 	return a.new_version;
+}
+
+char *
+kms_local_key_id(const char *key)
+{
+	if (!kms_catalog_present())
+		return pstrdup(keyring_find_or_error(keyring_get(), key)->key_id);
+	return pstrdup(catalog_key_or_error(key)->key_id);
+}
+
+/* The keyring catalog, or an error saying the extension must be updated. */
+static void
+require_catalog(void)
+{
+	if (!kms_catalog_present())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("this kms_pg keyring is still the 1.0 keyring file"),
+				 errhint("Run ALTER EXTENSION kms_pg UPDATE to move it into the keyring catalog.")));
+	kms_catalog_require_writable();
+}
+
+TimestampTz
+kms_local_schedule_deletion(const char *key, int pending_days, const char **key_id_out)
+{
+	LocalKey   *lk;
+	TimestampTz when;
+
+	require_catalog();
+	lk = catalog_key_or_error(key);
+	if (lk->pending_deletion)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg local key \"%s\" is pending deletion", lk->key_id),
+				 errdetail("It is scheduled for deletion at %s.", timestamptz_to_str(lk->deletion_date))));
+	when = GetCurrentTransactionStartTimestamp() + (TimestampTz) pending_days * USECS_PER_DAY;
+	kms_catalog_set_deletion(lk->key_id, true, when);
+	*key_id_out = pstrdup(lk->key_id);
+	return when;
+}
+
+void
+kms_local_cancel_deletion(const char *key)
+{
+	LocalKey   *lk;
+
+	require_catalog();
+	lk = catalog_key_or_error(key);
+	if (!lk->pending_deletion)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg local key \"%s\" is not pending deletion", lk->key_id)));
+	kms_catalog_set_deletion(lk->key_id, false, 0);
+}
+
+int
+kms_local_purge_deleted(void)
+{
+	require_catalog();
+	return kms_catalog_purge();
+}
+
+int
+kms_local_rotate_master_key(void)
+{
+	require_catalog();
+	return kms_catalog_rewrap_all();
+}
+
+/*
+ * Copy every key of the 1.0 keyring file into the catalog (keys already
+ * there are skipped); returns how many were copied.  No file: nothing to
+ * do, unless its lock file shows that a keyring existed and was lost.
+ */
+int
+kms_local_import_keyring_file(void)
+{
+	const char *path = kms_guc_keyring_path();
+	char		lockpath[MAXPGPATH];
+	struct stat st;
+	char	   *text;
+	LocalKeyring *kr;
+	MemoryContext tmp;
+	MemoryContext old;
+	int			n = 0;
+
+	require_catalog();
+	snprintf(lockpath, sizeof(lockpath), "%s.lock", path);
+	text = read_keyring_file(path, &st);
+	if (text == NULL)
+	{
+		if (stat(lockpath, &st) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("kms_pg local keyring \"%s\" is missing but existed before", path),
+					 errdetail("Its lock file \"%s\" is still there; values encrypted under its keys cannot be decrypted without it.",
+							   lockpath),
+					 errhint("Restore the keyring from backup. To start a new, empty keyring on purpose, remove the lock file first.")));
+		return 0;
+	}
+	/* parsed material lives in wipe-on-reset memory */
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "kms_pg keyring import", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(tmp);
+	kr = palloc0(sizeof(LocalKeyring));
+	PG_TRY();
+	{
+		keyring_parse(text, path, kr);
+		explicit_bzero(text, strlen(text));
+		for (int i = 0; i < kr->nkeys; i++)
+		{
+			LocalKey   *k = &kr->keys[i];
+
+			if (kms_catalog_load_key(k->key_id, false) != NULL)
+				continue;
+			if (k->alias && kms_catalog_load_key(k->alias, false) != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_OBJECT),
+						 errmsg("kms_pg local key alias \"%s\" already exists", k->alias)));
+			kms_catalog_insert_key(k);
+			n++;
+		}
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(text, strlen(text));
+		keyring_wipe(kr);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(tmp);
+	}
+	PG_END_TRY();
+	return n;
 }
 
 List *
 kms_local_list_keys(void)
 {
-	LocalKeyring *kr = keyring_get();
+	LocalKeyring catalog_kr;
+	LocalKeyring *kr;
 	List	   *out = NIL;
+
+	if (kms_catalog_present())
+	{
+		List	   *keys = kms_catalog_list_keys();
+		ListCell   *lc;
+		int			i = 0;
+
+		catalog_kr.nkeys = list_length(keys);
+		catalog_kr.keys = palloc0(sizeof(LocalKey) * Max(catalog_kr.nkeys, 1));
+		foreach(lc, keys)
+			catalog_kr.keys[i++] = *(LocalKey *) lfirst(lc);
+		kr = &catalog_kr;
+	}
+	else
+		kr = keyring_get();
 
 	for (int i = 0; i < kr->nkeys; i++)
 	{
@@ -988,8 +1251,10 @@ kms_local_list_keys(void)
 		info->alias = k->alias ? pstrdup(k->alias) : NULL;
 		info->description = k->description ? pstrdup(k->description) : NULL;
 		info->enabled = k->enabled;
+		info->pending_deletion = k->pending_deletion;
+		info->deletion_date = k->deletion_date;
 		info->created = k->created;
-		info->current_version = k->versions[k->nversions - 1].version;
+		info->current_version = k->nversions > 0 ? k->versions[k->nversions - 1].version : 0;
 		info->nversions = k->nversions;
 		out = lappend(out, info);
 	}

@@ -11,6 +11,7 @@
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
 #include "kms_provider_local.h"
+#include "kms_sql_keyring.h"
 #include "kms_secure_mem.h"
 
 #include "access/htup_details.h"
@@ -525,6 +526,7 @@ kms_disable_key(PG_FUNCTION_ARGS)
 	kms_local_set_enabled(key, false);
 	/* cached DEKs of the key must stop working now, in every session */
 	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
+	kms_keyring_flush_at_commit();
 	PG_RETURN_VOID();
 }
 

@@ -1,16 +1,17 @@
-# Concurrent changes to the local keyring: 8 sessions create keys at the
-# same time while others encrypt and decrypt.  Every key must be present
-# afterwards, the file must parse, and no temporary file may be left.
+# Concurrent changes to the local keyring catalog: 8 sessions create keys
+# at the same time while others rotate, encrypt and decrypt.  Every key
+# and every rotation must be present afterwards, versions without gaps.
 use strict;
 use warnings;
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 
 my $node = PostgreSQL::Test::Cluster->new('keyring_concurrency');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'");
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
 $node->append_conf('postgresql.conf', "max_connections = 40");
 $node->start;
 $node->safe_psql(
@@ -19,7 +20,6 @@ $node->safe_psql(
 	CREATE SEQUENCE key_seq;
 	SELECT kms_create_key('alias/t011_base');});
 
-my $keyring = $node->data_dir . '/kms_pg_keyring.json';
 my $clients = 8;
 my $per_client = 10;
 my $total = $clients * $per_client;
@@ -82,16 +82,13 @@ my $versions = $node->safe_psql('postgres',
 	q{SELECT current_version = versions FROM kms_keys WHERE alias = 'alias/t011_base'});
 is($versions, 't', 'rotations of one key were all recorded, in order');
 
-my $json = slurp_file($keyring);
-like($json, qr/\A\{\s*"format": "kms_pg local keyring"/, 'keyring starts with its format tag');
-is($node->safe_psql('postgres', "SELECT jsonb_array_length(pg_read_file('kms_pg_keyring.json')::jsonb -> 'keys')"),
-	$created + 1, 'the keyring is valid JSON with one entry per key');
-is(sprintf('%04o', (stat($keyring))[2] & 07777), '0600', 'keyring mode is 0600');
-
-opendir(my $dh, $node->data_dir) or die "could not open the data directory: $!";
-my @tmp = grep { /^kms_pg_keyring\.json\.tmp/ } readdir($dh);
-closedir($dh);
-is(scalar(@tmp), 0, 'no temporary keyring files are left') or diag("left: @tmp");
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM kms_local_key k
+		  WHERE (SELECT count(*) FROM kms_local_key_version v WHERE v.key_id = k.key_id)
+		        = (SELECT max(version) FROM kms_local_key_version v WHERE v.key_id = k.key_id)}),
+	$created + 1, 'the catalog holds every key with gapless versions');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM kms_local_key_version WHERE length(material) <> 60}),
+	'0', 'every version is stored wrapped (60 bytes)');
 
 # Everything still works after a restart.
 $node->restart;

@@ -1,11 +1,15 @@
 # Protected columns through pg_dump and restore: a custom-format dump
 # restored with pg_restore into a fresh database of another cluster that
-# holds a copy of the keyring, and a plain-format dump restored with psql
+# has the same master key (the keys themselves travel in the dump: the
+# keyring catalog is extension configuration data), and a plain-format
+# dump restored with psql
 # into a fresh database of the same cluster.  Every value decrypts to the
 # same plaintext, the stored ciphertexts are byte for byte the ones dumped
 # (nothing encrypted twice), the catalog rows, trigger, view and blind
 # index come back, and the restored tables keep working.  The source table
 # had a dropped column, so attribute numbers differ after the restore.
+# Restored into a cluster with another master key, nothing decrypts and
+# the error says why (28P01).
 use strict;
 use warnings;
 
@@ -13,10 +17,11 @@ use File::Copy;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 
 my $src = PostgreSQL::Test::Cluster->new('columns_src');
 $src->init;
-$src->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'");
+$src->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
 $src->start;
 $src->safe_psql('postgres', 'CREATE DATABASE app');
 $src->safe_psql('app', q{
@@ -105,17 +110,14 @@ sub check_restored
 		'0', "$label: still no plaintext");
 }
 
-# 1. Custom format, pg_restore into another cluster with a copy of the keyring.
+# 1. Custom format, pg_restore into another cluster with the same master key.
 my $dumpfile = $src->basedir . '/app.dump';
 $src->command_ok([ 'pg_dump', '-Fc', '-f', $dumpfile, '-d', $src->connstr('app') ],
 	'pg_dump -Fc');
 
 my $dst = PostgreSQL::Test::Cluster->new('columns_dst');
 $dst->init;
-$dst->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'");
-copy($src->data_dir . '/kms_pg_keyring.json', $dst->data_dir . '/kms_pg_keyring.json')
-	or die "copy keyring: $!";
-chmod 0600, $dst->data_dir . '/kms_pg_keyring.json';
+$dst->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
 $dst->start;
 $dst->safe_psql('postgres', 'CREATE DATABASE app');
 $dst->command_ok([ 'pg_restore', '--exit-on-error', '-d', $dst->connstr('app'), $dumpfile ],
@@ -136,6 +138,25 @@ $src->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $sqlfile, 
 	'psql restores the plain dump');
 $src->safe_psql('postgres', q{ALTER DATABASE app2 SET kms_pg.key_id = 'alias/col-test'});
 check_restored($src, 'app2', 'psql');
+
+# 3. The same dump into a cluster with another master key: a clear error.
+my $other = PostgreSQL::Test::Cluster->new('columns_other_master');
+$other->init;
+$other->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('b'));
+$other->start;
+$other->safe_psql('postgres', 'CREATE DATABASE app');
+$other->command_ok([ 'pg_restore', '--exit-on-error', '-d', $other->connstr('app'), $dumpfile ],
+	'pg_restore into a cluster with another master key');
+is($other->safe_psql('app', 'SELECT count(*) FROM kms_local_key_version'),
+	$src->safe_psql('app', 'SELECT count(*) FROM kms_local_key_version'), 'the keyring rows were restored');
+{
+	my ($ret, $out, $err) = $other->psql('app', 'SELECT ssn FROM patient_clear WHERE id = 1',
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/28P01: wrong kms_pg master key for key "[-0-9a-f]+" version 1/,
+		'with another master key nothing decrypts: 28P01');
+	is($out, '', 'and no value is returned');
+}
+$other->stop;
 
 # Unprotecting the restored copy gives back the original plaintext table.
 is($dst->safe_psql('app', q{

@@ -11,14 +11,14 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('rotation');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'kms_pg'
-kms_pg.keyring_file = 'kms_pg_keyring.json'
-});
+} . master_key_conf('a'));
 $node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }

@@ -6,7 +6,7 @@
 # without provider-context keys, decryption, rewrap, re-encryption,
 # rotation, disabled and unknown keys, wrong contexts and tampered values.
 # test/secrets_scan.py then derives every secret independently -- the root
-# key material from the keyring file, every DEK by unwrapping the wrapped
+# master key and the root key material unwrapped from the keyring catalog with it, every DEK by unwrapping the wrapped
 # DEKs with it (each proven by decrypting its value) -- and scans the
 # server log, SHOW ALL, pg_settings, pg_stat_activity (sampled while
 # encryption runs) and pg_stat_statements (view and query-text file) for
@@ -31,6 +31,7 @@ use POSIX qw(strftime);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 
 my $root = File::Spec->rel2abs(dirname(__FILE__) . '/..');
 my $python = $ENV{KMS_PYTHON} // '/usr/bin/python3';
@@ -49,11 +50,11 @@ log_connections = on
 log_disconnections = on
 pg_stat_statements.track = all
 pg_stat_statements.track_utility = on
-});
+} . master_key_conf('a'));
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION kms_pg; CREATE EXTENSION pg_stat_statements');
 
-my $keyring = $node->data_dir . '/kms_pg_keyring.json';
+my $master = master_key_file('a');
 
 # ---- the local provider's scenarios ----
 
@@ -160,30 +161,38 @@ sub app_fails
 	ok($ret != 0 && $err =~ $re, $name) or diag("ret $ret, stdout: $out, stderr: $err");
 }
 
-# The keyring file is not readable through SQL by an ordinary role.
-app_fails(q{SELECT pg_read_file('kms_pg_keyring.json')}, qr/42501/, 'pg_read_file of the keyring: denied');
-app_fails(q{SELECT pg_read_binary_file('kms_pg_keyring.json')}, qr/42501/,
-	'pg_read_binary_file of the keyring: denied');
-app_fails(qq{CREATE TEMP TABLE k (t text); COPY k FROM '$keyring'}, qr/42501/, 'COPY FROM the keyring: denied');
-app_fails(qq{SELECT lo_import('$keyring')}, qr/42501/, 'lo_import of the keyring: denied');
+# Neither the keyring catalog nor the master key file is readable through
+# SQL by an ordinary role.
+app_fails(q{SELECT * FROM kms_local_key_version}, qr/42501/, 'SELECT from the keyring catalog: denied');
+app_fails(q{SELECT * FROM kms_local_key}, qr/42501/, 'SELECT from the key list table: denied');
+app_fails(qq{SELECT pg_read_file('$master')}, qr/42501/, 'pg_read_file of the master key: denied');
+app_fails(qq{SELECT pg_read_binary_file('$master')}, qr/42501/,
+	'pg_read_binary_file of the master key: denied');
+app_fails(qq{CREATE TEMP TABLE k (t text); COPY k FROM '$master'}, qr/42501/, 'COPY FROM the master key: denied');
+app_fails(qq{SELECT lo_import('$master')}, qr/42501/, 'lo_import of the master key: denied');
 app_fails(q{SELECT * FROM pg_ls_dir('.')}, qr/42501/, 'pg_ls_dir of the data directory: denied');
 
-# kms_pg.keyring_file is hidden from ordinary roles.
-app_fails(q{SHOW kms_pg.keyring_file}, qr/42501/, 'SHOW kms_pg.keyring_file: denied');
-app_fails(q{SELECT current_setting('kms_pg.keyring_file')}, qr/42501/,
-	'current_setting(kms_pg.keyring_file): denied');
+# kms_pg.keyring_file and the master key sources are hidden from ordinary roles.
+for my $g (qw(keyring_file master_key_file master_key_command previous_master_key_file
+	previous_master_key_command))
 {
-	my ($ret, $out, $err) = as_app(q{SELECT count(*) FROM pg_settings WHERE name = 'kms_pg.keyring_file'});
-	is($out, '0', 'kms_pg.keyring_file is not in pg_settings for an ordinary role');
+	app_fails(qq{SHOW kms_pg.$g}, qr/42501/, "SHOW kms_pg.$g: denied");
+	app_fails(qq{SELECT current_setting('kms_pg.$g')}, qr/42501/, "current_setting(kms_pg.$g): denied");
+	my ($ret, $out, $err) = as_app(qq{SELECT count(*) FROM pg_settings WHERE name = 'kms_pg.$g'});
+	is($out, '0', "kms_pg.$g is not in pg_settings for an ordinary role");
 	($ret, $out, $err) = as_app(q{SHOW ALL});
-	unlike($out, qr/kms_pg\.keyring_file/, 'SHOW ALL of an ordinary role omits kms_pg.keyring_file');
+	unlike($out, qr/kms_pg\.$g\|/, "SHOW ALL of an ordinary role omits kms_pg.$g");
+}
+{
+	my ($ret, $out, $err) = as_app(q{SHOW ALL});
 	like($out, qr/kms_pg\.key_id/, 'SHOW ALL of an ordinary role shows other kms_pg settings');
 }
 
 # An ordinary role cannot redirect KMS traffic or change credentials.
 for my $guc (
 	qw(endpoint region ca_file credential_sources aws_profile imds_endpoint
-	sts_endpoint container_endpoint mrk_replica_regions keyring_file))
+	sts_endpoint container_endpoint mrk_replica_regions keyring_file master_key_file
+	master_key_command previous_master_key_file previous_master_key_command master_key_command_timeout))
 {
 	app_fails(qq{SET kms_pg.$guc = 'x'}, qr/55P02/, "SET kms_pg.$guc: cannot be changed (55P02)");
 	app_fails(qq{SELECT set_config('kms_pg.$guc', 'x', false)}, qr/55P02/,
@@ -331,8 +340,17 @@ my @scan_files = (glob("$dumps/*.txt"), $node->logfile);
 my $pgss_texts = $node->data_dir . '/pg_stat_tmp/pgss_query_texts.stat';
 push @scan_files, $pgss_texts if -f $pgss_texts;
 
+my $catalog_file = $node->basedir . '/catalog.json';
+{
+	my $rows = $node->safe_psql('postgres',
+		q{SELECT json_agg(json_build_object('key_id', key_id, 'version', version, 'material', encode(material, 'hex')))
+		  FROM kms_local_key_version});
+	open my $cf, '>', $catalog_file or die $!;
+	print $cf $rows;
+	close $cf;
+}
 my @scan_args = (
-	'--keyring', $keyring, '--values', $values_file,
+	'--catalog', $catalog_file, '--master-key-file', $master, '--values', $values_file,
 	'--aws-endpoint', $emu->{url}, '--aws-ca', $emu->{ca}, '--aws-access-key', $AK,
 	'--aws-secret', $SK, '--aws-token', $TOKEN, '--aws-region', 'us-east-1',
 	map { ('--sigv4-date', $_) } @sigv4_dates);
@@ -341,18 +359,21 @@ my @scan_args = (
 {
 	my ($out, $err);
 	my $probe = $node->basedir . '/probe.txt';
-	IPC::Run::run([ $python, '-c', <<'EOF', $keyring, $values_file, $probe ], '>', \$out, '2>', \$err);
+	IPC::Run::run([ $python, '-c', <<'EOF', $catalog_file, $values_file, $probe, $master ], '>', \$out, '2>', \$err);
 import base64, json, struct, sys
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-ring = json.load(open(sys.argv[1]))
+rows = json.load(open(sys.argv[1]))
+mk = bytes.fromhex(open(sys.argv[4]).read().strip())
 v = json.load(open(sys.argv[2]))[0]
 ct = bytes.fromhex(v["ct"])
 klen = ct[6]; key_id = ct[7:7 + klen].decode(); off = 7 + klen
 n = ct[off]; off += 1
 for _ in range(n): off += 1 + ct[off]
 wl = struct.unpack(">H", ct[off:off + 2])[0]; w = ct[off + 2:off + 2 + wl]
-root = [base64.b64decode(x["material"]) for k in ring["keys"] if k["key_id"] == key_id
-        for x in k["versions"] if x["version"] == struct.unpack(">I", w[1:5])[0]][0]
+ver = struct.unpack(">I", w[1:5])[0]
+r = [x for x in rows if x["key_id"] == key_id and x["version"] == ver][0]
+m = bytes.fromhex(r["material"])
+root = AESGCM(mk).decrypt(m[:12], m[12:], b"kms_pg local key material v1\0" + key_id.encode() + struct.pack(">I", ver))
 dek = AESGCM(root).decrypt(w[5:17], w[17:], b"kms_pg local wrap v1\0" + key_id.encode() + b"\0\0\0\0")
 open(sys.argv[3], "w").write("log line with \\x" + dek[4:20].hex() + " inside\n")
 EOF

@@ -20,6 +20,7 @@ use KmsPgTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 use Time::HiRes qw(usleep);
 
 my $node = PostgreSQL::Test::Cluster->new('crash_recovery');
@@ -27,7 +28,7 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'kms_pg'
 restart_after_crash = on
-});
+} . master_key_conf('a'));
 $node->start;
 $node->safe_psql(
 	'postgres', q{

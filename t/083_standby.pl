@@ -1,7 +1,9 @@
 # A hot standby built with pg_basebackup, local provider.
 #
-# The keyring lives in the data directory, so the base backup carries it:
-# the standby decrypts everything the primary wrote.  On the standby:
+# The keyring is a WAL-logged catalog (kms_local_key, kms_local_key_version)
+# whose key material is wrapped under the master key, kept outside the
+# database: the standby gets every key through the base backup and WAL,
+# and needs only the same master key.  On the standby:
 #  - key management (create, rotate, disable) fails with 25006, since the
 #    keyring must only change on the primary;
 #  - kms_encrypt() itself writes nothing (the local provider wraps a new DEK
@@ -9,11 +11,9 @@
 #    functions in read-only transactions, so encrypting a value works and
 #    the result decrypts on the primary too; storing it is what PostgreSQL
 #    refuses (INSERT in a read-only transaction, 25006).
-# The keyring file is not WAL-logged: keys created or rotated on the
-# primary after the base backup reach the standby only when the file is
-# copied again (docs/security.md, "Replicas").  Until then values under
-# them fail with a clear error, and copying the file fixes that without a
-# restart (the backends reload a keyring whose file changed).
+# Keys created and rotated on the primary after the backup reach the
+# standby through WAL and decrypt there, and after promotion.  A standby
+# with the catalog but no master key fails with its own error (55000).
 use strict;
 use warnings;
 
@@ -21,10 +21,11 @@ use File::Copy;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'");
+$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
 $primary->start;
 $primary->safe_psql(
 	'postgres', q{
@@ -61,22 +62,27 @@ INSERT INTO vals
 });
 $primary->wait_for_catchup($standby);
 
-my $standby_ring = $standby->data_dir . '/kms_pg_keyring.json';
-ok(-f $primary->backup_dir . '/base/kms_pg_keyring.json', 'pg_basebackup copied the keyring');
-is(sprintf('%04o', (stat($primary->backup_dir . '/base/kms_pg_keyring.json'))[2] & 07777),
-	'0600', 'pg_basebackup kept the keyring owner-only');
+ok(!-e $primary->backup_dir . '/base/kms_pg_keyring.json', 'there is no keyring file to copy');
 
-# A keyring copied without its mode (the test framework's copy of the
-# backup, like "cp" without -p, does that) is refused clearly; restoring
-# 0600 is enough, without a restart.
-chmod 0644, $standby_ring or die "chmod: $!";
+# A standby with the catalog but without the master key: a clear error of
+# its own, nothing decrypts, nothing falls back.
 {
+	my $conf = $standby->data_dir . '/postgresql.conf';
+	my $text = slurp_file($conf);
+	(my $without = $text) =~ s/^kms_pg\.master_key_file.*$//mg;
+	open(my $fh, '>', $conf) or die;
+	print $fh $without;
+	close($fh);
+	$standby->reload;
 	my ($ret, $out, $err) = $standby->psql('postgres', 'SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 1',
 		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-	like($err, qr/F0000: kms_pg local keyring ".*" has group or world access/,
-		'a keyring with group/world access is refused (F0000)');
+	like($err, qr/55000: this standby has the kms_pg keyring but no master key/,
+		'a standby without the master key: 55000, no fallback');
+	open($fh, '>', $conf) or die;
+	print $fh $text;
+	close($fh);
+	$standby->reload;
 }
-chmod 0600, $standby_ring or die "chmod: $!";
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'the standby is in recovery');
 is($standby->safe_psql('postgres', $check), '450', 'the standby decrypts all 450 values');
 
@@ -119,7 +125,7 @@ standby_fails(
 	q{UPDATE vals SET ct = kms_rewrap(ct, 'alias/t083-ctx', ctx) WHERE id = 1},
 	qr/25006/, 'rewrapping in place on the standby: 25006');
 
-# Keys made on the primary after the backup: the keyring is not in WAL.
+# Keys made on the primary after the backup: the keyring is in WAL.
 $primary->safe_psql(
 	'postgres', q{
 SELECT kms_create_key('alias/t083-late');
@@ -131,20 +137,33 @@ INSERT INTO vals
   FROM generate_series(451, 460) AS i;
 });
 $primary->wait_for_catchup($standby);
-standby_fails(q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 452},
-	qr/42704: kms_pg local key ".*" does not exist/,
-	'a key created after the backup is unknown on the standby (42704)');
-standby_fails(q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 451},
-	qr/42704: kms_pg local key "[-0-9a-f]+" has no version 2/,
-	'a key version rotated in after the backup is unknown on the standby (42704)');
+is($standby->safe_psql('postgres', q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 452}),
+	'late 452', 'a key created after the backup decrypts on the standby');
+is($standby->safe_psql('postgres', q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 451}),
+	'late 451', 'a key version rotated in after the backup decrypts on the standby');
+is($standby->safe_psql('postgres', $check), '460', 'the standby decrypts all 460 values');
+is( $standby->safe_psql('postgres', q{SELECT current_version FROM kms_keys WHERE alias = 'alias/t083'}),
+	'2', 'the standby sees the rotation in kms_keys');
 
-# Copying the keyring again (as the runbook says) fixes it, without a restart.
-my $tmp = $standby->data_dir . '/kms_pg_keyring.json.copy';
-copy($primary->data_dir . '/kms_pg_keyring.json', $tmp) or die "copy: $!";
-chmod 0600, $tmp;
-rename($tmp, $standby->data_dir . '/kms_pg_keyring.json') or die "rename: $!";
-is($standby->safe_psql('postgres', $check), '460', 'after copying the keyring the standby decrypts all 460 values');
+# A key disabled on the primary stops working on the standby once replayed
+# (after its cached data keys expire or are flushed there).
+$primary->safe_psql('postgres', q{SELECT kms_disable_key('alias/t083-late')});
+$primary->wait_for_catchup($standby);
+$standby->safe_psql('postgres', 'SELECT kms_cache_flush()');
+standby_fails(q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 452},
+	qr/55000: kms_pg local key ".*" is disabled/, 'a key disabled on the primary is disabled on the standby');
+$primary->safe_psql('postgres', q{SELECT kms_enable_key('alias/t083-late')});
+$primary->wait_for_catchup($standby);
+
+# Failover: the promoted standby decrypts everything and manages keys.
+$primary->stop;
+$standby->promote;
+is($standby->safe_psql('postgres', $check), '460', 'after promotion all 460 values decrypt');
+is( $standby->safe_psql('postgres',
+		q{SELECT kms_decrypt_text(kms_encrypt_text('after failover', '{}', kms_create_key('alias/t083-new')), '{}')}),
+	'after failover', 'the promoted standby creates keys and uses them');
+is($standby->safe_psql('postgres', q{SELECT kms_rotate_key('alias/t083-late')}), '2',
+	'the promoted standby rotates keys');
 
 $standby->stop;
-$primary->stop;
 done_testing();

@@ -16,6 +16,7 @@ use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use KmsPgKeyring;
 
 use Exporter 'import';
 our @EXPORT = qw(kms_root kms_certs start_emulator stop_emulator emu_control
@@ -128,14 +129,15 @@ sub emu_counters
 	return emu_control($emu, 'GET', '/__emulator/counters');
 }
 
-# A node with kms_pg preloaded and extra configuration, not started.
+# A node with kms_pg preloaded, the test master key 'a' and extra
+# configuration, not started.
 sub kms_node
 {
 	my ($name, $conf) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	$node->append_conf('postgresql.conf',
-		"shared_preload_libraries = 'kms_pg'\n" . ($conf // ''));
+		"shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a') . ($conf // ''));
 	return $node;
 }
 

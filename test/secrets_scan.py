@@ -5,7 +5,10 @@ Used by t/080_secrets_in_logs.pl.  The secrets are derived independently of
 kms_pg, from the documented formats (docs/format.md, src/kms_envelope.h,
 src/kms_provider_local.c):
 
-  * local root key material: every version of every key in the keyring file;
+  * the local provider's master key, and the root key material of every
+    version of every local key, unwrapped from the keyring catalog rows with
+    the master key as docs/format.md describes (AES-256-GCM, AAD
+    "kms_pg local key material v1" NUL || key id || u32be version);
   * data keys (DEKs): each ciphertext given in --values is parsed, its wrapped
     DEK unwrapped with the root key (AES-256-GCM, AAD "kms_pg local wrap v1"
     NUL || key id || canonical provider context), and the DEK is proven right
@@ -114,19 +117,37 @@ def kms_decrypt(args, blob, pctx):
     return kms_decrypt.client.decrypt(CiphertextBlob=blob, EncryptionContext=ec)["Plaintext"]
 
 
-def local_keys(path):
+MATERIAL_AAD = b"kms_pg local key material v1\x00"
+
+
+def read_master_key(path):
     with open(path) as f:
-        ring = json.load(f)
+        key = bytes.fromhex(f.read().strip())
+    if len(key) != 32:
+        raise ValueError("the master key is not 32 bytes")
+    return key
+
+
+def local_keys(catalog_path, master_key):
+    """{key_id: {version: material}} from kms_local_key_version rows (JSON list)."""
+    with open(catalog_path) as f:
+        rows = json.load(f)
     keys = {}
-    for k in ring["keys"]:
-        keys[k["key_id"]] = {v["version"]: base64.b64decode(v["material"]) for v in k["versions"]}
+    for r in rows:
+        w = bytes.fromhex(r["material"])
+        aad = MATERIAL_AAD + r["key_id"].encode() + struct.pack(">I", r["version"])
+        keys.setdefault(r["key_id"], {})[r["version"]] = AESGCM(master_key).decrypt(w[:12], w[12:], aad)
     return keys
 
 
 def derive(args):
     secrets = []
     deks = {}
-    keys = local_keys(args.keyring) if args.keyring else {}
+    keys = {}
+    if args.catalog:
+        master = read_master_key(args.master_key_file)
+        secrets.append(Secret("master key", master))
+        keys = local_keys(args.catalog, master)
     for key_id, versions in keys.items():
         for ver, material in versions.items():
             if len(material) != 32:
@@ -214,7 +235,8 @@ def pieces(secret):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keyring", help="local provider keyring file")
+    ap.add_argument("--catalog", help="JSON list of the kms_local_key_version rows (material in hex)")
+    ap.add_argument("--master-key-file", help="the master key file (64 hex characters)")
     ap.add_argument("--values", help="JSON list of {ct: hex, context: {...}, plain: text}")
     ap.add_argument("--aws-dek", action="append", default=[], help="an AWS DEK in hex (repeatable)")
     ap.add_argument("--aws-secret")

@@ -3,10 +3,11 @@
 //   node cli.mjs < request.json
 //
 // request: { "endpoint": "https://...", "region": "us-east-1", "ca_file": "ca.pem",
-//            "keyring": "/path/kms_pg_keyring.json",
+//            "keyring": "/path/keyring_export.json", "master_key_file": "/path/master.key",
 //            "values": [ { "name": "...", "ciphertext_hex": "c54b5047...", "context": "{...}" } ] }
 // endpoint, region and ca_file are needed for AWS-provider values only (credentials come
-// from the usual AWS_* environment variables); keyring for local-provider values only.
+// from the usual AWS_* environment variables); keyring (an export of the keyring catalog,
+// docs/format.md) and master_key_file (64 hex characters) for local-provider values only.
 // Writes one JSON line per value: {"name", "plaintext_hex"} or {"name", "error", "kind"}.
 
 import { readFileSync } from "node:fs";
@@ -26,11 +27,12 @@ if (req.endpoint) {
     maxAttempts: 2,
   });
 }
+const masterKey = req.master_key_file ? readFileSync(req.master_key_file, "utf8").trim() : undefined;
 let failures = 0;
 for (const v of req.values) {
   try {
     const plain = await decrypt(Buffer.from(v.ciphertext_hex, "hex"), v.context,
-      { kmsClient, keyringPath: req.keyring });
+      { kmsClient, keyringPath: req.keyring, masterKey });
     process.stdout.write(JSON.stringify({ name: v.name, plaintext_hex: plain.toString("hex") }) + "\n");
   } catch (e) {
     failures++;

@@ -3,8 +3,10 @@
 // Written from docs/format.md only; it shares no code with the extension or
 // with clients/python.  AWS-provider values are unwrapped with
 // @aws-sdk/client-kms (Decrypt with the recorded KeyId and the provider
-// context), local-provider values with the keyring file; the payload is
-// opened with node:crypto AES-256-GCM.
+// context), local-provider values with a keyring export (the keyring
+// catalog rows as JSON, docs/format.md "Local key material") and the master key
+// that wraps their material, or with a kms_pg 1.0 keyring file; the payload
+// is opened with node:crypto AES-256-GCM.
 //
 //   import { decrypt } from "./kms_pg_reader.mjs";
 //   const plain = await decrypt(buf, '{"tenant": "acme", "id": 42}', { kmsClient });
@@ -13,7 +15,7 @@
 // number cannot represent exactly (12345678901234567890.123): the text is
 // parsed here with every digit kept.
 
-import { createDecipheriv } from "node:crypto";
+import { createDecipheriv, createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { DecryptCommand } from "@aws-sdk/client-kms";
 
@@ -27,6 +29,8 @@ const MAX_CONTEXT_KEYS = 32;
 const MAX_WRAPPED_LEN = 1024;
 const LOCAL_WRAP_LEN = 1 + 4 + NONCE_LEN + DEK_LEN + TAG_LEN;
 const LOCAL_WRAP_AAD = Buffer.from("kms_pg local wrap v1\0", "latin1");
+const MATERIAL_AAD = Buffer.from("kms_pg local key material v1\0", "latin1");
+const FINGERPRINT_LABEL = Buffer.from("kms_pg master key fingerprint v1\0", "latin1");
 
 export class FormatError extends Error {}
 export class ContextError extends Error {}
@@ -219,10 +223,41 @@ function providerPairs(pairs, names) {
   });
 }
 
-function localUnwrap(keyringPath, keyId, wrapped, providerCanonical) {
+// The master key's fingerprint as the catalog records it (16 hex characters).
+export function masterKeyFingerprint(masterKey) {
+  return createHash("sha256").update(FINGERPRINT_LABEL).update(masterKey).digest("hex").slice(0, 16);
+}
+
+// Key material of one kms_local_key_version row: AES-256-GCM under the master
+// key, nonce | ciphertext | tag, AAD label NUL | key id | u32be version.
+function unwrapMaterial(masterKey, keyId, version, fingerprint, wrappedHex) {
+  if (fingerprint !== masterKeyFingerprint(masterKey))
+    throw new Error(`wrong kms_pg master key for key "${keyId}" version ${version}`);
+  const w = Buffer.from(wrappedHex, "hex");
+  if (w.length !== NONCE_LEN + DEK_LEN + TAG_LEN)
+    throw new FormatError(`kms_pg keyring row for key "${keyId}" version ${version} was altered`);
+  const v = Buffer.alloc(4);
+  v.writeUInt32BE(version);
+  try {
+    return gcmOpen(masterKey, w.subarray(0, NONCE_LEN), w.subarray(NONCE_LEN, NONCE_LEN + DEK_LEN),
+      w.subarray(NONCE_LEN + DEK_LEN), Buffer.concat([MATERIAL_AAD, Buffer.from(keyId, "latin1"), v]));
+  } catch (e) {
+    if (e instanceof AuthenticationError)
+      throw new AuthenticationError(`kms_pg keyring row for key "${keyId}" version ${version} was altered`);
+    throw e;
+  }
+}
+
+function localUnwrap(keyringPath, masterKeyHex, keyId, wrapped, providerCanonical) {
   const doc = JSON.parse(readFileSync(keyringPath, "utf8"));
-  if (doc.format !== "kms_pg local keyring" || doc.version !== 1)
-    throw new Error(`${keyringPath} is not a kms_pg keyring of version 1`);
+  const exported = doc.format === "kms_pg local keyring catalog";
+  if ((!exported && doc.format !== "kms_pg local keyring") || doc.version !== 1)
+    throw new Error(`${keyringPath} is not a kms_pg keyring export of version 1`);
+  let masterKey;
+  if (exported) {
+    masterKey = Buffer.from(String(masterKeyHex ?? "").trim(), "hex");
+    if (masterKey.length !== 32) throw new Error("local keys are wrapped under the master key: pass opts.masterKey (64 hex characters)");
+  }
   const key = (doc.keys ?? []).find((k) => k.key_id === keyId);
   if (!key) throw new Error(`kms_pg local key "${keyId}" does not exist`);
   if (!key.enabled) throw new Error(`kms_pg local key "${keyId}" is disabled`);
@@ -231,13 +266,20 @@ function localUnwrap(keyringPath, keyId, wrapped, providerCanonical) {
   const version = wrapped.readUInt32BE(1);
   const v = (key.versions ?? []).find((x) => x.version === version);
   if (!v) throw new Error(`kms_pg local key "${keyId}" has no version ${version}`);
-  const material = Buffer.from(v.material, "base64");
+  const material = exported ? unwrapMaterial(masterKey, key.key_id, version, v.master_key, v.material)
+    : Buffer.from(v.material, "base64");
   const aad = Buffer.concat([LOCAL_WRAP_AAD, Buffer.from(key.key_id, "latin1"), providerCanonical]);
-  return gcmOpen(material, wrapped.subarray(5, 5 + NONCE_LEN),
-    wrapped.subarray(5 + NONCE_LEN, 5 + NONCE_LEN + DEK_LEN), wrapped.subarray(5 + NONCE_LEN + DEK_LEN), aad);
+  try {
+    return gcmOpen(material, wrapped.subarray(5, 5 + NONCE_LEN),
+      wrapped.subarray(5 + NONCE_LEN, 5 + NONCE_LEN + DEK_LEN), wrapped.subarray(5 + NONCE_LEN + DEK_LEN), aad);
+  } finally {
+    material.fill(0);
+    masterKey?.fill(0);
+  }
 }
 
-// Decrypt one value.  opts: { kmsClient } for AWS values, { keyringPath } for local ones.
+// Decrypt one value.  opts: { kmsClient } for AWS values, { keyringPath, masterKey (hex) }
+// for local ones (no masterKey for a 1.0 keyring file).
 export async function decrypt(ciphertext, context, opts = {}) {
   const env = parse(ciphertext);
   const pairs = contextPairs(context);
@@ -252,7 +294,7 @@ export async function decrypt(ciphertext, context, opts = {}) {
     dek = Buffer.from((await opts.kmsClient.send(new DecryptCommand(input))).Plaintext);
   } else {
     if (!opts.keyringPath) throw new Error("this value was wrapped by the local provider: pass opts.keyringPath");
-    dek = localUnwrap(opts.keyringPath, env.keyId, env.wrapped, serialiseContext(ppairs));
+    dek = localUnwrap(opts.keyringPath, opts.masterKey, env.keyId, env.wrapped, serialiseContext(ppairs));
   }
   if (dek.length !== DEK_LEN) throw new Error(`the key provider returned a ${dek.length}-byte data key`);
   try {

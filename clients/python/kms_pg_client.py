@@ -18,9 +18,11 @@ the same as JSON text); numbers are compared by value the way the database
 compares them (1.50 == 1.5 == Decimal("1.5")), so pass exact numbers as int or
 Decimal, never as a float that has lost digits.
 
-The local provider is supported given the keyring file (kms_pg.keyring_file,
-readable only by the database server's OS user): that is meant for tests and
-for offline recovery, not for applications.
+The local provider is supported given a keyring export (the rows of the
+keyring catalog tables kms_local_key and kms_local_key_version as JSON,
+docs/format.md "Local key material") and the master key that wraps their
+material: that is meant for tests and for offline recovery, not for
+applications.  A kms_pg 1.0 keyring file (no master key) is read as well.
 """
 
 import base64
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "decrypt", "encrypt", "parse", "canonical_context", "canonical_value",
-    "import_reference_envelope", "Envelope",
+    "import_reference_envelope", "master_key_fingerprint", "Envelope",
     "KmsPgError", "FormatError", "ContextError", "AuthenticationError", "KeyUnavailableError",
     "PROVIDER_LOCAL", "PROVIDER_AWS",
 ]
@@ -59,7 +61,10 @@ CTX_BOOLEAN = 3
 LOCAL_WRAP_FORMAT = 1
 LOCAL_WRAP_LEN = 1 + 4 + NONCE_LEN + DEK_LEN + TAG_LEN
 LOCAL_WRAP_AAD = b"kms_pg local wrap v1\x00"
-KEYRING_FORMAT = "kms_pg local keyring"
+KEYRING_FORMAT = "kms_pg local keyring"                   # 1.0 file, plain material
+CATALOG_FORMAT = "kms_pg local keyring catalog"           # 1.1 export, wrapped material
+MATERIAL_AAD = b"kms_pg local key material v1\x00"
+MATERIAL_WRAPPED_LEN = NONCE_LEN + DEK_LEN + TAG_LEN
 
 
 class KmsPgError(Exception):
@@ -336,17 +341,65 @@ def _seal(dek, header, canonical, plaintext, used_nonce=None):
 
 
 # ---------------------------------------------------------------------------
-# Local provider (keyring file)
+# Local provider (keyring export and master key, or a 1.0 keyring file)
 # ---------------------------------------------------------------------------
 
-def _load_keyring(path):
-    with open(path, "rb") as f:
-        doc = json.loads(f.read().decode("utf-8"))
-    if not isinstance(doc, dict) or doc.get("format") != KEYRING_FORMAT:
-        raise KeyUnavailableError("%s is not a kms_pg keyring" % path)
+def _master_key_bytes(master_key):
+    if isinstance(master_key, str):
+        master_key = bytes.fromhex(master_key.strip())
+    if not isinstance(master_key, (bytes, bytearray)) or len(master_key) != 32:
+        raise KeyUnavailableError("the kms_pg master key must be 32 bytes (64 hexadecimal characters)")
+    return bytes(master_key)
+
+
+def master_key_fingerprint(master_key):
+    """The fingerprint kms_pg records for a master key (16 hex characters)."""
+    import hashlib
+    return hashlib.sha256(b"kms_pg master key fingerprint v1\x00" + _master_key_bytes(master_key)).hexdigest()[:16]
+
+
+def _unwrap_material(master_key, key_id, version, fingerprint, wrapped_hex):
+    """Key material of one kms_local_key_version row (docs/format.md)."""
+    mk = _master_key_bytes(master_key)
+    if fingerprint != master_key_fingerprint(mk):
+        raise KeyUnavailableError("wrong kms_pg master key for key \"%s\" version %d: the row is wrapped under "
+                                  "master key %s" % (key_id, version, fingerprint))
+    w = bytes.fromhex(wrapped_hex)
+    if len(w) != MATERIAL_WRAPPED_LEN:
+        raise FormatError("kms_pg keyring row for key \"%s\" version %d was altered" % (key_id, version))
+    aad = MATERIAL_AAD + key_id.encode("ascii") + struct.pack(">I", version)
+    try:
+        return AESGCM(mk).decrypt(w[:NONCE_LEN], w[NONCE_LEN:], aad)
+    except InvalidTag:
+        raise AuthenticationError("kms_pg keyring row for key \"%s\" version %d was altered" % (key_id, version)) from None
+
+
+def _load_keyring(keyring, master_key):
+    """[{key_id, alias, enabled, versions: [{version, material: bytes}]}] from an export or a 1.0 file."""
+    if isinstance(keyring, (str, os.PathLike)):
+        with open(keyring, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    else:
+        doc = keyring
+    if not isinstance(doc, dict) or doc.get("format") not in (KEYRING_FORMAT, CATALOG_FORMAT):
+        raise KeyUnavailableError("not a kms_pg keyring export")
     if doc.get("version") != 1:
-        raise KeyUnavailableError("kms_pg keyring %s has an unsupported version" % path)
-    return doc.get("keys") or []
+        raise KeyUnavailableError("kms_pg keyring export of an unsupported version")
+    out = []
+    for k in doc.get("keys") or []:
+        versions = []
+        for v in k.get("versions") or []:
+            if doc["format"] == CATALOG_FORMAT:
+                if master_key is None:
+                    raise KeyUnavailableError("local keys are wrapped under the master key: pass master_key")
+                material = _unwrap_material(master_key, k["key_id"], v["version"], v["master_key"], v["material"])
+            else:
+                material = base64.b64decode(v["material"])
+            versions.append({"version": v["version"], "material": material})
+        versions.sort(key=lambda v: v["version"])
+        out.append({"key_id": k["key_id"], "alias": k.get("alias"), "enabled": bool(k.get("enabled")),
+                    "versions": versions})
+    return out
 
 
 def _find_local_key(keys, key):
@@ -369,8 +422,8 @@ def _local_wrap_aad(key_id, provider_canonical):
     return LOCAL_WRAP_AAD + key_id.encode("ascii") + provider_canonical
 
 
-def _local_unwrap(keyring_path, key_id, wrapped, provider_canonical):
-    entry = _find_local_key(_load_keyring(keyring_path), key_id)
+def _local_unwrap(keyring, master_key, key_id, wrapped, provider_canonical):
+    entry = _find_local_key(_load_keyring(keyring, master_key), key_id)
     if not entry.get("enabled", False):
         raise KeyUnavailableError('kms_pg local key "%s" is disabled' % entry["key_id"])
     if len(wrapped) != LOCAL_WRAP_LEN or wrapped[0] != LOCAL_WRAP_FORMAT:
@@ -379,7 +432,7 @@ def _local_unwrap(keyring_path, key_id, wrapped, provider_canonical):
     material = None
     for v in entry.get("versions", []):
         if v.get("version") == version:
-            material = base64.b64decode(v["material"])
+            material = v["material"]
     if material is None:
         raise KeyUnavailableError('kms_pg local key "%s" has no version %d' % (entry["key_id"], version))
     try:
@@ -392,12 +445,12 @@ def _local_unwrap(keyring_path, key_id, wrapped, provider_canonical):
             "context)") from None
 
 
-def _local_wrap(keyring_path, key, dek, provider_canonical):
-    entry = _find_local_key(_load_keyring(keyring_path), key)
+def _local_wrap(keyring, master_key, key, dek, provider_canonical):
+    entry = _find_local_key(_load_keyring(keyring, master_key), key)
     if not entry.get("enabled", False):
         raise KeyUnavailableError('kms_pg local key "%s" is disabled' % entry["key_id"])
     current = entry["versions"][-1]
-    material = base64.b64decode(current["material"])
+    material = current["material"]
     nonce = os.urandom(NONCE_LEN)
     sealed = AESGCM(material).encrypt(nonce, dek, _local_wrap_aad(entry["key_id"], provider_canonical))
     return entry["key_id"], bytes([LOCAL_WRAP_FORMAT]) + struct.pack(">I", current["version"]) + nonce + sealed
@@ -407,12 +460,13 @@ def _local_wrap(keyring_path, key, dek, provider_canonical):
 # Public API
 # ---------------------------------------------------------------------------
 
-def decrypt(ciphertext, context, kms_client=None, local_keyring_path=None):
+def decrypt(ciphertext, context, kms_client=None, local_keyring=None, master_key=None):
     """Decrypt a kms_pg ciphertext written by kms_encrypt() (or encrypt()).
 
     context is the same encryption context the value was written with.
     AWS-provider values need kms_client (a boto3 KMS client); local-provider
-    values need local_keyring_path.
+    values need local_keyring (a keyring export: path or parsed JSON,
+    docs/format.md) and master_key (32 bytes or 64 hex characters).
     """
     env = parse(ciphertext)
     pairs = _context_pairs(context)
@@ -426,9 +480,9 @@ def decrypt(ciphertext, context, kms_client=None, local_keyring_path=None):
             args["EncryptionContext"] = _aws_context(provider_pairs)
         dek = kms_client.decrypt(**args)["Plaintext"]
     else:
-        if local_keyring_path is None:
-            raise KmsPgError("this value was wrapped by the local provider: pass local_keyring_path")
-        dek = _local_unwrap(local_keyring_path, env.key_id, env.wrapped, _serialise(provider_pairs))
+        if local_keyring is None:
+            raise KmsPgError("this value was wrapped by the local provider: pass local_keyring and master_key")
+        dek = _local_unwrap(local_keyring, master_key, env.key_id, env.wrapped, _serialise(provider_pairs))
     if len(dek) != DEK_LEN:
         raise KmsPgError("the key provider returned a %d-byte data key" % len(dek))
     try:
@@ -440,12 +494,12 @@ def decrypt(ciphertext, context, kms_client=None, local_keyring_path=None):
 
 
 def encrypt(plaintext, context, key_id, kms_client=None, kms_context_keys=(),
-            local_keyring_path=None):
+            local_keyring=None, master_key=None):
     """Encrypt plaintext into a kms_pg ciphertext that kms_decrypt() accepts.
 
     key_id: an AWS key id, key ARN, alias name or alias ARN (AWS provider), or
-    a local key id / alias when local_keyring_path is given instead of
-    kms_client.  kms_context_keys: names of context keys also sent to the key
+    a local key id / alias when local_keyring (and master_key) is given
+    instead of kms_client.  kms_context_keys: names of context keys also sent to the key
     provider (like kms_pg.kms_context_keys); names absent from context are
     skipped.  Each call makes a fresh data key: cache in the caller if needed.
     """
@@ -464,12 +518,12 @@ def encrypt(plaintext, context, key_id, kms_client=None, kms_context_keys=(),
         resp = kms_client.generate_data_key(**args)
         dek, wrapped, recorded = resp["Plaintext"], resp["CiphertextBlob"], resp["KeyId"]
         provider = PROVIDER_AWS
-    elif local_keyring_path is not None:
+    elif local_keyring is not None:
         dek = os.urandom(DEK_LEN)
-        recorded, wrapped = _local_wrap(local_keyring_path, key_id, dek, _serialise(provider_pairs))
+        recorded, wrapped = _local_wrap(local_keyring, master_key, key_id, dek, _serialise(provider_pairs))
         provider = PROVIDER_LOCAL
     else:
-        raise KmsPgError("pass kms_client (AWS) or local_keyring_path (local provider)")
+        raise KmsPgError("pass kms_client (AWS) or local_keyring and master_key (local provider)")
     header = _build_header(provider, recorded, names, wrapped)
     return _seal(dek, header, canonical, plaintext)
 

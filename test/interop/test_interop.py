@@ -13,7 +13,11 @@ provider:
     kms_decrypt_text();
   * a wrong context is refused on every side;
   * (AWS) an envelope of the reference text's format is imported into a
-    kms_pg value that kms_decrypt() reads, and a tampered one is refused.
+    kms_pg value that kms_decrypt() reads, and a tampered one is refused;
+  * (local) the clients read local keys from the keyring export of
+    docs/format.md (the query is taken from the document itself) and the
+    master key; the document's worked example unwraps; a wrong master key
+    and an altered row are refused.
 
 Cases: empty, small and 1 MiB values, Unicode text, contexts with numbers
 spelt many ways, booleans, keys that sort differently by UTF-8 bytes, jsonb
@@ -22,6 +26,7 @@ order and UTF-16, and provider-context keys.  Ends with "N passed, M failed".
 
 import base64
 import decimal
+import re
 import json
 import os
 import shutil
@@ -147,8 +152,14 @@ class Cluster:
         subprocess.run([os.path.join(PG_BIN, "initdb"), "-D", self.data, "-A", "trust",
                         "-U", "postgres", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
                        env=self.env)
+        self.master_key_file = os.path.join(tmp, "master.key")
+        self.master_key = os.urandom(32).hex()
+        fd = os.open(self.master_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, (self.master_key + "\n").encode())
+        os.close(fd)
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("shared_preload_libraries = 'kms_pg'\n")
+            f.write("kms_pg.master_key_file = '%s'\n" % self.master_key_file)
             f.write("listen_addresses = ''\n")
             f.write("unix_socket_directories = '%s'\n" % tmp)
             f.write("port = %d\n" % self.port)
@@ -316,7 +327,7 @@ def js_ready(tmp):
     return True
 
 
-def js_decrypt(values, emulator=None, keyring=None, wrong=False):
+def js_decrypt(values, emulator=None, keyring=None, master_key_file=None, wrong=False):
     req = {"values": [{"name": n, "ciphertext_hex": hexs(ct), "context": ctx} for n, (ct, ctx) in values.items()]}
     env = dict(os.environ)
     if emulator:
@@ -324,6 +335,8 @@ def js_decrypt(values, emulator=None, keyring=None, wrong=False):
         env.update(AWS_ACCESS_KEY_ID=AWS_AKID, AWS_SECRET_ACCESS_KEY=AWS_SECRET)
     if keyring:
         req["keyring"] = keyring
+    if master_key_file:
+        req["master_key_file"] = master_key_file
     r = subprocess.run(["node", os.path.join(ROOT, "clients", "js", "cli.mjs")],
                        input=json.dumps(req).encode(), stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, env=env, timeout=60)
@@ -406,8 +419,7 @@ def run_provider(label, pg, key, py_opts, js_opts, tmp, use_js, kms_client=None)
         keys = [k for k in c["keys"].split(",") if k]
         try:
             pyct[c["name"]] = kpc.encrypt(c["plain"], c["py_ctx"], key, kms_context_keys=keys,
-                                          **({"kms_client": kms_client} if kms_client else
-                                             {"local_keyring_path": py_opts["local_keyring_path"]}))
+                                          **({"kms_client": kms_client} if kms_client else py_opts))
         except Exception as e:  # noqa: BLE001
             check("%s: %s: Python encrypt" % (label, c["name"]), False, "%s: %s" % (type(e).__name__, e))
     for n, ct in pyct.items():
@@ -511,19 +523,101 @@ def unit_checks():
 def guarded(name, fn, *args, **kwargs):
     """Run one part; an unexpected exception fails it without hiding the other parts."""
     try:
-        fn(*args, **kwargs)
+        return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001
         check(name, False, "%s: %s" % (type(e).__name__, e))
+        return None
 
 
-def local_rotation(pg, keyring):
-    """After kms_rotate_key, new values use version 2 and read in Python."""
+def doc_block(marker):
+    """The fenced code block that follows <!-- marker --> in docs/format.md."""
+    with open(os.path.join(ROOT, "docs", "format.md"), encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"<!-- %s -->\n```\w*\n(.*?)```" % re.escape(marker), text, re.S)
+    if not m:
+        raise RuntimeError("docs/format.md has no block %s" % marker)
+    return m.group(1)
+
+
+def export_keyring(pg, tmp, name="keyring_export.json"):
+    """The keyring export, made with the query of docs/format.md."""
+    doc = json.loads(pg.psql(doc_block("keyring-export-sql")))
+    path = os.path.join(tmp, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, json.dumps(doc).encode())
+    os.close(fd)
+    return path, doc
+
+
+def local_format_example():
+    """The worked example of docs/format.md unwraps (run as written), and the client agrees."""
+    code = doc_block("keyring-material-example")
+    r = subprocess.run([PYTHON, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    check("local: the keyring material example of docs/format.md runs", r.returncode == 0,
+          r.stdout.decode("utf-8", "replace")[-500:])
+    check("local: the example's fingerprint is the client's",
+          kpc.master_key_fingerprint(bytes(range(32))) == "c950a8bad0c65928")
+
+
+def local_keyring_faults(pg, tmp, keyring, ct, use_js):
+    """A wrong master key and an altered catalog row are refused by both clients."""
+    other = os.urandom(32).hex()
+    ok, what = raises(lambda: kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=other),
+                      kpc.KeyUnavailableError)
+    check("local: Python refuses a wrong master key", ok, what)
+    ok, what = raises(lambda: kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring),
+                      kpc.KeyUnavailableError)
+    check("local: Python needs the master key", ok, what)
+    with open(keyring) as f:
+        doc = json.load(f)
+    m = bytearray.fromhex(doc["keys"][0]["versions"][0]["material"])
+    m[20] ^= 1
+    doc["keys"][0]["versions"][0]["material"] = m.hex()
+    altered = os.path.join(tmp, "keyring_altered.json")
+    with open(altered, "w") as f:
+        json.dump(doc, f)
+    ok, what = raises(lambda: kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=altered, master_key=pg.master_key),
+                      kpc.AuthenticationError)
+    check("local: Python refuses an altered keyring row", ok, what)
+    if use_js:
+        wrong_mk = os.path.join(tmp, "wrong_master.key")
+        with open(wrong_mk, "w") as f:
+            f.write(other + "\n")
+        res = js_decrypt({"wrong-mk": (ct, CASES[1]["sql_ctx"])}, keyring=keyring, master_key_file=wrong_mk)
+        check("local: JavaScript refuses a wrong master key",
+              "wrong kms_pg master key" in res.get("wrong-mk", {}).get("error", ""), repr(res)[:300])
+        res = js_decrypt({"altered": (ct, CASES[1]["sql_ctx"])}, keyring=altered, master_key_file=pg.master_key_file)
+        check("local: JavaScript refuses an altered keyring row",
+              res.get("altered", {}).get("kind") == "AuthenticationError", repr(res)[:300])
+
+
+def local_rotation(pg, tmp):
+    """After kms_rotate_key, new values use version 2 and read in Python with a new export."""
     pg.psql("SELECT kms_rotate_key('alias/interop');")
     ct = sql_encrypt_all(pg, "local", "alias/interop", "sqlct_local_rotated")["small"]
+    keyring, _ = export_keyring(pg, tmp, "keyring_rotated.json")
     check("local: after kms_rotate_key, a new value reads in Python",
-          kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring_path=keyring) == CASES[1]["plain"])
+          kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=pg.master_key) == CASES[1]["plain"])
     check("local: the new value uses key version 2",
           int.from_bytes(kpc.parse(ct).wrapped[1:5], "big") == 2)
+    # master key rotation changes no value: a new master key, rows rewrapped, an export under it
+    new_mk = os.urandom(32).hex()
+    new_file = os.path.join(tmp, "master2.key")
+    fd = os.open(new_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (new_mk + "\n").encode())
+    os.close(fd)
+    pg.psql("ALTER SYSTEM SET kms_pg.master_key_file = '%s';"
+            "ALTER SYSTEM SET kms_pg.previous_master_key_file = '%s'; SELECT pg_reload_conf();"
+            % (new_file, pg.master_key_file))
+    time.sleep(1)
+    n = pg.psql("SELECT kms_rotate_master_key();").strip()
+    check("local: kms_rotate_master_key() rewraps both versions", n == "2", n)
+    keyring, _ = export_keyring(pg, tmp, "keyring_new_master.json")
+    check("local: after a master key rotation the client reads with the new master key",
+          kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=new_mk) == CASES[1]["plain"])
+    ok, what = raises(lambda: kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=pg.master_key),
+                      kpc.KeyUnavailableError)
+    check("local: and no longer with the old one", ok, what)
 
 
 def main():
@@ -547,11 +641,19 @@ def main():
         use_js = js_ready(tmp)
 
         # local provider
+        guarded("local: format example", local_format_example)
         pg.psql("SELECT kms_create_key('alias/interop', 'interop tests');")
-        keyring = os.path.join(pg.data, "kms_pg_keyring.json")
-        guarded("local: interop", run_provider, "local", pg, "alias/interop",
-                {"local_keyring_path": keyring}, {"keyring": keyring}, tmp, use_js)
-        guarded("local: rotation", local_rotation, pg, keyring)
+        keyring, doc = export_keyring(pg, tmp)
+        check("local: the keyring export holds the key, wrapped",
+              len(doc["keys"]) == 1 and len(doc["keys"][0]["versions"][0]["material"]) == 120, repr(doc)[:200])
+        check("local: the export names the master key by its fingerprint",
+              doc["keys"][0]["versions"][0]["master_key"] == kpc.master_key_fingerprint(pg.master_key))
+        pyct = guarded("local: interop", run_provider, "local", pg, "alias/interop",
+                       {"local_keyring": keyring, "master_key": pg.master_key},
+                       {"keyring": keyring, "master_key_file": pg.master_key_file}, tmp, use_js)
+        if pyct:
+            guarded("local: keyring faults", local_keyring_faults, pg, tmp, keyring, pyct["small"], use_js)
+        guarded("local: rotation", local_rotation, pg, tmp)
 
         # AWS provider against the emulator
         if aws:
