@@ -545,7 +545,7 @@ kms_catalog_insert_key(const KmsLocalKey *k)
 	OwnerSpi	o;
 	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID};
 	Datum		values[5];
-	char		nulls[5] = "     ";
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 	owner_spi_begin(&o);
 	values[0] = CStringGetTextDatum(k->key_id);
