@@ -687,6 +687,29 @@ build_ident(uint8 provider, const char *key, int keylen, const void *tail, int t
 	return b;
 }
 
+/*
+ * The decrypt identity of a DEK: provider, key id, the provider-context
+ * name block it was wrapped under, and the wrapped DEK.  The names are part
+ * of it so that a value recording other names than its DEK was wrapped
+ * under (made by someone holding the DEK) misses the cache and goes to the
+ * provider, which refuses it, exactly as it would with a cold cache.
+ */
+static char *
+build_decrypt_ident(uint8 provider, const char *key, int keylen, const uint8 *names, int names_len,
+					const uint8 *wrapped, int wrapped_len, char *stackbuf, int stacklen, int *len)
+{
+	int			n = 2 + keylen + names_len + wrapped_len;
+	char	   *b = n <= stacklen ? stackbuf : palloc(n);
+
+	b[0] = (char) provider;
+	memcpy(b + 1, key, keylen);
+	b[1 + keylen] = '\0';
+	memcpy(b + 2 + keylen, names, names_len);
+	memcpy(b + 2 + keylen + names_len, wrapped, wrapped_len);
+	*len = n;
+	return b;
+}
+
 /* ---- the fill protocol ---- */
 
 typedef enum FillOutcome
@@ -1050,10 +1073,14 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 			PG_TRY();
 			{
+				int			noff;
+				int			nlen;
+
 				header = header_for(provider, &g.wrapped, kctx, &header_len);
-				dident = build_ident(provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id),
-									 g.wrapped.wrapped, g.wrapped.wrapped_len,
-									 dstack, sizeof(dstack), &dlen);
+				kms_envelope_header_names(header, header_len, &noff, &nlen);
+				dident = build_decrypt_ident(provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id),
+											 header + noff, nlen, g.wrapped.wrapped, g.wrapped.wrapped_len,
+											 dstack, sizeof(dstack), &dlen);
 				sha256_id('D', dident, dlen, dec_id);
 				if (outcome == FILL_MINE)
 				{
@@ -1189,12 +1216,15 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 	kms_dek_cache_require();
 	l1_init();
 
-	/* the previous row's DEK, compared piece by piece (identity layout of build_ident) */
+	/* the previous row's DEK, compared piece by piece (layout of build_decrypt_ident) */
 	e = last_dec;
-	if (e != NULL && e->ident_len == 2 + env->key_id_len + env->wrapped_len &&
+	if (e != NULL &&
+		e->ident_len == 2 + env->key_id_len + env->names_block_len + env->wrapped_len &&
 		(uint8) e->ident[0] == provider->id &&
 		e->ident[1 + env->key_id_len] == '\0' &&
-		memcmp(e->ident + 2 + env->key_id_len, env->wrapped, env->wrapped_len) == 0 &&
+		memcmp(e->ident + 2 + env->key_id_len + env->names_block_len,
+			   env->wrapped, env->wrapped_len) == 0 &&
+		memcmp(e->ident + 2 + env->key_id_len, env->names_block, env->names_block_len) == 0 &&
 		memcmp(e->ident + 1, env->key_id, env->key_id_len) == 0 &&
 		l1_valid(e, now))
 	{
@@ -1203,8 +1233,10 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		return &e->dek;
 	}
 
-	ident = build_ident(provider->id, env->key_id, env->key_id_len, env->wrapped, env->wrapped_len,
-						stackbuf, sizeof(stackbuf), &ident_len);
+	ident = build_decrypt_ident(provider->id, env->key_id, env->key_id_len,
+								env->names_block, env->names_block_len,
+								env->wrapped, env->wrapped_len,
+								stackbuf, sizeof(stackbuf), &ident_len);
 	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x444543);
 
 	e = l1_find(hkey, false, ident, ident_len);

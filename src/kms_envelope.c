@@ -15,6 +15,26 @@ const uint8 kms_envelope_magic[4] = {0xC5, 0x4B, 0x50, 0x47};
 
 #define SET_DETAIL(...) do { if (detail) *detail = psprintf(__VA_ARGS__); } while (0)
 
+/*
+ * Compare two provider-context key names as the name block orders them:
+ * by bytes, a name that is a prefix of another first.
+ */
+static int
+name_cmp(const char *a, int alen, const char *b, int blen)
+{
+	int			c = memcmp(a, b, Min(alen, blen));
+
+	return c != 0 ? c : alen - blen;
+}
+
+/* A local wrapped DEK has the one size and wrap format docs/format.md gives. */
+static bool
+local_wrap_ok(uint8 provider, const uint8 *wrapped, int wrapped_len)
+{
+	return provider != KMS_PROVIDER_LOCAL ||
+		(wrapped_len == KMS_LOCAL_WRAP_LEN && wrapped[0] == KMS_LOCAL_WRAP_FORMAT);
+}
+
 KmsError
 kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail)
 {
@@ -102,6 +122,19 @@ kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail
 		env->ctxkeys[i] = (const char *) buf + off;
 		env->ctxkeylens[i] = l;
 		off += l;
+		/* strictly ascending: sorted, and no name twice */
+		if (i > 0)
+		{
+			int			c = name_cmp(env->ctxkeys[i - 1], env->ctxkeylens[i - 1],
+									 env->ctxkeys[i], l);
+
+			if (c >= 0)
+			{
+				SET_DETAIL("Provider-context key names %d and %d are %s.", i, i + 1,
+						   c == 0 ? "the same" : "out of order");
+				return KMS_ERR_CT_BAD_FIELD;
+			}
+		}
 	}
 
 	env->names_block_len = (int) (buf + off - env->names_block);
@@ -120,6 +153,12 @@ kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail
 		return KMS_ERR_CT_TRUNCATED;
 	env->wrapped = buf + off;
 	off += env->wrapped_len;
+	if (!local_wrap_ok(env->provider, env->wrapped, env->wrapped_len))
+	{
+		SET_DETAIL("A local wrapped data key is %d bytes in wrap format %d; this one is %d bytes in format %d.",
+				   KMS_LOCAL_WRAP_LEN, KMS_LOCAL_WRAP_FORMAT, env->wrapped_len, env->wrapped[0]);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
 
 	env->header_len = (int) off;
 	if (off + KMS_NONCE_LEN + KMS_TAG_LEN > len)
@@ -167,8 +206,15 @@ kms_envelope_build_header(uint8 provider, const char *key_id,
 		elog(ERROR, "wrapped data key of %d bytes cannot be recorded", wrapped_len);
 	if (nnames > KMS_CTX_KEYS_MAX)
 		elog(ERROR, "too many provider-context keys");
+	/* never write what the reader refuses */
+	if (!local_wrap_ok(provider, wrapped, wrapped_len))
+		elog(ERROR, "local wrapped data key of %d bytes cannot be recorded", wrapped_len);
 	for (int i = 0; i < nnames; i++)
+	{
 		size += 1 + namelens[i];
+		if (i > 0 && name_cmp(names[i - 1], namelens[i - 1], names[i], namelens[i]) >= 0)
+			elog(ERROR, "provider-context key names must be recorded sorted and distinct");
+	}
 
 	h = palloc(size);
 	memcpy(h, kms_envelope_magic, 4);

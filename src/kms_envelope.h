@@ -33,6 +33,14 @@
 #include <openssl/evp.h>
 
 #define KMS_ENVELOPE_VERSION	1
+
+/*
+ * A wrapped DEK of the local provider (docs/format.md): wrap format byte,
+ * u32 key version, nonce, encrypted DEK, tag.  Checked when a value is
+ * parsed, so kms_ciphertext_info and kms_decrypt agree on what is valid.
+ */
+#define KMS_LOCAL_WRAP_FORMAT	1
+#define KMS_LOCAL_WRAP_LEN		(1 + 4 + KMS_NONCE_LEN + KMS_DEK_LEN + KMS_TAG_LEN)
 #define KMS_ENVELOPE_MIN_LEN	(4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + KMS_NONCE_LEN + KMS_TAG_LEN)
 
 extern const uint8 kms_envelope_magic[4];

@@ -31,8 +31,6 @@ kms_error_text(KmsError code)
 			return "kms_pg ciphertext names an unknown key provider";
 		case KMS_ERR_CT_BAD_FIELD:
 			return "kms_pg ciphertext header is malformed";
-		case KMS_ERR_CT_TRAILING:
-			return "kms_pg ciphertext has trailing bytes";
 		case KMS_ERR_CT_AUTH_FAILED:
 			return "kms_pg ciphertext failed authentication: wrong encryption context, or the value was altered";
 		case KMS_ERR_CTX_NOT_OBJECT:
@@ -64,7 +62,6 @@ kms_report_error(KmsError code, const char *detail)
 		case KMS_ERR_CT_EMPTY:
 		case KMS_ERR_CT_TRUNCATED:
 		case KMS_ERR_CT_BAD_FIELD:
-		case KMS_ERR_CT_TRAILING:
 		case KMS_ERR_CT_BAD_PROVIDER:
 			sqlstate = ERRCODE_DATA_CORRUPTED;
 			break;

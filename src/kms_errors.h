@@ -22,7 +22,6 @@ typedef enum KmsError
 	KMS_ERR_CT_BAD_VERSION,
 	KMS_ERR_CT_BAD_PROVIDER,
 	KMS_ERR_CT_BAD_FIELD,
-	KMS_ERR_CT_TRAILING,
 	KMS_ERR_CT_AUTH_FAILED,		/* GCM tag mismatch: tampering or wrong context */
 	/* encryption context */
 	KMS_ERR_CTX_NOT_OBJECT,

@@ -50,8 +50,8 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
-#define LOCAL_WRAP_FORMAT	1
-#define LOCAL_WRAP_LEN		(1 + 4 + KMS_NONCE_LEN + KMS_DEK_LEN + KMS_TAG_LEN)
+#define LOCAL_WRAP_FORMAT	KMS_LOCAL_WRAP_FORMAT
+#define LOCAL_WRAP_LEN		KMS_LOCAL_WRAP_LEN
 #define LOCAL_WRAP_AAD		"kms_pg local wrap v1"
 #define KEYRING_FORMAT		"kms_pg local keyring"
 

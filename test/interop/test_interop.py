@@ -496,6 +496,34 @@ def run_import(pg, kms):
     check("import: a context that contradicts the envelope is refused", ok, what)
 
 
+def forged_names_hot_and_cold(pg, kms):
+    """A value recording other provider-context names than its DEK was wrapped
+    under is refused on a cache hit exactly as on a miss (docs/format.md,
+    Provider context): the name block is part of the cache's DEK identity."""
+    resp = kms.generate_data_key(KeyId="alias/interop", KeySpec="AES_256",
+                                 EncryptionContext={"tenant": "acme"})
+    dek, blob, key_arn = resp["Plaintext"], resp["CiphertextBlob"], resp["KeyId"]
+    ctx = {"tenant": "acme", "row": 1}
+    canonical = kpc.canonical_context(ctx)
+    # what kms_pg writes: the provider context {tenant}, recorded in the name block
+    honest = kpc._seal(dek, kpc._build_header(2, key_arn, [b"tenant"], blob), canonical, b"honest")
+    # made by someone holding the DEK: the same wrapped DEK, no names recorded
+    forged = kpc._seal(dek, kpc._build_header(2, key_arn, [], blob), canonical, b"forged")
+
+    def dec(ct):
+        return "kms_decrypt(decode(%s, 'hex'), %s)" % (sql_literal(ct.hex()), sql_literal(json.dumps(ctx)))
+
+    pg.psql("SELECT kms_cache_flush();")
+    cold = sql_sqlstate(pg, dec(forged))
+    check("aws: a value recording other names than its DEK's is refused with a cold cache", cold != "none", cold)
+    out = pg.psql("SELECT convert_from(%s, 'UTF8');" % dec(honest)).strip()
+    check("aws: the honest value decrypts (its DEK is now cached)", out == "honest", out)
+    hot = sql_sqlstate(pg, dec(forged))
+    check("aws: ... and refused the same way with its DEK cached (%s)" % cold, hot == cold, hot)
+    out = pg.psql("SELECT convert_from(%s, 'UTF8');" % dec(honest)).strip()
+    check("aws: the honest value still decrypts", out == "honest", out)
+
+
 def unit_checks():
     """Canonicalisation edge cases the SQL round trips then prove end to end."""
     cv = kpc.canonical_value
@@ -665,6 +693,7 @@ def main():
                 guarded("aws: interop", run_provider, "aws", pg, "alias/interop", {"kms_client": kms},
                         {"emulator": emu}, tmp, use_js, kms_client=kms)
                 guarded("aws: import", run_import, pg, kms)
+                guarded("aws: forged name block", forged_names_hot_and_cold, pg, kms)
         else:
             print("note: test/emulator/kms_emulator.py is missing: the AWS interop part is not run")
     except Exception as e:  # noqa: BLE001
