@@ -130,8 +130,7 @@ parse_and_check(const uint8 *buf, size_t len, KmsEnvelope *env)
 	{
 		CHECK(err == KMS_ERR_CT_EMPTY || err == KMS_ERR_CT_TRUNCATED ||
 			  err == KMS_ERR_CT_BAD_MAGIC || err == KMS_ERR_CT_BAD_VERSION ||
-			  err == KMS_ERR_CT_BAD_PROVIDER || err == KMS_ERR_CT_BAD_FIELD ||
-			  err == KMS_ERR_CT_TRAILING);
+			  err == KMS_ERR_CT_BAD_PROVIDER || err == KMS_ERR_CT_BAD_FIELD);
 		CHECK(detail != (char *) 1);
 		if (detail != NULL)
 			CHECK(strlen(detail) > 0 && strlen(detail) < 200);
@@ -176,6 +175,15 @@ take_bytes(Reader *r, size_t want, const uint8 **out)
 	return n;
 }
 
+/* The name block's order (docs/format.md): bytes, a prefix first. */
+static int
+recipe_name_cmp(const char *a, int alen, const char *b, int blen)
+{
+	int			c = memcmp(a, b, Min(alen, blen));
+
+	return c != 0 ? c : alen - blen;
+}
+
 static void
 seal_open_roundtrip(const uint8 *data, size_t size)
 {
@@ -207,6 +215,10 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 	EVP_CIPHER_CTX *ctx;
 	uint8	   *out;
 	bool		key_id_printable = true;
+	bool		names_ascending = true;
+	bool		local_wrap_ok;
+	uint8		shape;
+	uint8		wbuf[KMS_WRAPPED_MAXLEN];
 
 	/* key id: any bytes but NUL (it is a C string) */
 	klen = (int) take_bytes(&r, klen, &src);
@@ -237,6 +249,49 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 	wlen = (int) take_bytes(&r, wlen, &wrapped);
 	if (wlen == 0)
 		return;
+
+	/*
+	 * Most recipes are shaped into what a writer produces (names sorted and
+	 * distinct, a local wrapped DEK of 65 bytes in wrap format 1), so the
+	 * round trip below is reached; the others must be refused.
+	 */
+	shape = take_byte(&r);
+	if (shape & 1)
+	{
+		for (int i = 1; i < nnames; i++)
+			for (int j = i; j > 0 && recipe_name_cmp(names[j - 1], namelens[j - 1],
+													 names[j], namelens[j]) > 0; j--)
+			{
+				const char *tn = names[j];
+				int			tl = namelens[j];
+
+				names[j] = names[j - 1];
+				namelens[j] = namelens[j - 1];
+				names[j - 1] = tn;
+				namelens[j - 1] = tl;
+			}
+		for (int i = 1; i < nnames; i++)
+			if (recipe_name_cmp(names[i - 1], namelens[i - 1], names[i], namelens[i]) == 0)
+			{
+				memmove(&names[i], &names[i + 1], sizeof(names[0]) * (nnames - i - 1));
+				memmove(&namelens[i], &namelens[i + 1], sizeof(namelens[0]) * (nnames - i - 1));
+				nnames--;
+				i--;
+			}
+	}
+	if ((shape & 2) && provider == KMS_PROVIDER_LOCAL)
+	{
+		memset(wbuf, 0, KMS_LOCAL_WRAP_LEN);
+		memcpy(wbuf, wrapped, Min(wlen, KMS_LOCAL_WRAP_LEN));
+		wbuf[0] = KMS_LOCAL_WRAP_FORMAT;
+		wrapped = wbuf;
+		wlen = KMS_LOCAL_WRAP_LEN;
+	}
+	for (int i = 1; i < nnames; i++)
+		if (recipe_name_cmp(names[i - 1], namelens[i - 1], names[i], namelens[i]) >= 0)
+			names_ascending = false;
+	local_wrap_ok = provider != KMS_PROVIDER_LOCAL ||
+		(wlen == KMS_LOCAL_WRAP_LEN && wrapped[0] == KMS_LOCAL_WRAP_FORMAT);
 	aadctx_len = (int) take_bytes(&r, take_byte(&r) % sizeof(aadctx), &src);
 	memcpy(aadctx, src, aadctx_len);
 	flip_pos_seed = take_byte(&r);
@@ -255,7 +310,7 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 	if (raised)
 	{
 		/* refusing is fine only for fields a ciphertext cannot carry */
-		CHECK(!key_id_printable);
+		CHECK(!key_id_printable || !names_ascending || !local_wrap_ok);
 		return;
 	}
 
