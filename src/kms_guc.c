@@ -45,6 +45,8 @@ char	   *kms_guc_credential_sources = NULL;
 char	   *kms_guc_imds_endpoint = NULL;
 char	   *kms_guc_sts_endpoint = NULL;
 char	   *kms_guc_container_endpoint = NULL;
+char	   *kms_guc_sso_endpoint = NULL;
+bool		kms_guc_use_fips_endpoint = false;
 int			kms_guc_connect_timeout_ms = 2000;
 int			kms_guc_request_timeout_ms = 10000;
 int			kms_guc_max_retries = 4;
@@ -299,6 +301,16 @@ kms_guc_init(void)
 							   "Base URL for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI.",
 							   NULL, &kms_guc_container_endpoint, "http://169.254.170.2",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, check_url, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.sso_endpoint",
+							   "AWS IAM Identity Center (SSO) portal endpoint (empty: https://portal.sso.<sso_region>.amazonaws.com).",
+							   NULL, &kms_guc_sso_endpoint, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, check_url, NULL, NULL);
+
+	DefineCustomBoolVariable("kms_pg.use_fips_endpoint",
+							 "Use the FIPS endpoints of KMS and STS (off: AWS_USE_FIPS_ENDPOINT or the profile's use_fips_endpoint decide).",
+							 NULL, &kms_guc_use_fips_endpoint, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kms_pg.connect_timeout",
 							"Timeout for connecting to KMS.",

@@ -38,6 +38,8 @@ extern char *kms_guc_credential_sources;
 extern char *kms_guc_imds_endpoint;
 extern char *kms_guc_sts_endpoint;
 extern char *kms_guc_container_endpoint;
+extern char *kms_guc_sso_endpoint;
+extern bool kms_guc_use_fips_endpoint;
 extern int	kms_guc_connect_timeout_ms;
 extern int	kms_guc_request_timeout_ms;
 extern int	kms_guc_max_retries;

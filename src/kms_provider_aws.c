@@ -5,9 +5,11 @@
  *	  (POST /, Content-Type: application/x-amz-json-1.1,
  *	  X-Amz-Target: TrentService.<Op>), signed with SigV4.
  *
- * Endpoint: kms_pg.endpoint as given (FIPS/VPC endpoints), else
- * https://kms.<region>.amazonaws.com.  The signing region is always the
- * region (kms_pg.region, AWS_REGION, AWS_DEFAULT_REGION).
+ * Endpoint: kms_pg.endpoint as given (VPC endpoints), else
+ * https://kms.<region>.amazonaws.com, or https://kms-fips.<region>... when
+ * FIPS endpoints are asked for.  The signing region is always the region
+ * (kms_aws_region(): kms_pg.region, AWS_REGION, AWS_DEFAULT_REGION, the
+ * profile's region, EC2 instance metadata).
  *
  * Retries: throttling (ThrottlingException and kin, HTTP 429), 5xx and
  * KMS's internal/dependency errors, and transport failures are retried
@@ -28,6 +30,7 @@
 #include "kms_provider.h"
 #include "kms_aws_json.h"
 #include "kms_credentials.h"
+#include "kms_aws_config.h"
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
 #include "kms_http.h"
@@ -113,7 +116,7 @@ static KmsAwsStats aws_stats;
 static char *
 default_endpoint(const char *region)
 {
-	return psprintf("https://kms.%s.amazonaws.com/", region);
+	return kms_aws_kms_default_endpoint(region, kms_aws_use_fips());
 }
 
 static char *
