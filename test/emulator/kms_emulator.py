@@ -1761,6 +1761,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     srv.keys.save()
                 return self._send_json(200, {"ok": True, "key": k.key_id,
                                              "material_versions": len(k.materials)})
+            if p == "/__emulator/credentials/minted" and m == "GET":
+                # for secret scans of the client's logs: every minted credential
+                with srv.creds.lock:
+                    return self._send_json(200, [
+                        {"access_key_id": k, "secret": c["secret"], "token": c["token"],
+                         "source": c["source"], "principal": c.get("principal")}
+                        for k, c in srv.creds.creds.items() if c["source"] != "static"])
             if p == "/__emulator/credentials/expire" and m == "POST":
                 return self._send_json(200, {"ok": True, "expired": srv.creds.expire_minted()})
             if p == "/__emulator/requests" and m == "GET":
