@@ -63,6 +63,7 @@
 #define SLOT_FAILED		3
 
 #define KMS_SLOT_HEADER_MAX	2048
+#define KMS_SLOT_KEY_MAX	256
 #define KMS_ID_LEN			SHA256_DIGEST_LENGTH
 #define KMS_LEASE_MESSAGES	64
 #define KMS_LEASE_BYTES		((uint64) 1 << 20)
@@ -90,6 +91,11 @@ typedef struct KmsCacheSlot
 	int			header_len;
 	uint8		header[KMS_SLOT_HEADER_MAX];
 	uint8		dek[KMS_DEK_LEN];
+	/* the key that wraps the DEK, for flushing one key's DEKs */
+	uint8		key_provider;
+	bool		key_unknown;	/* a name was too long to record: any key matches */
+	char		key_id[KMS_SLOT_KEY_MAX];	/* wrapping key id as recorded in values */
+	char		key_req[KMS_SLOT_KEY_MAX];	/* the key as requested for encryption */
 } KmsCacheSlot;
 
 typedef struct KmsCacheShared
@@ -323,6 +329,8 @@ slot_clear(KmsCacheSlot *s)
 	explicit_bzero(s->header, sizeof(s->header));
 	s->has_dec = s->has_enc = false;
 	s->header_len = 0;
+	s->key_id[0] = s->key_req[0] = '\0';
+	s->key_unknown = false;
 	s->filler_pid = 0;
 	s->state = SLOT_FREE;
 	pg_atomic_fetch_add_u32(&s->generation, 1);
@@ -847,14 +855,34 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 }
 
 /* Publish a filled slot.  Returns the generation local copies must match. */
+static void
+slot_set_key(KmsCacheSlot *s, uint8 provider, const char *key_id, int key_id_len, const char *key_req)
+{
+	s->key_provider = provider;
+	s->key_unknown = false;
+	if (key_id_len < KMS_SLOT_KEY_MAX)
+	{
+		memcpy(s->key_id, key_id, key_id_len);
+		s->key_id[key_id_len] = '\0';
+	}
+	else
+		s->key_unknown = true;
+	if (key_req == NULL)
+		s->key_req[0] = '\0';
+	else if (strlcpy(s->key_req, key_req, KMS_SLOT_KEY_MAX) >= KMS_SLOT_KEY_MAX)
+		s->key_unknown = true;
+}
+
 static uint32
 shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
-			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb)
+			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb,
+			   uint8 provider, const char *key_id, int key_id_len, const char *key_req)
 {
 	KmsCacheSlot *s = &kms_cache->slots[idx];
 	uint32		gen;
 
 	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	slot_set_key(s, provider, key_id, key_id_len, key_req);
 	memcpy(s->dek, dek, KMS_DEK_LEN);
 	if (header)
 	{
@@ -1058,14 +1086,16 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 				if (outcome == FILL_MINE)
 				{
 					if (header_len <= KMS_SLOT_HEADER_MAX)
-						gen = shared_publish(slot, dek, header, header_len, dec_id, expires, maxm, maxb);
+						gen = shared_publish(slot, dek, header, header_len, dec_id, expires, maxm, maxb,
+										 provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id), key);
 					else
 					{
 						/* too large to share for encryption: keep it for decryption */
 						LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
 						slot_retire_encrypt(&kms_cache->slots[slot]);
 						LWLockRelease(kms_cache->lock);
-						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb);
+						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb,
+										 provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id), key);
 						slot = -1;
 					}
 				}
@@ -1231,7 +1261,8 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		if (outcome == FILL_MINE)
 		{
 			run_fill(fill_decrypt, &d, dek);
-			gen = shared_publish(slot, dek, NULL, 0, NULL, expires, maxm, maxb);
+			gen = shared_publish(slot, dek, NULL, 0, NULL, expires, maxm, maxb,
+								 provider->id, env->key_id, env->key_id_len, NULL);
 		}
 		else
 		{
@@ -1377,16 +1408,52 @@ kms_dek_cache_flush(void)
 	return n;
 }
 
-void
-kms_dek_cache_forget_key(uint8 provider, const char *key_id)
+/*
+ * Does a recorded key name match name?  Exactly, or as the tail of an ARN
+ * ("arn:...:key/<id>" matches "<id>" and "key/<id>"; "arn:...:alias/x"
+ * matches "alias/x").
+ */
+static bool
+key_name_matches(const char *rec, const char *name)
 {
-	/*
-	 * Slots do not record which key wrapped them, so forgetting one key
-	 * wipes the cache: disabling a key is rare and must take effect now.
-	 */
-	(void) provider;
-	(void) key_id;
-	kms_dek_cache_flush();
+	size_t		rl = strlen(rec);
+	size_t		nl = strlen(name);
+
+	if (rl == 0 || nl == 0)
+		return false;
+	if (strcmp(rec, name) == 0)
+		return true;
+	return rl > nl && (rec[rl - nl - 1] == '/' || rec[rl - nl - 1] == ':') &&
+		strcmp(rec + rl - nl, name) == 0;
+}
+
+int
+kms_dek_cache_forget_key(int provider, const char *key)
+{
+	int			n = 0;
+
+	kms_dek_cache_require();
+	/* this backend's copies: all of them (cheap, and covers local-only DEKs) */
+	l1_clear();
+	rewrap_memo_clear();
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state != SLOT_READY && s->state != SLOT_FAILED)
+			continue;
+		if (provider >= 0 && s->key_provider != (uint8) provider && !s->key_unknown)
+			continue;
+		if (s->key_unknown || key_name_matches(s->key_id, key) || key_name_matches(s->key_req, key))
+		{
+			n += s->state == SLOT_READY;
+			slot_clear(s);		/* generation bump: other backends' copies retire */
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+	pg_atomic_fetch_add_u64(&kms_cache->stat_flushes, 1);
+	return n;
 }
 
 void

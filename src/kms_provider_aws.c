@@ -467,6 +467,49 @@ static void
 report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 	pg_attribute_noreturn();
 
+
+static char *aws_describe_key(const char *key);
+
+/*
+ * Drop the cached DEKs of key in every backend.  Values record the key
+ * ARN, so an alias is resolved with one DescribeKey (which answers for
+ * disabled keys and keys pending deletion too).
+ */
+static void
+aws_forget_key(const char *key)
+{
+	static bool busy = false;
+	MemoryContext old = CurrentMemoryContext;
+
+	kms_dek_cache_forget_key(KMS_PROVIDER_AWS, key);
+	if (busy || (strncmp(key, "alias/", 6) != 0 && strstr(key, ":alias/") == NULL))
+		return;
+	busy = true;
+	PG_TRY();
+	{
+		char	   *json = aws_describe_key(key);
+		KmsAwsJsonField f[1] = {{.name = "KeyMetadata"}};
+		KmsAwsJsonField a[1] = {{.name = "Arn"}};
+
+		if (kms_aws_json_extract(json, strlen(json), f, 1) == KMS_AWS_JSON_OK &&
+			f[0].kind == KMS_AWS_JSON_OBJECT &&
+			kms_aws_json_extract(f[0].value, f[0].len, a, 1) == KMS_AWS_JSON_OK &&
+			a[0].kind == KMS_AWS_JSON_STRING)
+			kms_dek_cache_forget_key(KMS_PROVIDER_AWS, a[0].value);
+	}
+	PG_CATCH();
+	{
+		busy = false;
+		MemoryContextSwitchTo(old);
+		if (QueryCancelPending || ProcDiePending)
+			PG_RE_THROW();
+		/* the alias is gone too: there is no ARN to forget */
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	busy = false;
+}
+
 static void
 report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 {
@@ -545,12 +588,16 @@ report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 	}
 	else if (strcmp(type, "DisabledException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		errm = pstrdup("KMS key is disabled");
 		hint = "Enable the key in KMS, or use another key.";
 	}
 	else if (strcmp(type, "KMSInvalidStateException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		errm = pstrdup("KMS key is not in a usable state (pending deletion?)");
 		hint = "A key pending deletion can be restored with CancelKeyDeletion before its deletion date.";
@@ -563,6 +610,8 @@ report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 	}
 	else if (strcmp(type, "NotFoundException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_UNDEFINED_OBJECT;
 		errm = psprintf("KMS key \"%s\" not found", key);
 		hint = "Check the key id or alias, and kms_pg.region.";
