@@ -38,6 +38,7 @@
  */
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
+#include "kms_aws_json.h"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -98,9 +99,18 @@ typedef struct KmsCacheSlot
 	char		key_req[KMS_SLOT_KEY_MAX];	/* the key as requested for encryption */
 } KmsCacheSlot;
 
+/* When the state of a KMS key was last asked (kms_pg.key_state_check_interval). */
+#define KMS_KEY_CHECKS		64
+typedef struct KmsKeyCheck
+{
+	char		key_id[KMS_SLOT_KEY_MAX];	/* "" when unused */
+	TimestampTz checked_at;
+} KmsKeyCheck;
+
 typedef struct KmsCacheShared
 {
 	LWLock	   *lock;
+	KmsKeyCheck key_checks[KMS_KEY_CHECKS];
 	int			nslots;
 	KmsCacheSlot *slots;		/* page-aligned, MADV_DONTDUMP */
 	pg_atomic_uint64 stat_hits;
@@ -307,6 +317,104 @@ kms_stats_count_call(KmsStatOp op, bool failed)
 	pg_atomic_fetch_add_u64(&kms_cache->stat_calls[op], 1);
 	if (failed)
 		pg_atomic_fetch_add_u64(&kms_cache->stat_call_errors, 1);
+}
+
+/* ---- key state re-check (kms_pg.key_state_check_interval) ---- */
+
+static TimestampTz next_key_check = 0;
+
+/*
+ * Ask KMS for the state of every AWS key that has cached DEKs and whose
+ * state was last asked an interval ago or more, server-wide: the shared
+ * record is claimed under the lock, so one DescribeKey per key per
+ * interval, whatever the number of DEKs or backends.  A key that is not
+ * Enabled loses its cached DEKs in every backend.  A failed check (KMS
+ * unreachable) leaves the DEKs alone; it is tried again an interval later.
+ */
+static void
+key_state_check(TimestampTz now)
+{
+	int64		interval_ms = (int64) kms_guc_key_state_check_interval * 1000;
+	List	   *volatile due = NIL;
+	ListCell   *lc;
+
+	/* each backend looks 4 times per interval (a lock and a slot scan) */
+	next_key_check = TimestampTzPlusMilliseconds(now, Max(interval_ms / 4, 100));
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+		KmsKeyCheck *rec = NULL;
+		KmsKeyCheck *oldest = &kms_cache->key_checks[0];
+
+		if (s->state != SLOT_READY || s->key_provider != KMS_PROVIDER_AWS ||
+			s->key_unknown || s->key_id[0] == '\0')
+			continue;
+		for (int k = 0; k < KMS_KEY_CHECKS; k++)
+		{
+			KmsKeyCheck *c = &kms_cache->key_checks[k];
+
+			if (strcmp(c->key_id, s->key_id) == 0)
+			{
+				rec = c;
+				break;
+			}
+			if (c->key_id[0] == '\0' || c->checked_at < oldest->checked_at)
+				oldest = c;
+		}
+		if (rec == NULL)
+		{
+			/* first seen: its DEK came from KMS moments ago */
+			strlcpy(oldest->key_id, s->key_id, KMS_SLOT_KEY_MAX);
+			oldest->checked_at = now;
+			continue;
+		}
+		if (now - rec->checked_at >= interval_ms * 1000)
+		{
+			rec->checked_at = now;
+			due = lappend(due, pstrdup(rec->key_id));
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+
+	foreach(lc, due)
+	{
+		const char *key = lfirst(lc);
+		MemoryContext old = CurrentMemoryContext;
+
+		PG_TRY();
+		{
+			char	   *json = kms_provider_aws.describe_key(key);
+			KmsAwsJsonField f[1] = {{.name = "KeyMetadata"}};
+			KmsAwsJsonField st[1] = {{.name = "KeyState"}};
+
+			if (kms_aws_json_extract(json, strlen(json), f, 1) == KMS_AWS_JSON_OK &&
+				f[0].kind == KMS_AWS_JSON_OBJECT &&
+				kms_aws_json_extract(f[0].value, f[0].len, st, 1) == KMS_AWS_JSON_OK &&
+				st[0].kind == KMS_AWS_JSON_STRING && strcmp(st[0].value, "Enabled") != 0)
+			{
+				int			n = kms_dek_cache_forget_key(KMS_PROVIDER_AWS, key);
+
+				ereport(LOG,
+						(errmsg("kms_pg: KMS key \"%s\" is %s: dropped its %d cached data keys",
+								key, st[0].value, n)));
+			}
+		}
+		PG_CATCH();
+		{
+			ErrorData  *ed;
+
+			MemoryContextSwitchTo(old);
+			if (QueryCancelPending || ProcDiePending)
+				PG_RE_THROW();
+			ed = CopyErrorData();
+			FlushErrorState();
+			ereport(LOG,
+					(errmsg("kms_pg: could not check the state of KMS key \"%s\": %s", key, ed->message)));
+			FreeErrorData(ed);
+		}
+		PG_END_TRY();
+	}
 }
 
 /* ---- slot management (caller holds the lock exclusively) ---- */
@@ -1019,6 +1127,8 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 				 errdetail("No data key may seal more than %d MB.", kms_guc_dek_max_bytes_mb),
 				 errhint("Raise kms_pg.dek_max_bytes.")));
 	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
 	ident = build_ident(provider->id, key, strlen(key), kctx->canonical.data, kctx->canonical.len,
 						stackbuf, sizeof(stackbuf), &ident_len);
 	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x454e43);
@@ -1218,6 +1328,8 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 
 	kms_dek_cache_require();
 	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
 
 	/* the previous row's DEK, compared piece by piece (identity layout of build_ident) */
 	e = last_dec;

@@ -36,6 +36,7 @@ int			kms_guc_dek_max_age = 300;
 int			kms_guc_dek_max_messages = 10000000;
 int			kms_guc_dek_max_bytes_mb = 65536;
 int			kms_guc_cache_entries = 1024;
+int			kms_guc_key_state_check_interval = 0;
 char	   *kms_guc_region = NULL;
 char	   *kms_guc_endpoint = NULL;
 char	   *kms_guc_ca_file = NULL;
@@ -252,6 +253,12 @@ kms_guc_init(void)
 							"Data keys held in the shared-memory cache.",
 							NULL, &kms_guc_cache_entries, 1024, 16, 1048576,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kms_pg.key_state_check_interval",
+							"How often the state of AWS KMS keys with cached data keys is re-checked (0: never).",
+							"One DescribeKey per key per interval, server-wide; a key that is not Enabled loses its cached data keys.",
+							&kms_guc_key_state_check_interval, 0, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
 	DefineCustomStringVariable("kms_pg.region",
 							   "AWS region of the KMS endpoint (empty: AWS_REGION or AWS_DEFAULT_REGION of the server).",

@@ -17,6 +17,7 @@ use KmsPgTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes ();
 
 my $AK = 'AKIAKMSPGCACHEKEY001';
 my $SK = 'cache-key-secret/abcdefghijklmnopqrstu';
@@ -107,6 +108,49 @@ emu_control($emu, 'POST', '/__emulator/keys/state', '{"key": "alias/kms-pg-a", "
 ($ret, $out, $err) = $node->psql('postgres',
 	q{SET kms_pg.provider = aws; SELECT kms_encrypt_text('x', '{"new": 2}', 'alias/kms-pg-a')});
 like($err, qr/pending deletion/, 'AWS: KMSInvalidStateException for a key pending deletion');
+
+# ---- kms_pg.key_state_check_interval: a key disabled in KMS, nobody told ----
+emu_control($emu, 'POST', '/__emulator/keys/state', '{"key": "alias/kms-pg-a", "state": "Enabled"}');
+$node->append_conf('postgresql.conf', "kms_pg.key_state_check_interval = 2\nkms_pg.dek_max_age = 3600\n");
+$node->reload;
+$s2->quit;
+$s2 = $node->background_psql('postgres', on_error_stop => 0);
+# several DEKs per key (one per tenant), in two sessions
+$node->safe_psql('postgres', q{
+	SET kms_pg.provider = aws; SET kms_pg.kms_context_keys = 'tenant';
+	CREATE TABLE av2 AS SELECT k, t, kms_encrypt_text('aws ' || k, jsonb_build_object('tenant', t), 'alias/kms-pg-' || k) AS ct
+	  FROM (VALUES ('a'), ('b')) v(k), generate_series(1, 3) t;
+	SELECT count(*) FROM av2 WHERE kms_decrypt_text(ct, jsonb_build_object('tenant', t)) = 'aws ' || k;
+});
+is($s2->query(q{SELECT count(*) FROM av2 WHERE kms_decrypt_text(ct, jsonb_build_object('tenant', t)) = 'aws ' || k}),
+	'6', 'check interval: 6 DEKs of 2 keys cached, used by two sessions');
+my $m = $node->background_psql('postgres', on_error_stop => 0);
+$before = emu_counters($emu);
+emu_control($emu, 'POST', '/__emulator/keys/state', '{"key": "alias/kms-pg-a", "state": "Disabled"}');
+my $t0 = Time::HiRes::time();
+my ($dropped_after, $b_ok) = (undef, 1);
+while (Time::HiRes::time() - $t0 < 8)
+{
+	$b_ok &&= $m->query(q{SELECT count(*) FROM av2 WHERE k = 'b' AND kms_decrypt_text(ct, jsonb_build_object('tenant', t)) = 'aws b'}) eq '3';
+	$s2->{stderr} = '';
+	$s2->query(q{SELECT kms_decrypt_text(ct, jsonb_build_object('tenant', t)) FROM av2 WHERE k = 'a'});
+	if ($s2->{stderr} =~ /KMS key is disabled/)
+	{
+		$dropped_after = Time::HiRes::time() - $t0;
+		last;
+	}
+	Time::HiRes::sleep(0.25);
+}
+ok(defined $dropped_after, 'check interval: the disabled key\'s cached DEKs stop working without any flush');
+cmp_ok($dropped_after // 99, '<=', 2 + 1.5, 'check interval: within the interval (2 s) plus a check');
+ok($b_ok, 'check interval: the other key kept working');
+$after = emu_counters($emu);
+my $describes = $after->{DescribeKey} - $before->{DescribeKey};
+my $bound = 2 * (int(($dropped_after // 8) / 2) + 2);
+cmp_ok($describes, '<=', $bound,
+	"check interval: $describes DescribeKey calls for 2 keys, 6 DEKs, 3 sessions (one per key per interval: <= $bound)");
+cmp_ok($describes, '>=', 1, 'check interval: the state was asked');
+$m->quit;
 
 $s2->quit;
 $node->stop;
