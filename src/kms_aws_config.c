@@ -71,8 +71,8 @@
 
 /* ---- environment (with the SQL override) ---- */
 
-List	   *kms_aws_env_override = NIL;	/* of char * "NAME=value", or NIL */
-bool		kms_aws_env_overridden = false;
+static List *kms_aws_env_override = NIL;	/* of char * "NAME=value", or NIL */
+static bool kms_aws_env_overridden = false;
 
 const char *
 kms_aws_getenv(const char *name)
