@@ -20,6 +20,7 @@ OBJS = \
 	src/kms_provider_aws.o \
 	src/kms_aws_json.o \
 	src/kms_credentials.o \
+	src/kms_aws_config.o \
 	src/kms_http.o \
 	src/kms_sigv4.o
 

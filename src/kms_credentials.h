@@ -23,7 +23,7 @@ typedef struct KmsAwsCredentials
 	char	   *session_token;	/* NULL when the credentials are long-term */
 	TimestampTz expiration;		/* 0 when they do not expire */
 	TimestampTz fetched_at;
-	const char *source;			/* "env", "web_identity", "profile", "container", "imds" */
+	const char *source;			/* "env", "profile", "assume_role", "web_identity", "sso", "process", "container", "imds" */
 	char		origin[256];	/* where from, without secrets: profile name, role ARN, URL */
 } KmsAwsCredentials;
 
@@ -39,10 +39,13 @@ extern const KmsAwsCredentials *kms_aws_credentials_get(void);
 extern void kms_aws_credentials_invalidate(void);
 
 /*
- * The AWS region: kms_pg.region, else AWS_REGION, else AWS_DEFAULT_REGION.
- * Raises when none is set.
+ * The AWS region: kms_pg.region, AWS_REGION, AWS_DEFAULT_REGION, the
+ * profile's region, then EC2 instance metadata.  Raises when none is found.
  */
 extern const char *kms_aws_region(void);
+
+/* Whether the FIPS endpoints are to be used (kms_pg.use_fips_endpoint, env, profile). */
+extern bool kms_aws_use_fips(void);
 
 /* "AKIA****ABCD" style masking for display (palloc'd). */
 extern char *kms_aws_mask_key_id(const char *akid);

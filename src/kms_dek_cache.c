@@ -38,6 +38,7 @@
  */
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
+#include "kms_aws_json.h"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -63,6 +64,7 @@
 #define SLOT_FAILED		3
 
 #define KMS_SLOT_HEADER_MAX	2048
+#define KMS_SLOT_KEY_MAX	256
 #define KMS_ID_LEN			SHA256_DIGEST_LENGTH
 #define KMS_LEASE_MESSAGES	64
 #define KMS_LEASE_BYTES		((uint64) 1 << 20)
@@ -90,11 +92,25 @@ typedef struct KmsCacheSlot
 	int			header_len;
 	uint8		header[KMS_SLOT_HEADER_MAX];
 	uint8		dek[KMS_DEK_LEN];
+	/* the key that wraps the DEK, for flushing one key's DEKs */
+	uint8		key_provider;
+	bool		key_unknown;	/* a name was too long to record: any key matches */
+	char		key_id[KMS_SLOT_KEY_MAX];	/* wrapping key id as recorded in values */
+	char		key_req[KMS_SLOT_KEY_MAX];	/* the key as requested for encryption */
 } KmsCacheSlot;
+
+/* When the state of a KMS key was last asked (kms_pg.key_state_check_interval). */
+#define KMS_KEY_CHECKS		64
+typedef struct KmsKeyCheck
+{
+	char		key_id[KMS_SLOT_KEY_MAX];	/* "" when unused */
+	TimestampTz checked_at;
+} KmsKeyCheck;
 
 typedef struct KmsCacheShared
 {
 	LWLock	   *lock;
+	KmsKeyCheck key_checks[KMS_KEY_CHECKS];
 	int			nslots;
 	KmsCacheSlot *slots;		/* page-aligned, MADV_DONTDUMP */
 	pg_atomic_uint64 stat_hits;
@@ -303,6 +319,104 @@ kms_stats_count_call(KmsStatOp op, bool failed)
 		pg_atomic_fetch_add_u64(&kms_cache->stat_call_errors, 1);
 }
 
+/* ---- key state re-check (kms_pg.key_state_check_interval) ---- */
+
+static TimestampTz next_key_check = 0;
+
+/*
+ * Ask KMS for the state of every AWS key that has cached DEKs and whose
+ * state was last asked an interval ago or more, server-wide: the shared
+ * record is claimed under the lock, so one DescribeKey per key per
+ * interval, whatever the number of DEKs or backends.  A key that is not
+ * Enabled loses its cached DEKs in every backend.  A failed check (KMS
+ * unreachable) leaves the DEKs alone; it is tried again an interval later.
+ */
+static void
+key_state_check(TimestampTz now)
+{
+	int64		interval_ms = (int64) kms_guc_key_state_check_interval * 1000;
+	List	   *volatile due = NIL;
+	ListCell   *lc;
+
+	/* each backend looks 4 times per interval (a lock and a slot scan) */
+	next_key_check = TimestampTzPlusMilliseconds(now, Max(interval_ms / 4, 100));
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+		KmsKeyCheck *rec = NULL;
+		KmsKeyCheck *oldest = &kms_cache->key_checks[0];
+
+		if (s->state != SLOT_READY || s->key_provider != KMS_PROVIDER_AWS ||
+			s->key_unknown || s->key_id[0] == '\0')
+			continue;
+		for (int k = 0; k < KMS_KEY_CHECKS; k++)
+		{
+			KmsKeyCheck *c = &kms_cache->key_checks[k];
+
+			if (strcmp(c->key_id, s->key_id) == 0)
+			{
+				rec = c;
+				break;
+			}
+			if (c->key_id[0] == '\0' || c->checked_at < oldest->checked_at)
+				oldest = c;
+		}
+		if (rec == NULL)
+		{
+			/* first seen: its DEK came from KMS moments ago */
+			strlcpy(oldest->key_id, s->key_id, KMS_SLOT_KEY_MAX);
+			oldest->checked_at = now;
+			continue;
+		}
+		if (now - rec->checked_at >= interval_ms * 1000)
+		{
+			rec->checked_at = now;
+			due = lappend(due, pstrdup(rec->key_id));
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+
+	foreach(lc, due)
+	{
+		const char *key = lfirst(lc);
+		MemoryContext old = CurrentMemoryContext;
+
+		PG_TRY();
+		{
+			char	   *json = kms_provider_aws.describe_key(key);
+			KmsAwsJsonField f[1] = {{.name = "KeyMetadata"}};
+			KmsAwsJsonField st[1] = {{.name = "KeyState"}};
+
+			if (kms_aws_json_extract(json, strlen(json), f, 1) == KMS_AWS_JSON_OK &&
+				f[0].kind == KMS_AWS_JSON_OBJECT &&
+				kms_aws_json_extract(f[0].value, f[0].len, st, 1) == KMS_AWS_JSON_OK &&
+				st[0].kind == KMS_AWS_JSON_STRING && strcmp(st[0].value, "Enabled") != 0)
+			{
+				int			n = kms_dek_cache_forget_key(KMS_PROVIDER_AWS, key);
+
+				ereport(LOG,
+						(errmsg("kms_pg: KMS key \"%s\" is %s: dropped its %d cached data keys",
+								key, st[0].value, n)));
+			}
+		}
+		PG_CATCH();
+		{
+			ErrorData  *ed;
+
+			MemoryContextSwitchTo(old);
+			if (QueryCancelPending || ProcDiePending)
+				PG_RE_THROW();
+			ed = CopyErrorData();
+			FlushErrorState();
+			ereport(LOG,
+					(errmsg("kms_pg: could not check the state of KMS key \"%s\": %s", key, ed->message)));
+			FreeErrorData(ed);
+		}
+		PG_END_TRY();
+	}
+}
+
 /* ---- slot management (caller holds the lock exclusively) ---- */
 
 static void
@@ -323,6 +437,8 @@ slot_clear(KmsCacheSlot *s)
 	explicit_bzero(s->header, sizeof(s->header));
 	s->has_dec = s->has_enc = false;
 	s->header_len = 0;
+	s->key_id[0] = s->key_req[0] = '\0';
+	s->key_unknown = false;
 	s->filler_pid = 0;
 	s->state = SLOT_FREE;
 	pg_atomic_fetch_add_u32(&s->generation, 1);
@@ -870,14 +986,34 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 }
 
 /* Publish a filled slot.  Returns the generation local copies must match. */
+static void
+slot_set_key(KmsCacheSlot *s, uint8 provider, const char *key_id, int key_id_len, const char *key_req)
+{
+	s->key_provider = provider;
+	s->key_unknown = false;
+	if (key_id_len < KMS_SLOT_KEY_MAX)
+	{
+		memcpy(s->key_id, key_id, key_id_len);
+		s->key_id[key_id_len] = '\0';
+	}
+	else
+		s->key_unknown = true;
+	if (key_req == NULL)
+		s->key_req[0] = '\0';
+	else if (strlcpy(s->key_req, key_req, KMS_SLOT_KEY_MAX) >= KMS_SLOT_KEY_MAX)
+		s->key_unknown = true;
+}
+
 static uint32
 shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
-			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb)
+			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb,
+			   uint8 provider, const char *key_id, int key_id_len, const char *key_req)
 {
 	KmsCacheSlot *s = &kms_cache->slots[idx];
 	uint32		gen;
 
 	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	slot_set_key(s, provider, key_id, key_id_len, key_req);
 	memcpy(s->dek, dek, KMS_DEK_LEN);
 	if (header)
 	{
@@ -1014,6 +1150,8 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 				 errdetail("No data key may seal more than %d MB.", kms_guc_dek_max_bytes_mb),
 				 errhint("Raise kms_pg.dek_max_bytes.")));
 	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
 	ident = build_ident(provider->id, key, strlen(key), kctx->canonical.data, kctx->canonical.len,
 						stackbuf, sizeof(stackbuf), &ident_len);
 	hkey = hash_bytes_extended((const unsigned char *) ident, ident_len, 0x454e43);
@@ -1085,14 +1223,16 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 				if (outcome == FILL_MINE)
 				{
 					if (header_len <= KMS_SLOT_HEADER_MAX)
-						gen = shared_publish(slot, dek, header, header_len, dec_id, expires, maxm, maxb);
+						gen = shared_publish(slot, dek, header, header_len, dec_id, expires, maxm, maxb,
+										 provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id), key);
 					else
 					{
 						/* too large to share for encryption: keep it for decryption */
 						LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
 						slot_retire_encrypt(&kms_cache->slots[slot]);
 						LWLockRelease(kms_cache->lock);
-						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb);
+						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb,
+										 provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id), key);
 						slot = -1;
 					}
 				}
@@ -1215,6 +1355,8 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 
 	kms_dek_cache_require();
 	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
 
 	/* the previous row's DEK, compared piece by piece (layout of build_decrypt_ident) */
 	e = last_dec;
@@ -1263,7 +1405,8 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		if (outcome == FILL_MINE)
 		{
 			run_fill(fill_decrypt, &d, dek);
-			gen = shared_publish(slot, dek, NULL, 0, NULL, expires, maxm, maxb);
+			gen = shared_publish(slot, dek, NULL, 0, NULL, expires, maxm, maxb,
+								 provider->id, env->key_id, env->key_id_len, NULL);
 		}
 		else
 		{
@@ -1409,16 +1552,52 @@ kms_dek_cache_flush(void)
 	return n;
 }
 
-void
-kms_dek_cache_forget_key(uint8 provider, const char *key_id)
+/*
+ * Does a recorded key name match name?  Exactly, or as the tail of an ARN
+ * ("arn:...:key/<id>" matches "<id>" and "key/<id>"; "arn:...:alias/x"
+ * matches "alias/x").
+ */
+static bool
+key_name_matches(const char *rec, const char *name)
 {
-	/*
-	 * Slots do not record which key wrapped them, so forgetting one key
-	 * wipes the cache: disabling a key is rare and must take effect now.
-	 */
-	(void) provider;
-	(void) key_id;
-	kms_dek_cache_flush();
+	size_t		rl = strlen(rec);
+	size_t		nl = strlen(name);
+
+	if (rl == 0 || nl == 0)
+		return false;
+	if (strcmp(rec, name) == 0)
+		return true;
+	return rl > nl && (rec[rl - nl - 1] == '/' || rec[rl - nl - 1] == ':') &&
+		strcmp(rec + rl - nl, name) == 0;
+}
+
+int
+kms_dek_cache_forget_key(int provider, const char *key)
+{
+	int			n = 0;
+
+	kms_dek_cache_require();
+	/* this backend's copies: all of them (cheap, and covers local-only DEKs) */
+	l1_clear();
+	rewrap_memo_clear();
+	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < kms_cache->nslots; i++)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[i];
+
+		if (s->state != SLOT_READY && s->state != SLOT_FAILED)
+			continue;
+		if (provider >= 0 && s->key_provider != (uint8) provider && !s->key_unknown)
+			continue;
+		if (s->key_unknown || key_name_matches(s->key_id, key) || key_name_matches(s->key_req, key))
+		{
+			n += s->state == SLOT_READY;
+			slot_clear(s);		/* generation bump: other backends' copies retire */
+		}
+	}
+	LWLockRelease(kms_cache->lock);
+	pg_atomic_fetch_add_u64(&kms_cache->stat_flushes, 1);
+	return n;
 }
 
 void

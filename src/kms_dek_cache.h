@@ -65,8 +65,14 @@ extern void kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const cha
 /* Wipe every cached DEK, shared and local; returns shared entries wiped. */
 extern int	kms_dek_cache_flush(void);
 
-/* Forget DEKs of one provider key everywhere (after disabling it). */
-extern void kms_dek_cache_forget_key(uint8 provider, const char *key_id);
+/*
+ * Forget the DEKs of one key in every backend (after disabling it, or when
+ * KMS says it is disabled, pending deletion or gone): shared slots whose
+ * wrapping key id or requested key name matches key (exactly or as an ARN's
+ * tail), of provider (-1: any).  This backend's local copies are all
+ * dropped.  Returns the shared entries wiped.
+ */
+extern int	kms_dek_cache_forget_key(int provider, const char *key);
 
 /* Count one provider request (each HTTP attempt for AWS). */
 extern void kms_stats_count_call(KmsStatOp op, bool failed);

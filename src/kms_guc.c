@@ -37,6 +37,7 @@ int			kms_guc_dek_max_age = 300;
 int			kms_guc_dek_max_messages = 10000000;
 int			kms_guc_dek_max_bytes_mb = 65536;
 int			kms_guc_cache_entries = 1024;
+int			kms_guc_key_state_check_interval = 0;
 char	   *kms_guc_region = NULL;
 char	   *kms_guc_endpoint = NULL;
 char	   *kms_guc_ca_file = NULL;
@@ -46,6 +47,8 @@ char	   *kms_guc_credential_sources = NULL;
 char	   *kms_guc_imds_endpoint = NULL;
 char	   *kms_guc_sts_endpoint = NULL;
 char	   *kms_guc_container_endpoint = NULL;
+char	   *kms_guc_sso_endpoint = NULL;
+bool		kms_guc_use_fips_endpoint = false;
 int			kms_guc_connect_timeout_ms = 2000;
 int			kms_guc_request_timeout_ms = 10000;
 int			kms_guc_max_retries = 4;
@@ -278,6 +281,12 @@ kms_guc_init(void)
 							NULL, &kms_guc_cache_entries, 1024, 16, 1048576,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("kms_pg.key_state_check_interval",
+							"How often the state of AWS KMS keys with cached data keys is re-checked (0: never).",
+							"One DescribeKey per key per interval, server-wide; a key that is not Enabled loses its cached data keys.",
+							&kms_guc_key_state_check_interval, 0, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+
 	DefineCustomStringVariable("kms_pg.region",
 							   "AWS region of the KMS endpoint (empty: AWS_REGION or AWS_DEFAULT_REGION of the server).",
 							   NULL, &kms_guc_region, "",
@@ -326,6 +335,16 @@ kms_guc_init(void)
 							   "Base URL for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI.",
 							   NULL, &kms_guc_container_endpoint, "http://169.254.170.2",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, check_url, NULL, NULL);
+
+	DefineCustomStringVariable("kms_pg.sso_endpoint",
+							   "AWS IAM Identity Center (SSO) portal endpoint (empty: https://portal.sso.<sso_region>.amazonaws.com).",
+							   NULL, &kms_guc_sso_endpoint, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, check_url, NULL, NULL);
+
+	DefineCustomBoolVariable("kms_pg.use_fips_endpoint",
+							 "Use the FIPS endpoints of KMS and STS (off: AWS_USE_FIPS_ENDPOINT or the profile's use_fips_endpoint decide).",
+							 NULL, &kms_guc_use_fips_endpoint, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kms_pg.connect_timeout",
 							"Timeout for connecting to KMS.",

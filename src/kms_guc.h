@@ -27,6 +27,7 @@ extern int	kms_guc_dek_max_age;		/* seconds */
 extern int	kms_guc_dek_max_messages;	/* values sealed per DEK */
 extern int	kms_guc_dek_max_bytes_mb;	/* MB sealed per DEK */
 extern int	kms_guc_cache_entries;		/* shared cache slots (postmaster) */
+extern int	kms_guc_key_state_check_interval;	/* seconds, 0 = never */
 
 /* AWS provider */
 extern char *kms_guc_region;
@@ -38,6 +39,8 @@ extern char *kms_guc_credential_sources;
 extern char *kms_guc_imds_endpoint;
 extern char *kms_guc_sts_endpoint;
 extern char *kms_guc_container_endpoint;
+extern char *kms_guc_sso_endpoint;
+extern bool kms_guc_use_fips_endpoint;
 extern int	kms_guc_connect_timeout_ms;
 extern int	kms_guc_request_timeout_ms;
 extern int	kms_guc_max_retries;

@@ -5,9 +5,11 @@
  *	  (POST /, Content-Type: application/x-amz-json-1.1,
  *	  X-Amz-Target: TrentService.<Op>), signed with SigV4.
  *
- * Endpoint: kms_pg.endpoint as given (FIPS/VPC endpoints), else
- * https://kms.<region>.amazonaws.com.  The signing region is always the
- * region (kms_pg.region, AWS_REGION, AWS_DEFAULT_REGION).
+ * Endpoint: kms_pg.endpoint as given (VPC endpoints), else
+ * https://kms.<region>.amazonaws.com, or https://kms-fips.<region>... when
+ * FIPS endpoints are asked for.  The signing region is always the region
+ * (kms_aws_region(): kms_pg.region, AWS_REGION, AWS_DEFAULT_REGION, the
+ * profile's region, EC2 instance metadata).
  *
  * Retries: throttling (ThrottlingException and kin, HTTP 429), 5xx and
  * KMS's internal/dependency errors, and transport failures are retried
@@ -28,6 +30,7 @@
 #include "kms_provider.h"
 #include "kms_aws_json.h"
 #include "kms_credentials.h"
+#include "kms_aws_config.h"
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
 #include "kms_http.h"
@@ -113,7 +116,7 @@ static KmsAwsStats aws_stats;
 static char *
 default_endpoint(const char *region)
 {
-	return psprintf("https://kms.%s.amazonaws.com/", region);
+	return kms_aws_kms_default_endpoint(region, kms_aws_use_fips());
 }
 
 static char *
@@ -463,6 +466,49 @@ aws_request_region(const AwsOp *op, const char *region, const char *url,
 kms_noreturn static void
 report_kms_error(const AwsOp *op, const AwsResult *res, const char *key);
 
+
+static char *aws_describe_key(const char *key);
+
+/*
+ * Drop the cached DEKs of key in every backend.  Values record the key
+ * ARN, so an alias is resolved with one DescribeKey (which answers for
+ * disabled keys and keys pending deletion too).
+ */
+static void
+aws_forget_key(const char *key)
+{
+	static bool busy = false;
+	MemoryContext old = CurrentMemoryContext;
+
+	kms_dek_cache_forget_key(KMS_PROVIDER_AWS, key);
+	if (busy || (strncmp(key, "alias/", 6) != 0 && strstr(key, ":alias/") == NULL))
+		return;
+	busy = true;
+	PG_TRY();
+	{
+		char	   *json = aws_describe_key(key);
+		KmsAwsJsonField f[1] = {{.name = "KeyMetadata"}};
+		KmsAwsJsonField a[1] = {{.name = "Arn"}};
+
+		if (kms_aws_json_extract(json, strlen(json), f, 1) == KMS_AWS_JSON_OK &&
+			f[0].kind == KMS_AWS_JSON_OBJECT &&
+			kms_aws_json_extract(f[0].value, f[0].len, a, 1) == KMS_AWS_JSON_OK &&
+			a[0].kind == KMS_AWS_JSON_STRING)
+			kms_dek_cache_forget_key(KMS_PROVIDER_AWS, a[0].value);
+	}
+	PG_CATCH();
+	{
+		busy = false;
+		MemoryContextSwitchTo(old);
+		if (QueryCancelPending || ProcDiePending)
+			PG_RE_THROW();
+		/* the alias is gone too: there is no ARN to forget */
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	busy = false;
+}
+
 static void
 report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 {
@@ -541,12 +587,16 @@ report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 	}
 	else if (strcmp(type, "DisabledException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		errm = pstrdup("KMS key is disabled");
 		hint = "Enable the key in KMS, or use another key.";
 	}
 	else if (strcmp(type, "KMSInvalidStateException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
 		errm = pstrdup("KMS key is not in a usable state (pending deletion?)");
 		hint = "A key pending deletion can be restored with CancelKeyDeletion before its deletion date.";
@@ -559,6 +609,8 @@ report_kms_error(const AwsOp *op, const AwsResult *res, const char *key)
 	}
 	else if (strcmp(type, "NotFoundException") == 0)
 	{
+		/* KMS says the key cannot be used: drop its cached DEKs everywhere */
+		aws_forget_key(key);
 		sqlstate = ERRCODE_UNDEFINED_OBJECT;
 		errm = psprintf("KMS key \"%s\" not found", key);
 		hint = "Check the key id or alias, and kms_pg.region.";

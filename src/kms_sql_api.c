@@ -26,6 +26,8 @@
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 
+#include <unistd.h>
+
 #include <openssl/hmac.h>
 
 PG_MODULE_MAGIC;
@@ -516,6 +518,42 @@ required_text_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
 }
 
+/*
+ * Forget the cached DEKs of a local key given by id, alias or ARN form:
+ * values record its key id, encryption may have named it by alias.
+ */
+static void
+forget_local_key(const char *key, bool again_at_commit)
+{
+	List	   *keys = kms_local_list_keys();
+	ListCell   *lc;
+
+	foreach(lc, keys)
+	{
+		KmsLocalKeyInfo *k = lfirst(lc);
+
+		if (strcmp(k->key_id, key) == 0 || (k->alias && strcmp(k->alias, key) == 0) ||
+			(strncmp(key, "arn:", 4) == 0 &&
+			 ((strstr(key, ":key/") && strcmp(strstr(key, ":key/") + 5, k->key_id) == 0) ||
+			  (k->alias && strstr(key, ":alias/") && strcmp(strstr(key, ":alias/") + 1, k->alias) == 0))))
+		{
+			kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, k->key_id);
+			if (k->alias)
+				kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, k->alias);
+			if (again_at_commit)
+			{
+				kms_keyring_forget_at_commit(k->key_id);
+				if (k->alias)
+					kms_keyring_forget_at_commit(k->alias);
+			}
+			return;
+		}
+	}
+	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
+	if (again_at_commit)
+		kms_keyring_forget_at_commit(key);
+}
+
 /* SQL: kms_disable_key(key text) RETURNS void */
 PG_FUNCTION_INFO_V1(kms_disable_key);
 Datum
@@ -524,9 +562,12 @@ kms_disable_key(PG_FUNCTION_ARGS)
 	char	   *key = required_text_arg(fcinfo, 0, "key");
 
 	kms_local_set_enabled(key, false);
-	/* cached DEKs of the key must stop working now, in every session */
-	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
-	kms_keyring_flush_at_commit();
+	/*
+	 * Cached DEKs of the key (and only those) must stop working now, in
+	 * every session, and again at commit (another session may cache one
+	 * until the change is visible to it).
+	 */
+	forget_local_key(key, true);
 	PG_RETURN_VOID();
 }
 
@@ -547,8 +588,8 @@ kms_rotate_key(PG_FUNCTION_ARGS)
 	char	   *key = required_text_arg(fcinfo, 0, "key");
 	int			v = kms_local_rotate_key(key);
 
-	/* new DEKs must use the new version: retire cached encrypting DEKs */
-	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key);
+	/* new DEKs must use the new version: retire the key's cached DEKs */
+	forget_local_key(key, false);
 	PG_RETURN_INT32(v);
 }
 
@@ -609,6 +650,37 @@ Datum
 kms_cache_flush(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT32(kms_dek_cache_flush());
+}
+
+/*
+ * SQL: kms_cache_flush(key text) RETURNS int — the cached DEKs of one key
+ * (any provider): DEKs recorded under that key id or ARN, or made by
+ * encrypting under that name (alias).  In this session every cached copy
+ * is dropped.
+ */
+PG_FUNCTION_INFO_V1(kms_cache_flush_key);
+Datum
+kms_cache_flush_key(PG_FUNCTION_ARGS)
+{
+	char	   *key = required_text_arg(fcinfo, 0, "key");
+	int			n;
+
+	n = kms_dek_cache_forget_key(-1, key);
+	if (strncmp(key, "alias/", 6) == 0 && access(kms_guc_keyring_path(), F_OK) == 0)
+	{
+		/* a local alias: also the key id that values record */
+		List	   *keys = kms_local_list_keys();
+		ListCell   *lc;
+
+		foreach(lc, keys)
+		{
+			KmsLocalKeyInfo *k = lfirst(lc);
+
+			if (k->alias && strcmp(k->alias, key) == 0)
+				n += kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, k->key_id);
+		}
+	}
+	PG_RETURN_INT32(n);
 }
 
 /*

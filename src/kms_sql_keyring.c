@@ -20,32 +20,42 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
-static bool flush_pending = false;
+/* Keys (ids or aliases, in TopMemoryContext) to forget at commit. */
+static List *forget_pending = NIL;
 static bool xact_cb_registered = false;
 
 static void
 keyring_xact_callback(XactEvent event, void *arg)
 {
-	if (!flush_pending)
+	ListCell   *lc;
+
+	if (forget_pending == NIL)
 		return;
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
 	{
-		flush_pending = false;
-		kms_dek_cache_flush();
+		foreach(lc, forget_pending)
+			(void) kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, (const char *) lfirst(lc));
 	}
-	else if (event == XACT_EVENT_ABORT)
-		flush_pending = false;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE || event == XACT_EVENT_ABORT)
+	{
+		list_free_deep(forget_pending);
+		forget_pending = NIL;
+	}
 }
 
 void
-kms_keyring_flush_at_commit(void)
+kms_keyring_forget_at_commit(const char *key)
 {
+	MemoryContext old;
+
 	if (!xact_cb_registered)
 	{
 		RegisterXactCallback(keyring_xact_callback, NULL);
 		xact_cb_registered = true;
 	}
-	flush_pending = true;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	forget_pending = lappend(forget_pending, pstrdup(key));
+	MemoryContextSwitchTo(old);
 }
 
 static char *
@@ -117,7 +127,7 @@ kms_schedule_key_deletion(PG_FUNCTION_ARGS)
 	when = kms_local_schedule_deletion(key, days, &key_id);
 	/* the key is disabled from now on: its cached DEKs must stop working */
 	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key_id);
-	kms_keyring_flush_at_commit();
+	kms_keyring_forget_at_commit(key_id);
 	PG_RETURN_TIMESTAMPTZ(when);
 }
 

@@ -10,10 +10,11 @@
 #include "kms_pg.h"
 
 /*
- * Flush the whole DEK cache again when the current transaction commits:
- * a key disabled now must not stay usable through a DEK another backend
- * cached between the change and its commit.
+ * Forget the cached DEKs of a local key (recorded under key, an id or an
+ * alias) again when the current transaction commits: a key disabled now
+ * must not stay usable through a DEK another backend cached between the
+ * change and its commit.
  */
-extern void kms_keyring_flush_at_commit(void);
+extern void kms_keyring_forget_at_commit(const char *key);
 
 #endif							/* KMS_SQL_KEYRING_H */

@@ -66,6 +66,7 @@ META_COUNTERS = [
     "total", "auth_failures", "client_errors", "throttled", "errors_5xx",
     "dropped", "stalled", "connections", "imds_token", "imds_credentials",
     "container_credentials", "sts_web_identity", "sts_total",
+    "sts_assume_role", "sso_get_role_credentials",
     "credential_faults",
 ]
 ENCRYPTION_ALGORITHMS = [
@@ -135,9 +136,9 @@ class CredentialStore:
     def add_static(self, akid, secret, token=None):
         with self.lock:
             self.creds[akid] = {"secret": secret, "token": token or None,
-                                "expires": None, "source": "static"}
+                                "expires": None, "source": "static", "principal": akid}
 
-    def mint(self, source, ttl=None):
+    def mint(self, source, ttl=None, principal=None):
         ttl = self.minted_ttl if ttl is None else ttl
         akid = "ASIA" + "".join(random.SystemRandom().choice(
             "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
@@ -146,7 +147,8 @@ class CredentialStore:
         expires = now() + ttl
         with self.lock:
             self.creds[akid] = {"secret": secret, "token": token,
-                                "expires": expires, "source": source}
+                                "expires": expires, "source": source,
+                                "principal": principal or source}
         return {"AccessKeyId": akid, "SecretAccessKey": secret,
                 "Token": token, "Expiration": iso8601(expires),
                 "_expires": expires}
@@ -1331,6 +1333,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._imds(path)
             elif path.startswith("/container-credentials"):
                 self._container(path)
+            elif path == "/federation/credentials":
+                self._sso(self.path)
             elif self.headers.get("X-Amz-Target") is not None and self.command == "POST":
                 self._kms(body)
             elif self._is_sts(path, body):
@@ -1443,6 +1447,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if action == "AssumeRoleWithWebIdentity":
                 self._sts_web_identity(params)
+            elif action == "AssumeRole":
+                self._sts_assume_role(body, params)
             elif action == "GetCallerIdentity":
                 try:
                     cred = verify_sigv4(self, body, "sts", srv.args.region, srv.creds,
@@ -1519,6 +1525,108 @@ class Handler(http.server.BaseHTTPRequestHandler):
                   xml_escape(c["Token"]), xml_escape(c["SecretAccessKey"]), c["Expiration"],
                   c["AccessKeyId"], self._rid))
         self._send(200, xml, "text/xml")
+
+    def _sts_assume_role(self, body, params):
+        """AssumeRole: SigV4 verified with the caller's credentials; the
+        caller's principal (a static access key id, or the role ARN /
+        source of minted credentials) must be trusted by the role
+        (--role ARN=PRINCIPAL+PRINCIPAL...); ExternalId checked when the
+        role requires one (--role-external-id ARN=ID)."""
+        srv = self.server
+        srv.counters.inc("sts_assume_role")
+        try:
+            cred = verify_sigv4(self, body, "sts", srv.args.region, srv.creds,
+                                accept_regions=[srv.args.region, "us-east-1"])
+        except KMSError as e:
+            srv.counters.inc("auth_failures")
+            code = e.error_type.replace("Exception", "")
+            if code == "UnrecognizedClient":
+                code = "InvalidClientTokenId"
+            raise STSError(code, e.message or code, 403)
+        if params.get("Version") != "2011-06-15":
+            raise STSError("InvalidAction", "Could not find operation AssumeRole for version %s"
+                           % params.get("Version", "NO_VERSION_SPECIFIED"))
+        for p in ("RoleArn", "RoleSessionName"):
+            if not params.get(p):
+                raise STSError("ValidationError",
+                               "1 validation error detected: Value null at '%s%s' failed to "
+                               "satisfy constraint: Member must not be null" % (p[0].lower(), p[1:]))
+        if not re.match(r"^[\w+=,.@-]{2,64}$", params["RoleSessionName"]):
+            raise STSError("ValidationError", "1 validation error detected: Value '%s' at "
+                           "'roleSessionName' failed to satisfy constraint" % params["RoleSessionName"])
+        if srv.faults.take_credential_fault():
+            srv.counters.inc("credential_faults")
+            raise STSError("ServiceUnavailable", "Service unavailable (injected)", 503, "Receiver")
+        role = params["RoleArn"]
+        trust = {}
+        for spec in srv.args.role or []:
+            arn, _, principals = spec.partition("=")
+            trust[arn] = principals.split("+")
+        caller = cred.get("principal") or cred["akid"]
+        if role not in trust or caller not in trust[role]:
+            raise STSError("AccessDenied", "User: %s is not authorized to perform: sts:AssumeRole "
+                           "on resource: %s" % (caller, role), 403)
+        want_ext = dict(x.split("=", 1) for x in (srv.args.role_external_id or []))
+        if role in want_ext and params.get("ExternalId") != want_ext[role]:
+            raise STSError("AccessDenied", "User: %s is not authorized to perform: sts:AssumeRole "
+                           "on resource: %s (external id)" % (caller, role), 403)
+        ttl = srv.args.minted_ttl_seconds
+        if params.get("DurationSeconds"):
+            try:
+                d = int(params["DurationSeconds"])
+            except ValueError:
+                raise STSError("ValidationError", "DurationSeconds must be an integer")
+            if not 900 <= d <= 43200:
+                raise STSError("ValidationError", "1 validation error detected: Value '%d' at "
+                               "'durationSeconds' failed to satisfy constraint: Member must have "
+                               "value greater than or equal to 900" % d)
+            ttl = min(ttl, d)
+        c = srv.creds.mint("sts_assume_role", ttl, principal=role)
+        sess = params["RoleSessionName"]
+        account = role.split(":")[4]
+        srv.remember({"op": "sts:AssumeRole", "time": round(now(), 3), "role": role,
+                      "caller": caller, "session": sess,
+                      "external_id": params.get("ExternalId"),
+                      "duration": params.get("DurationSeconds"),
+                      "access_key_id": cred["akid"]})
+        xml = ('<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+               "<AssumeRoleResult><AssumedRoleUser>"
+               "<Arn>arn:aws:sts::%s:assumed-role/%s/%s</Arn>"
+               "<AssumedRoleId>AROAEMULATOR000000001:%s</AssumedRoleId></AssumedRoleUser>"
+               "<Credentials><AccessKeyId>%s</AccessKeyId><SecretAccessKey>%s</SecretAccessKey>"
+               "<SessionToken>%s</SessionToken><Expiration>%s</Expiration></Credentials>"
+               "</AssumeRoleResult>"
+               "<ResponseMetadata><RequestId>%s</RequestId></ResponseMetadata>"
+               "</AssumeRoleResponse>"
+               % (account, xml_escape(role.split("/")[-1]), xml_escape(sess), xml_escape(sess),
+                  c["AccessKeyId"], xml_escape(c["SecretAccessKey"]), xml_escape(c["Token"]),
+                  c["Expiration"], self._rid))
+        self._send(200, xml, "text/xml")
+
+    # -- IAM Identity Center (SSO) portal --------------------------------------
+    def _sso(self, raw_path):
+        srv = self.server
+        self._op = "sso:GetRoleCredentials"
+        srv.counters.inc("sso_get_role_credentials")
+        if self.command != "GET":
+            return self._send_json(405, {"message": "GET only"})
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(raw_path).query)
+        tok = self.headers.get("x-amz-sso_bearer_token")
+        want = srv.args.sso_token
+        if not want or tok is None or not hmac.compare_digest(tok.encode(), want.encode()):
+            return self._send_json(401, {"__type": "UnauthorizedException",
+                                         "message": "Session token not found or invalid"})
+        role = "%s/%s" % ((q.get("account_id") or [""])[0], (q.get("role_name") or [""])[0])
+        if role not in (srv.args.sso_role or []):
+            return self._send_json(403, {"__type": "ForbiddenException",
+                                         "message": "No access"})
+        if srv.faults.take_credential_fault():
+            srv.counters.inc("credential_faults")
+            return self._send_json(500, {"message": "injected"})
+        c = srv.creds.mint("sso", principal="sso:" + role)
+        return self._send_json(200, {"roleCredentials": {
+            "accessKeyId": c["AccessKeyId"], "secretAccessKey": c["SecretAccessKey"],
+            "sessionToken": c["Token"], "expiration": int(c["_expires"] * 1000)}})
 
     # -- IMDSv2 ---------------------------------------------------------------
     def _imds_text(self, status, text):
@@ -1653,6 +1761,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     srv.keys.save()
                 return self._send_json(200, {"ok": True, "key": k.key_id,
                                              "material_versions": len(k.materials)})
+            if p == "/__emulator/credentials/minted" and m == "GET":
+                # for secret scans of the client's logs: every minted credential
+                with srv.creds.lock:
+                    return self._send_json(200, [
+                        {"access_key_id": k, "secret": c["secret"], "token": c["token"],
+                         "source": c["source"], "principal": c.get("principal")}
+                        for k, c in srv.creds.creds.items() if c["source"] != "static"])
             if p == "/__emulator/credentials/expire" and m == "POST":
                 return self._send_json(200, {"ok": True, "expired": srv.creds.expire_minted()})
             if p == "/__emulator/requests" and m == "GET":
@@ -1715,6 +1830,14 @@ def parse_args(argv=None):
     p.add_argument("--container-auth-token",
                    help="required Authorization header value for /container-credentials")
     p.add_argument("--imds-role", default="kms-pg-test-role")
+    p.add_argument("--role", action="append", metavar="ROLE_ARN=PRINCIPAL[+PRINCIPAL...]",
+                   help="a role STS AssumeRole may assume, and who may assume it: static "
+                   "access key ids, role ARNs (chains) or minted sources (imds, container, "
+                   "sts_web_identity, sso:ACCOUNT/ROLE)")
+    p.add_argument("--role-external-id", action="append", metavar="ROLE_ARN=ID")
+    p.add_argument("--sso-token", help="the only SSO access token GetRoleCredentials accepts")
+    p.add_argument("--sso-role", action="append", metavar="ACCOUNT/ROLE",
+                   help="an SSO role GetRoleCredentials hands out")
     p.add_argument("--die-with-parent", action="store_true",
                    help="exit when the parent process goes away")
     p.add_argument("--quiet", action="store_true")
