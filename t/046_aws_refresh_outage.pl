@@ -7,9 +7,11 @@
 # shows the last refresh error; after expiry it fails with a clear error;
 # once the outage ends the next call refreshes and works again.
 #
-# Time is scaled down: credentials live 16 s (refresh window: the last
-# 4 s; used until 1 s before expiry), so the outage the test runs is the
-# last ~4 s of the lifetime instead of 60 s.  The same rules apply to any
+# Credentials live 80 s (refresh window: the last 20 s; used until 5 s
+# before expiry).  The outage starts right after they are fetched and
+# lasts until they have expired: more than 60 s in which decryption goes
+# on (a decrypt through KMS every second), refreshing fails throughout the
+# refresh window, then the clear error.  The same rules apply to any
 # lifetime: refresh from min(5 min, lifetime/4) before Expiration, use
 # until min(30 s, lifetime/16) before it.
 
@@ -27,7 +29,7 @@ use Time::HiRes qw(time sleep);
 my $AK = 'AKIAKMSPGOUTAGE00001';
 my $SK = 'outage-static-secret/abcdefghijklmnopqrs';
 my $ROLE = 'arn:aws:iam::111122223333:role/kms-outage';
-my $TTL = 16;
+my $TTL = 80;
 
 my $emu = start_emulator(
 	args => [
@@ -63,10 +65,19 @@ sub phase
 		q{SELECT extract(epoch FROM expiration - fetched_at), extract(epoch FROM expiration) FROM kms_aws_credentials_status});
 	cmp_ok($life, '<=', $TTL, "$name: short-lived credentials ($life s)");
 
-	# the outage starts, long before the refresh window
+	# the outage starts, long before the refresh window; decryption goes on
 	emu_control($emu, 'POST', '/__emulator/faults', '{"credential_error_count": 1000000}');
+	my $outage_start = time;
+	my ($early_ok, $early_n) = (0, 0);
+	while (time < $exp - $life / 4 + 0.3)
+	{
+		my $r = $s->query(q{SELECT kms_cache_flush(); SELECT kms_decrypt_text(ct, '{}') FROM v});
+		$early_ok++ if $r =~ /outage value/;
+		$early_n++;
+		sleep(1);
+	}
+	is($early_ok, $early_n, "$name: $early_n decrypts before the refresh window, all during the outage");
 	my $faults0 = emu_counters($emu)->{credential_faults};
-	sleep($exp - $life / 4 + 0.3 - time);
 
 	# refresh window: every decrypt goes to KMS, refreshing fails, the
 	# current credentials keep working
@@ -80,6 +91,8 @@ sub phase
 	}
 	cmp_ok($n, '>=', 5, "$name: $n decrypts during the outage");
 	is($ok, $n, "$name: every decrypt during the outage succeeded");
+	my $served = time - $outage_start;
+	cmp_ok($served, '>=', 60, sprintf('%s: decryption went on through %.0f s of outage', $name, $served));
 	my $st = $s->query(q{SELECT usable, refresh_failures > 0, last_refresh_error, next_refresh_attempt IS NOT NULL
 		FROM kms_aws_credentials_status});
 	like($st, qr/^t\|t\|.+\|t$/, "$name: status shows usable credentials, failures, last error, next attempt");
