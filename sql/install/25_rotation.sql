@@ -7,8 +7,11 @@
 -- batch is an ordinary UPDATE: row locks make it safe against concurrent
 -- writers, and on Citus it runs as a distributed UPDATE per shard.
 --
--- The procedure has no SET clause (that would forbid its COMMITs), so
--- every name in its dynamic SQL is schema-qualified with @extschema@.
+-- The procedure has no SET clause (that would forbid its COMMITs): it sets
+-- search_path to pg_catalog, pg_temp at its start and after every COMMIT,
+-- so that no function or operator of another schema (say one a user
+-- created in public) is picked for its unqualified names, and every name
+-- of the extension in its dynamic SQL is schema-qualified with @extschema@.
 
 -- One row per run of kms_rotate_column(); committed with every batch.
 CREATE TABLE kms_rotation_progress (
@@ -63,6 +66,7 @@ COMMENT ON VIEW kms_rotation_status IS
 CREATE FUNCTION kms_key_usage(tbl regclass, col name)
 RETURNS TABLE (provider text, key_id text, "values" bigint, deks bigint)
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -92,6 +96,7 @@ CREATE PROCEDURE kms_rotate_column(tbl regclass, col name, new_key_id text DEFAU
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_name      text := tbl::text;  -- as the caller's search_path shows it
     max_passes constant int := 3;
     v_key       text;
     v_provider  text;
@@ -124,6 +129,9 @@ DECLARE
     v_pass_rows bigint;
     v_other     bigint;
 BEGIN
+    -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
+    -- have SET search_path): set again after every COMMIT.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -133,18 +141,18 @@ BEGIN
 
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     IF v_relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'kms_rotate_column: "%" is not a table', tbl
+        RAISE EXCEPTION 'kms_rotate_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type';
     END IF;
     SELECT a.atttypid INTO v_coltype FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF v_coltype IS NULL THEN
-        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, v_name
             USING ERRCODE = 'undefined_column';
     END IF;
-    IF v_coltype <> 'bytea'::regtype THEN
+    IF v_coltype <> 'bytea'::regtype AND v_coltype <> '@extschema@.kms_sealed'::regtype THEN
         RAISE EXCEPTION 'kms_rotate_column: column "%" of "%" is of type %, not bytea',
-            col, tbl, v_coltype::regtype USING ERRCODE = 'datatype_mismatch';
+            col, v_name, v_coltype::regtype USING ERRCODE = 'datatype_mismatch';
     END IF;
 
     -- Keyset pagination over the primary key: each batch is an index range,
@@ -157,12 +165,12 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = tbl AND i.indisprimary;
     IF pk_names IS NULL THEN
-        RAISE EXCEPTION 'kms_rotate_column: table "%" has no primary key', tbl
+        RAISE EXCEPTION 'kms_rotate_column: table "%" has no primary key', v_name
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Batches are primary-key ranges; add a primary key, or rotate with a single UPDATE ... SET col = kms_rewrap(col, ...).';
     END IF;
     IF col = ANY (pk_names) THEN
-        RAISE EXCEPTION 'kms_rotate_column: column "%" is part of the primary key of "%"', col, tbl
+        RAISE EXCEPTION 'kms_rotate_column: column "%" is part of the primary key of "%"', col, v_name
             USING ERRCODE = 'feature_not_supported';
     END IF;
     SELECT string_agg(format('t.%I', n), ', ' ORDER BY o),
@@ -215,20 +223,21 @@ BEGIN
     END IF;
 
     IF EXISTS (SELECT 1 FROM @extschema@.kms_rotation_status s
-               WHERE s.tbl = kms_rotate_column.tbl::text AND s.col = kms_rotate_column.col AND s.state = 'running'
+               WHERE s.tbl = v_name AND s.col = kms_rotate_column.col AND s.state = 'running'
                  AND s.pid <> pg_backend_pid()) THEN
-        RAISE EXCEPTION 'kms_rotate_column: a rotation of %.% is already running', tbl, col
+        RAISE EXCEPTION 'kms_rotate_column: a rotation of %.% is already running', v_name, col
             USING ERRCODE = 'object_in_use',
                   HINT = 'See the kms_rotation_status view.';
     END IF;
 
     INSERT INTO @extschema@.kms_rotation_progress
         (tbl, col, provider, new_key_id, resolved_key_id, backend_start)
-    VALUES (tbl::text, col, v_provider, v_key, v_resolved,
+    VALUES (v_name, col, v_provider, v_key, v_resolved,
             (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()))
     RETURNING run_id INTO v_run;
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     -- kms_ciphertext_key_id/_provider only read the header (NULL for values
     -- that are not kms_pg ciphertexts): cheap enough to run per row.
@@ -261,7 +270,7 @@ BEGIN
         EXIT WHEN v_pending = 0;
         IF v_pass = max_passes THEN
             RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
-                v_pending, tbl, col, max_passes
+                v_pending, v_name, col, max_passes
                 USING HINT = 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.';
             EXIT;
         END IF;
@@ -280,6 +289,7 @@ BEGIN
         LOOP
             IF max_batches IS NOT NULL AND v_batches >= max_batches THEN
                 COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
                 RAISE NOTICE 'kms_rotate_column: stopped after % batches (max_batches); run it again to continue',
                     v_batches;
                 RETURN;
@@ -308,6 +318,7 @@ BEGIN
              WHERE run_id = v_run;
             RAISE NOTICE 'kms_rotate_column: % of % rows', v_done, v_total;
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             EXIT WHEN v_last;
             v_lo := v_hi;
         END LOOP;
@@ -318,13 +329,14 @@ BEGIN
         INTO v_other;
     IF v_other > 0 THEN
         RAISE WARNING 'kms_rotate_column: % values of %.% are not kms_pg ciphertexts and were left as they are',
-            v_other, tbl, col;
+            v_other, v_name, col;
     END IF;
     UPDATE @extschema@.kms_rotation_progress
        SET finished = CASE WHEN v_pending = 0 THEN clock_timestamp() END,
            updated = clock_timestamp()
      WHERE run_id = v_run;
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF v_pending = 0 THEN
         RAISE NOTICE 'kms_rotate_column: done, % rows rewrapped under %', v_done, v_key;
     END IF;

@@ -319,6 +319,7 @@ CREATE OR REPLACE PROCEDURE kms_protect_column(tbl regclass, col name, context_c
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_name      text := tbl::text;  -- as the caller's search_path shows it
     v_relkind   char;
     v_nsp       name;
     v_relname   name;
@@ -344,6 +345,9 @@ DECLARE
     v_done      bigint := 0;
     v_pk        name[];
 BEGIN
+    -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
+    -- have SET search_path): set again after every COMMIT.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -351,17 +355,17 @@ BEGIN
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = tbl;
     IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
+        RAISE EXCEPTION 'must be owner of table %', v_name USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF v_relkind <> 'r' THEN
-        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', tbl
+        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = CASE WHEN v_relkind = 'p' THEN 'Partitioned tables are not supported; protect each partition.' END;
     END IF;
     IF (SELECT c.relpersistence FROM pg_catalog.pg_class c WHERE c.oid = tbl) = 't' THEN
         -- A temp table goes at session end without event triggers, which
         -- would leave its catalog row behind.
-        RAISE EXCEPTION 'kms_protect_column: "%" is a temporary table', tbl
+        RAISE EXCEPTION 'kms_protect_column: "%" is a temporary table', v_name
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'Temporary tables are dropped at session end without a DROP event, which would leave a catalog row behind.';
     END IF;
@@ -370,7 +374,7 @@ BEGIN
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, v_name
             USING ERRCODE = 'undefined_column';
     END IF;
 
@@ -381,14 +385,14 @@ BEGIN
         v_chk := v_exists.check_name;
         IF (SELECT k.convalidated FROM pg_catalog.pg_constraint k
             WHERE k.conrelid = tbl AND k.conname = v_chk) THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is already protected', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is already protected', col, v_name
                 USING ERRCODE = 'duplicate_object',
                       HINT = 'Use kms_rotate_column() to move it to another key, kms_unprotect_column() to undo.';
         END IF;
         RAISE NOTICE 'kms_protect_column: %.% is already protected; encrypting rows left in plaintext', tbl, col;
     ELSE
         IF v_att.attgenerated <> '' OR v_att.attidentity <> '' THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a generated or identity column', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a generated or identity column', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         SELECT array_agg(a.attname) INTO v_pk
@@ -396,7 +400,7 @@ BEGIN
           ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
         WHERE i.indrelid = tbl AND i.indisprimary;
         IF col = ANY (v_pk) THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" is part of the primary key of "%"', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" is part of the primary key of "%"', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         v_base := v_att.atttypid;
@@ -411,7 +415,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
                    WHERE c.relid = tbl
                      AND col = ANY ((@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[2:])) THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a context or blind index column of another protected column', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a context or blind index column of another protected column', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
 
@@ -435,7 +439,7 @@ BEGIN
             SELECT a.atttypid INTO v_base FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = tbl AND a.attname = v_c AND a.attnum > 0 AND NOT a.attisdropped;
             IF NOT FOUND THEN
-                RAISE EXCEPTION 'column "%" of relation "%" does not exist', v_c, tbl
+                RAISE EXCEPTION 'column "%" of relation "%" does not exist', v_c, v_name
                     USING ERRCODE = 'undefined_column';
             END IF;
             WHILE (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'd' LOOP
@@ -464,7 +468,7 @@ BEGIN
                            (SELECT string_agg(format('t.%I IS NULL', x), ' OR ') FROM unnest(v_ctx) x))
                 INTO v_n;
             IF v_n > 0 THEN
-                RAISE EXCEPTION 'kms_protect_column: % rows of "%" have a NULL context column', v_n, tbl
+                RAISE EXCEPTION 'kms_protect_column: % rows of "%" have a NULL context column', v_n, v_name
                     USING ERRCODE = 'null_value_not_allowed',
                           DETAIL = format('Context columns: %s.  A protected value is sealed under them.', array_to_string(v_ctx, ', ')),
                           HINT = 'Fill them in (or make the protected value NULL) first.';
@@ -485,7 +489,7 @@ BEGIN
         FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LIMIT 1;
         IF FOUND THEN
             IF view_name IS NOT NULL AND view_name <> v_view THEN
-                RAISE EXCEPTION 'kms_protect_column: "%" already has the decrypting view %.%', tbl, v_vschema, v_view
+                RAISE EXCEPTION 'kms_protect_column: "%" already has the decrypting view %.%', v_name, v_vschema, v_view
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF to_regclass(format('%I.%I', v_vschema, v_view)) IS NOT NULL THEN
@@ -559,6 +563,7 @@ BEGIN
         PERFORM @extschema@.kms_pc_ensure_view(tbl);
         PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
 
     -- Step 2: the trigger encrypts, the UPDATE itself calls nothing volatile.
@@ -579,6 +584,7 @@ BEGIN
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_done := v_done + v_n;
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         v_lo := v_lo + v_per;
     END LOOP;
     -- Rows that moved past the scanned range meanwhile.
@@ -593,12 +599,14 @@ BEGIN
         EXIT WHEN v_n = 0;
         v_done := v_done + v_n;
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END LOOP;
     -- Step 3: proves that no plaintext is left.
     PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
     EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, v_chk);
     COMMIT;
-    RAISE NOTICE 'kms_protect_column: %.% protected, % rows encrypted', tbl, col, v_done;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RAISE NOTICE 'kms_protect_column: %.% protected, % rows encrypted', v_name, col, v_done;
 END
 $$;
 
