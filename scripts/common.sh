@@ -33,6 +33,7 @@ KMS_PACKAGES="build-essential ca-certificates openssl \
 postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} postgresql-contrib \
 libssl-dev libcurl4-openssl-dev \
 python3 python3-botocore python3-boto3 python3-cryptography \
+python3-psycopg2 python3-psycopg \
 libipc-run-perl perl rsync curl \
 clang-14 libclang-rt-14-dev"
 

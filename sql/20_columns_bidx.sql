@@ -60,7 +60,7 @@ CALL kms_protect_column('col_nobidx', 's');
 SELECT kms_blind_index('col_nobidx', 's', 'x');
 
 -- Privileges.  Writer-only: may write plaintext (encrypted by the trigger)
--- and sees only ciphertext; the view and kms_blind_index are refused.
+-- and sees only ciphertext; the view shows it NULL, kms_blind_index is refused.
 CREATE ROLE regress_col20_writer;
 CREATE ROLE regress_col20_reader;
 CREATE ROLE regress_col20_admin;

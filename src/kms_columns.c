@@ -35,6 +35,8 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -783,6 +785,42 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 	if (pt != NULL)
 		explicit_bzero(VARDATA(pt), VARSIZE(pt) - VARHDRSZ);
 	return PointerGetDatum(heap_modify_tuple_by_cols(newtup, desc, ncols, colnums, values, nulls));
+}
+
+/* ---------- the decrypting views ---------- */
+
+/*
+ * SQL: kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any") RETURNS bytea
+ * kms_decrypt_pairs() for whoever may execute it, NULL for anyone else
+ * (writers, auditors): the views call this, so a role without the right
+ * to decrypt still reads the other columns and can UPDATE and DELETE
+ * through the view (PostgreSQL checks EXECUTE on every function of an
+ * expression when it starts, even in a CASE branch never taken).  The
+ * privilege is looked up once per query.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_view_decrypt);
+Datum
+kms_pc_view_decrypt(PG_FUNCTION_ARGS)
+{
+	int		   *allowed = (int *) fcinfo->flinfo->fn_extra;
+
+	if (allowed == NULL)
+	{
+		Oid			nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+		Oid			argtypes[2] = {BYTEAOID, ANYOID};
+		Oid			fn = LookupFuncName(list_make2(makeString(get_namespace_name(nsp)),
+												   makeString("kms_decrypt_pairs")),
+										2, argtypes, false);
+
+		allowed = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(int));
+		*allowed = DatumGetBool(DirectFunctionCall2(has_function_privilege_id,
+													ObjectIdGetDatum(fn),
+													CStringGetTextDatum("EXECUTE")));
+		fcinfo->flinfo->fn_extra = allowed;
+	}
+	if (!*allowed || PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	return kms_decrypt_pairs(fcinfo);
 }
 
 /* ---------- kms_blind_index ---------- */

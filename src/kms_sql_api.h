@@ -8,6 +8,7 @@
 #define KMS_SQL_API_H
 
 #include "kms_context.h"
+#include "fmgr.h"
 
 /* Seal len bytes under ctx with a DEK of key (resolved) from the current provider. */
 extern bytea *kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key);
@@ -17,5 +18,8 @@ extern bytea *kms_seal(const char *plain, Size len, const KmsContext *ctx, const
  * context.  With auth_fail_ok, NULL when it does not open under ctx.
  */
 extern bytea *kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok);
+
+/* SQL: kms_decrypt_pairs(ciphertext bytea, VARIADIC context "any"), for the views. */
+extern Datum kms_decrypt_pairs(PG_FUNCTION_ARGS);
 
 #endif							/* KMS_SQL_API_H */

@@ -53,6 +53,9 @@ fi
 if [ -f "$WORK/src/test/clients/js/package.json" ]; then
     run_step emulator-js "cd test/clients/js && npm ci --silent --no-audit --no-fund && node --test"
 fi
+if [ -f "$WORK/src/test/clients/drivers/test_drivers.py" ]; then
+    run_step drivers "cd test/clients/drivers/js && npm ci --silent --no-audit --no-fund && cd .. && $KMS_PYTHON test_drivers.py"
+fi
 if [ -f "$WORK/src/test/interop/run.sh" ]; then
     run_step interop "bash test/interop/run.sh"
 fi

@@ -227,27 +227,36 @@ AS $$
     FROM unnest(context_keys, context_cols) WITH ORDINALITY AS u(k, c, i)
 $$;
 
--- The plaintext of a protected value as the view shows it, as an SQL
--- expression: bytea as is, other types from their UTF-8 text form.
--- pairs_sql: the context from kms_pc_pairs_sql.
+-- The plaintext of a protected value, as an SQL expression: bytea as is,
+-- other types from their UTF-8 text form.  pairs_sql: the context from
+-- kms_pc_pairs_sql.  for_view: through kms_pc_view_decrypt(), which gives
+-- NULL to a role that may not execute kms_decrypt_pairs() (writers and
+-- auditors see NULL, and can still UPDATE and DELETE through the view).
 CREATE FUNCTION kms_pc_decrypt_sql(p @extschema@.kms_protected_columns, col name, pairs_sql text,
-                                   alias_name text DEFAULT 't')
+                                   alias_name text DEFAULT 't', for_view boolean DEFAULT false)
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog
 AS $$
     SELECT CASE
         WHEN p.original_type = 'bytea'::regtype
-            THEN format('@extschema@.kms_decrypt_pairs(%s, %s)', ref, pairs_sql)
+            THEN format('@extschema@.%s(%s, %s)', fn, ref, pairs_sql)
         WHEN p.original_type = 'text'::regtype
-            THEN format('(pg_catalog.convert_from(@extschema@.kms_decrypt_pairs(%s, %s), %L) COLLATE pg_catalog."default")',
-                        ref, pairs_sql, 'UTF8')
-        ELSE format('(pg_catalog.convert_from(@extschema@.kms_decrypt_pairs(%s, %s), %L) COLLATE pg_catalog."default")::%s',
-                    ref, pairs_sql, 'UTF8', format_type(p.original_type, p.original_typmod))
+            THEN format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")',
+                        fn, ref, pairs_sql, 'UTF8')
+        ELSE format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")::%s',
+                    fn, ref, pairs_sql, 'UTF8', format_type(p.original_type, p.original_typmod))
     END
     FROM (SELECT CASE WHEN alias_name IS NULL THEN format('%I', col)
-                      ELSE format('%I.%I', alias_name, col) END) AS r(ref)
+                      ELSE format('%I.%I', alias_name, col) END,
+                 CASE WHEN for_view THEN 'kms_pc_view_decrypt' ELSE 'kms_decrypt_pairs' END) AS r(ref, fn)
 $$;
+
+-- kms_decrypt_pairs() for whoever may execute it, NULL for anyone else.
+CREATE FUNCTION kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any")
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
 
 -- The generated trigger (one generic function for every protected column),
 -- in C, running as the writer (src/kms_columns.c):
@@ -443,7 +452,8 @@ BEGIN
         exprs := exprs || jsonb_build_object(n[1],
             @extschema@.kms_pc_decrypt_sql(pr, n[1],
                 @extschema@.kms_pc_pairs_sql(pr.column_id, pr.context_keys,
-                                               n[2:cardinality(pr.context_keys) + 1], 't')));
+                                               n[2:cardinality(pr.context_keys) + 1], 't'),
+                't', true));
     END LOOP;
 
     SELECT string_agg(coalesce(exprs ->> a.attname::text || format(' AS %I', a.attname),
