@@ -586,10 +586,13 @@ BEGIN
     IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table %', v_name USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF v_relkind <> 'r' THEN
+    IF v_relkind = 'p' THEN
         RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type',
-                  DETAIL = CASE WHEN v_relkind = 'p' THEN 'Partitioned tables are not supported; protect each partition.' END;
+                  DETAIL = 'Partitioned tables are not supported; protect each partition.';
+    ELSIF v_relkind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
+            USING ERRCODE = 'wrong_object_type';
     END IF;
     IF (SELECT c.relpersistence FROM pg_catalog.pg_class c WHERE c.oid = tbl) = 't' THEN
         -- A temp table goes at session end without event triggers, which

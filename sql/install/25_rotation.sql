@@ -97,6 +97,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_name      text := tbl::text;  -- as the caller's search_path shows it
+    v_protected boolean := false;
     max_passes constant int := 3;
     v_key       text;
     v_provider  text;
@@ -203,6 +204,7 @@ BEGIN
        AND to_regprocedure('@extschema@.kms_column_context_expr(regclass, name)') IS NOT NULL THEN
         BEGIN
             EXECUTE 'SELECT @extschema@.kms_column_context_expr($1, $2)' INTO v_ctx USING tbl, col;
+            v_protected := true;
         EXCEPTION WHEN undefined_object THEN
             v_ctx := NULL;      -- not a protected column: plain '{}' context
         END;
@@ -235,6 +237,19 @@ BEGIN
     VALUES (v_name, col, v_provider, v_key, v_resolved,
             (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()))
     RETURNING run_id INTO v_run;
+    -- A protected column: its trigger encrypts new values under the new
+    -- key from the commit below on (writers switch at once).
+    IF v_protected THEN
+        EXECUTE 'UPDATE @extschema@.kms_protected_columns c SET key_id = $1'
+                ' WHERE c.relid = $2 AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = $3'
+            USING v_key, tbl, col;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n = 0 THEN
+            RAISE EXCEPTION 'kms_rotate_column: must be owner of table % to change the key of its protected column %',
+                v_name, col
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -271,7 +286,9 @@ BEGIN
         IF v_pass = max_passes THEN
             RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
                 v_pending, v_name, col, max_passes
-                USING HINT = 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.';
+                USING HINT = CASE WHEN v_protected
+                                  THEN 'Values were written under another key meanwhile (another rotation?); run kms_rotate_column again.'
+                                  ELSE 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.' END;
             EXIT;
         END IF;
         v_pass := v_pass + 1;
