@@ -329,6 +329,8 @@ DECLARE
     rj      jsonb;
     r       record;
     n       name[];
+    may_decrypt boolean;
+    nulls   jsonb;
 BEGIN
     SELECT min(c.relid::oid) INTO tbl FROM @extschema@.kms_protected_columns c
     WHERE c.view_schema = TG_TABLE_SCHEMA AND c.view_name = TG_TABLE_NAME;
@@ -344,6 +346,10 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- RETURNING shows protected columns only to roles that may decrypt
+    -- (as the view does).
+    may_decrypt := has_function_privilege('@extschema@.kms_decrypt_pairs(bytea, "any")', 'EXECUTE');
+    SELECT coalesce(jsonb_object_agg(k, NULL::text), '{}') INTO nulls FROM jsonb_object_keys(prot) AS k;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         j := to_jsonb(NEW);
         -- Protected values as kms_sealed plaintext in its text form: "\x",
@@ -387,7 +393,8 @@ BEGIN
         EXECUTE format('INSERT INTO %s AS kms_row (%s) SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r'
                        ' RETURNING pg_catalog.to_jsonb(kms_row)', tbl::regclass, cols, sel, tbl::regclass)
             INTO rj USING j;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot)));
+        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot))
+                                          || CASE WHEN may_decrypt THEN '{}'::jsonb ELSE nulls END);
         RETURN NEW;
     ELSIF TG_OP = 'UPDATE' THEN
         SELECT string_agg(format('%1$I = r.%1$I', att.attname), ', ' ORDER BY att.attnum) INTO setl
@@ -406,7 +413,8 @@ BEGIN
         IF rj IS NULL THEN
             RETURN NULL;
         END IF;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot)));
+        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot))
+                                          || CASE WHEN may_decrypt THEN '{}'::jsonb ELSE nulls END);
         RETURN NEW;
     ELSE
         EXECUTE format('DELETE FROM %s AS kms_row USING pg_catalog.jsonb_populate_record(NULL::%s, $1) o WHERE %s'

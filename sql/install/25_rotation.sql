@@ -366,3 +366,67 @@ COMMENT ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) IS
 REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM PUBLIC;
 REVOKE ALL ON kms_rotation_progress FROM PUBLIC;
 REVOKE ALL ON kms_rotation_status FROM PUBLIC;
+
+-- The GRANTs of one role on a protected table, by what the role does
+-- (docs/column-encryption.md, "Privileges"):
+--   writer   SELECT (ciphertext only), INSERT, UPDATE, DELETE on the table,
+--            USAGE on its sequences: writes plaintext through the table and
+--            the view, reads none back (the view and RETURNING show NULL);
+--   reader   SELECT on the table, EXECUTE on kms_decrypt_pairs (and
+--            kms_blind_index when a column has a blind index): plaintext
+--            through the view;
+--   auditor  SELECT on the table: ciphertext only;
+--   admin    for the table's owner (before or after protecting): EXECUTE
+--            on kms_decrypt_pairs (to unprotect) and what kms_rotate_column
+--            needs.
+-- Runs as the caller, who must be allowed to grant each of these (a
+-- superuser, or the extension owner and the table owner together).
+CREATE FUNCTION kms_grant_access(tbl regclass, role name, access text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s regclass;
+BEGIN
+    IF access IS NULL OR access NOT IN ('writer', 'reader', 'auditor', 'admin') THEN
+        RAISE EXCEPTION 'kms_grant_access: access must be writer, reader, auditor or admin, not %',
+            coalesce(quote_literal(access), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF access <> 'admin' AND NOT EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl) THEN
+        RAISE EXCEPTION 'kms_grant_access: "%" has no column protected by kms_pg', tbl
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF access = 'writer' THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, role);
+        FOR s IN SELECT d.objid::regclass FROM pg_depend d
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = tbl AND d.deptype IN ('a', 'i')
+                   AND (SELECT c.relkind FROM pg_class c WHERE c.oid = d.objid) = 'S' LOOP
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', s, role);
+        END LOOP;
+    ELSIF access IN ('reader', 'auditor') THEN
+        EXECUTE format('GRANT SELECT ON %s TO %I', tbl, role);
+    END IF;
+    IF access IN ('reader', 'admin') THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_decrypt_pairs(bytea, "any") TO %I', role);
+    END IF;
+    IF access = 'reader' AND EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                                     WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL) THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_blind_index(regclass, name, text),'
+                       ' @extschema@.kms_blind_index(regclass, name, bytea) TO %I', role);
+    END IF;
+    IF access = 'admin' THEN
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'
+                       ' @extschema@.kms_describe_key(text) TO %I', role);
+        EXECUTE format('GRANT SELECT ON @extschema@.kms_rotation_status TO %I', role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON @extschema@.kms_rotation_progress TO %I', role);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION kms_grant_access(regclass, name, text) IS
+  'GRANT a role what it needs on a protected table as writer, reader, auditor or admin';
+REVOKE ALL ON FUNCTION kms_grant_access(regclass, name, text) FROM PUBLIC;
+
