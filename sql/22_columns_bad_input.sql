@@ -66,6 +66,11 @@ CREATE TABLE bad_d (id int PRIMARY KEY, d date);
 CALL kms_protect_column('bad_d', 'd', '{id}');
 INSERT INTO bad_d VALUES (1, 'not a date');
 \echo :LAST_ERROR_SQLSTATE
+-- a type without a cast to kms_sealed; the same value as text is read by date's input.
+INSERT INTO bad_d VALUES (2, ARRAY[date '2020-01-01']);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO bad_d VALUES (2, (ARRAY[date '2020-01-01'])[1]::text);
+SELECT id, d FROM bad_d_decrypted;
 -- and a writer without grants, on the table, the view and the blind index.
 CREATE ROLE regress_col22_nobody;
 SET ROLE regress_col22_nobody;
