@@ -35,14 +35,15 @@ CALL kms_protect_column('bad', 's', '{id,tenant}');
 -- A key that does not exist.
 CALL kms_protect_column('bad', 's', '{id}', 'alias/regress_col22_none');
 \echo :LAST_ERROR_SQLSTATE
--- A temporary table; a view; a partitioned table.
+-- A temporary table; a view; a partition (protect its partitioned table).
 CREATE TEMP TABLE bad_tmp (id int PRIMARY KEY, s text);
 CALL kms_protect_column('bad_tmp', 's');
 \echo :LAST_ERROR_SQLSTATE
 CALL kms_protect_column('bad_state', 'columns');
 \echo :LAST_ERROR_SQLSTATE
 CREATE TABLE bad_part (id int, s text) PARTITION BY RANGE (id);
-CALL kms_protect_column('bad_part', 's');
+CREATE TABLE bad_part_1 PARTITION OF bad_part FOR VALUES FROM (0) TO (10);
+CALL kms_protect_column('bad_part_1', 's');
 \echo :LAST_ERROR_SQLSTATE
 -- Nothing changed by any of these.
 SELECT * FROM bad_state;

@@ -33,18 +33,23 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
+#include "access/heapam.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/json.h"
@@ -355,47 +360,62 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 	AttrNumber	relid_att = InvalidAttrNumber;
 	MemoryContext old;
 
+	List	   *owners = list_make1_oid(RelationGetRelid(rel));
+	ListCell   *lc;
+
+	/*
+	 * A partition's trigger is a clone of its partitioned table's, with the
+	 * same name and its own column numbers: the catalog row is the table's
+	 * (the nearest ancestor that has one).
+	 */
+	if (rel->rd_rel->relispartition)
+		owners = list_concat(owners, get_partition_ancestors(RelationGetRelid(rel)));
 	cat = table_open(catalog_relid(fcinfo), AccessShareLock);
 	desc = RelationGetDescr(cat);
 	for (int i = 0; i < desc->natts; i++)
 		if (strcmp(NameStr(TupleDescAttr(desc, i)->attname), "relid") == 0)
 			relid_att = i + 1;
-	ScanKeyInit(&key, relid_att, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(RelationGetRelid(rel)));
-	scan = systable_beginscan(cat, InvalidOid, false, NULL, 1, &key);
 	old = MemoryContextSwitchTo(mcxt);
-	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	foreach(lc, owners)
 	{
-		bool		isnull;
-		Datum		d;
-		ArrayType  *arr;
-		Datum	   *keys;
-		int			nkeys;
+		if (found)
+			break;
+		ScanKeyInit(&key, relid_att, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(lfirst_oid(lc)));
+		scan = systable_beginscan(cat, InvalidOid, false, NULL, 1, &key);
+		while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			bool		isnull;
+			Datum		d;
+			ArrayType  *arr;
+			Datum	   *keys;
+			int			nkeys;
 
-		d = catalog_attr(tup, desc, "trigger_name", &isnull);
-		if (isnull || strcmp(NameStr(*DatumGetName(d)), trig->tgname) != 0)
-			continue;
-		found = true;
-		memset(col, 0, sizeof(*col));
-		col->relid = RelationGetRelid(rel);
-		col->tgoid = trig->tgoid;
-		col->tgname = pstrdup(trig->tgname);
-		d = catalog_attr(tup, desc, "column_id", &isnull);
-		col->column_id = DatumGetCString(DirectFunctionCall1(uuid_out, d));
-		col->key_id = TextDatumGetCString(catalog_attr(tup, desc, "key_id", &isnull));
-		col->orig_type = DatumGetObjectId(catalog_attr(tup, desc, "original_type", &isnull));
-		col->orig_typmod = DatumGetInt32(catalog_attr(tup, desc, "original_typmod", &isnull));
-		arr = DatumGetArrayTypePCopy(catalog_attr(tup, desc, "context_keys", &isnull));
-		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &keys, NULL, &nkeys);
-		col->nctx = nkeys;
-		col->ctx_keys = palloc(sizeof(char *) * Max(nkeys, 1));
-		for (int i = 0; i < nkeys; i++)
-			col->ctx_keys[i] = TextDatumGetCString(keys[i]);
-		d = catalog_attr(tup, desc, "blind_index_key", &isnull);
-		col->bidx_key_ct = isnull ? NULL : DatumGetByteaPCopy(d);
+			d = catalog_attr(tup, desc, "trigger_name", &isnull);
+			if (isnull || strcmp(NameStr(*DatumGetName(d)), trig->tgname) != 0)
+				continue;
+			found = true;
+			memset(col, 0, sizeof(*col));
+			col->relid = RelationGetRelid(rel);
+			col->tgoid = trig->tgoid;
+			col->tgname = pstrdup(trig->tgname);
+			d = catalog_attr(tup, desc, "column_id", &isnull);
+			col->column_id = DatumGetCString(DirectFunctionCall1(uuid_out, d));
+			col->key_id = TextDatumGetCString(catalog_attr(tup, desc, "key_id", &isnull));
+			col->orig_type = DatumGetObjectId(catalog_attr(tup, desc, "original_type", &isnull));
+			col->orig_typmod = DatumGetInt32(catalog_attr(tup, desc, "original_typmod", &isnull));
+			arr = DatumGetArrayTypePCopy(catalog_attr(tup, desc, "context_keys", &isnull));
+			deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &keys, NULL, &nkeys);
+			col->nctx = nkeys;
+			col->ctx_keys = palloc(sizeof(char *) * Max(nkeys, 1));
+			for (int i = 0; i < nkeys; i++)
+				col->ctx_keys[i] = TextDatumGetCString(keys[i]);
+			d = catalog_attr(tup, desc, "blind_index_key", &isnull);
+			col->bidx_key_ct = isnull ? NULL : DatumGetByteaPCopy(d);
+		}
+		systable_endscan(scan);
 	}
 	MemoryContextSwitchTo(old);
-	systable_endscan(scan);
 	table_close(cat, AccessShareLock);
 	if (!found)
 		return false;
@@ -909,4 +929,457 @@ Datum
 kms_blind_index_bytea(PG_FUNCTION_ARGS)
 {
 	return blind_index_common(fcinfo, true);
+}
+
+/* ---------- writes through the decrypting views ---------- */
+
+typedef struct KmsViewPlan
+{
+	Bitmapset  *cols;			/* table columns written (INSERT, UPDATE) */
+	SPIPlanPtr	plan;
+} KmsViewPlan;
+
+typedef struct KmsView
+{
+	Oid			viewid;
+	Oid			relid;
+	char	   *relname;		/* schema-qualified, quoted */
+	int			nviewcols;
+	AttrNumber *tabatt;			/* view column i -> table attnum */
+	Oid		   *tabtype;		/* type of that table column */
+	bool	   *writable;		/* not generated, not a blind index */
+	bool	   *defaulted;		/* has a default or identity */
+	int		   *prot;			/* -1, or 0 (bytea), 1 (text), 2 (other type) */
+	FmgrInfo   *outfn;			/* output function of a protected view column */
+	int			npk;
+	int		   *pkcol;			/* view columns of the primary key */
+	bool		may_decrypt;
+	List	   *inserts;		/* KmsViewPlan */
+	List	   *updates;
+	SPIPlanPtr	delete;
+	MemoryContextCallback freeplans;
+} KmsView;
+
+/* The plans of a statement go with it (its function's memory context). */
+static void
+view_free_plans(void *arg)
+{
+	KmsView    *v = (KmsView *) arg;
+	ListCell   *lc;
+
+	foreach(lc, v->inserts)
+		SPI_freeplan(((KmsViewPlan *) lfirst(lc))->plan);
+	foreach(lc, v->updates)
+		SPI_freeplan(((KmsViewPlan *) lfirst(lc))->plan);
+	if (v->delete != NULL)
+		SPI_freeplan(v->delete);
+	v->inserts = v->updates = NIL;
+	v->delete = NULL;
+}
+
+static KmsView *
+load_view(FunctionCallInfo fcinfo, Relation view)
+{
+	MemoryContext mcxt = fcinfo->flinfo->fn_mcxt;
+	MemoryContext old;
+	KmsView    *v;
+	Relation	cat;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	TupleDesc	cdesc;
+	char	   *vschema = get_namespace_name(RelationGetNamespace(view));
+	Oid			relid = InvalidOid;
+	List	   *trignames = NIL;
+	List	   *bytea_flags = NIL;
+	List	   *bidx_flags = NIL;
+	Relation	rel;
+	TupleDesc	tdesc;
+	TupleDesc	vdesc = RelationGetDescr(view);
+	int			j;
+	Oid			argtypes[2] = {BYTEAOID, ANYOID};
+	Oid			decrypt_fn;
+
+	cat = table_open(catalog_relid(fcinfo), AccessShareLock);
+	cdesc = RelationGetDescr(cat);
+	scan = table_beginscan_catalog(cat, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		bool		isnull;
+		Datum		vs = catalog_attr(tup, cdesc, "view_schema", &isnull);
+		Datum		vn = catalog_attr(tup, cdesc, "view_name", &isnull);
+
+		if (strcmp(NameStr(*DatumGetName(vs)), vschema) != 0 ||
+			strcmp(NameStr(*DatumGetName(vn)), RelationGetRelationName(view)) != 0)
+			continue;
+		relid = DatumGetObjectId(catalog_attr(tup, cdesc, "relid", &isnull));
+		trignames = lappend(trignames,
+							pstrdup(NameStr(*DatumGetName(catalog_attr(tup, cdesc, "trigger_name", &isnull)))));
+		bytea_flags = lappend_int(bytea_flags,
+								  DatumGetObjectId(catalog_attr(tup, cdesc, "original_type", &isnull)) == BYTEAOID ? 0 :
+								  DatumGetObjectId(catalog_attr(tup, cdesc, "original_type", &isnull)) == TEXTOID ? 1 : 2);
+		(void) catalog_attr(tup, cdesc, "blind_index_key", &isnull);
+		bidx_flags = lappend_int(bidx_flags, !isnull);
+	}
+	table_endscan(scan);
+	table_close(cat, AccessShareLock);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg: view \"%s.%s\" is not a kms_pg decrypting view",
+						vschema, RelationGetRelationName(view))));
+
+	old = MemoryContextSwitchTo(mcxt);
+	v = palloc0(sizeof(KmsView));
+	v->viewid = RelationGetRelid(view);
+	v->relid = relid;
+	rel = table_open(relid, AccessShareLock);
+	tdesc = RelationGetDescr(rel);
+	v->relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											RelationGetRelationName(rel));
+	v->nviewcols = vdesc->natts;
+	v->tabatt = palloc0(sizeof(AttrNumber) * vdesc->natts);
+	v->tabtype = palloc0(sizeof(Oid) * vdesc->natts);
+	v->writable = palloc0(sizeof(bool) * vdesc->natts);
+	v->defaulted = palloc0(sizeof(bool) * vdesc->natts);
+	v->prot = palloc(sizeof(int) * vdesc->natts);
+	v->outfn = palloc0(sizeof(FmgrInfo) * vdesc->natts);
+	v->pkcol = palloc0(sizeof(int) * Max(vdesc->natts, 1));
+	/* The view lists the table's columns in order. */
+	j = 0;
+	for (int i = 0; i < tdesc->natts && j < vdesc->natts; i++)
+	{
+		Form_pg_attribute ta = TupleDescAttr(tdesc, i);
+
+		if (ta->attisdropped)
+			continue;
+		v->tabatt[j] = ta->attnum;
+		v->tabtype[j] = ta->atttypid;
+		v->writable[j] = ta->attgenerated == '\0';
+		v->defaulted[j] = ta->atthasdef || ta->attidentity != '\0';
+		v->prot[j] = -1;
+		j++;
+	}
+	if (j != vdesc->natts)
+		elog(ERROR, "kms_pg: view \"%s\" does not match its table", RelationGetRelationName(view));
+	/* Protected and blind index columns, from the generated triggers. */
+	for (int k = 0; k < list_length(trignames) && rel->trigdesc; k++)
+	{
+		const char *tg = list_nth(trignames, k);
+
+		for (int t = 0; t < rel->trigdesc->numtriggers; t++)
+		{
+			Trigger    *trig = &rel->trigdesc->triggers[t];
+
+			if (strcmp(trig->tgname, tg) != 0 || trig->tgnattr < 1)
+				continue;
+			for (int c = 0; c < vdesc->natts; c++)
+			{
+				if (v->tabatt[c] == trig->tgattr[0])
+				{
+					Oid			outfn;
+					bool		isvarlena;
+
+					v->prot[c] = list_nth_int(bytea_flags, k);
+					getTypeOutputInfo(TupleDescAttr(vdesc, c)->atttypid, &outfn, &isvarlena);
+					fmgr_info_cxt(outfn, &v->outfn[c], mcxt);
+				}
+				if (list_nth_int(bidx_flags, k) && v->tabatt[c] == trig->tgattr[trig->tgnattr - 1])
+					v->writable[c] = false;
+			}
+		}
+	}
+	/* The primary key. */
+	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	{
+		Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+
+		for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
+			for (int c = 0; c < vdesc->natts; c++)
+				if (v->tabatt[c] == idx->rd_index->indkey.values[k])
+					v->pkcol[v->npk++] = c;
+		index_close(idx, AccessShareLock);
+	}
+	table_close(rel, AccessShareLock);
+
+	decrypt_fn = LookupFuncName(list_make2(makeString(get_namespace_name(get_func_namespace(fcinfo->flinfo->fn_oid))),
+										   makeString("kms_decrypt_pairs")),
+								2, argtypes, false);
+	v->may_decrypt = DatumGetBool(DirectFunctionCall2(has_function_privilege_id,
+													  ObjectIdGetDatum(decrypt_fn),
+													  CStringGetTextDatum("EXECUTE")));
+	v->freeplans.func = view_free_plans;
+	v->freeplans.arg = v;
+	MemoryContextRegisterResetCallback(mcxt, &v->freeplans);
+	MemoryContextSwitchTo(old);
+	return v;
+}
+
+/* A view column's value as the table column's: protected ones as kms_sealed plaintext. */
+static Datum
+view_to_table(KmsView *v, int c, Datum d)
+{
+	switch (v->prot[c])
+	{
+		case -1:
+			return d;
+		case 0:
+		case 1:
+			{
+				bytea	   *b = DatumGetByteaPP(d);
+
+				return PointerGetDatum(sealed_pending(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b)));
+			}
+		default:
+			{
+				char	   *s = OutputFunctionCall(&v->outfn[c], d);
+
+				return PointerGetDatum(sealed_pending(s, strlen(s)));
+			}
+	}
+}
+
+static SPIPlanPtr
+view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs, Oid *argtypes)
+{
+	ListCell   *lc;
+	KmsViewPlan *p;
+	MemoryContext old;
+
+	foreach(lc, *plans)
+	{
+		p = lfirst(lc);
+		if (bms_equal(p->cols, cols))
+			return p->plan;
+	}
+	p = MemoryContextAlloc(GetMemoryChunkContext(v), sizeof(KmsViewPlan));
+	old = MemoryContextSwitchTo(GetMemoryChunkContext(v));
+	p->cols = bms_copy(cols);
+	*plans = lappend(*plans, p);
+	MemoryContextSwitchTo(old);
+	p->plan = SPI_prepare(sql, nargs, argtypes);
+	if (p->plan == NULL)
+		elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(p->plan);
+	return p->plan;
+}
+
+/* The row handed back to the executor (RETURNING): the table's row, with
+ * protected columns as written (roles that may decrypt) or NULL. */
+static HeapTuple
+view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, TupleDesc tabdesc,
+			MemoryContext cxt)
+{
+	Datum	   *values = palloc(sizeof(Datum) * v->nviewcols);
+	bool	   *nulls = palloc(sizeof(bool) * v->nviewcols);
+	MemoryContext old;
+	HeapTuple	res;
+
+	for (int c = 0; c < v->nviewcols; c++)
+	{
+		if (v->prot[c] >= 0)
+		{
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
+			if (!v->may_decrypt)
+				nulls[c] = true;
+		}
+		else
+			values[c] = heap_getattr(tabrow, v->tabatt[c], tabdesc, &nulls[c]);
+	}
+	old = MemoryContextSwitchTo(cxt);
+	res = heap_form_tuple(vdesc, values, nulls);
+	MemoryContextSwitchTo(old);
+	return res;
+}
+
+/*
+ * SQL: kms_protected_view_trigger() RETURNS trigger
+ * INSTEAD OF INSERT OR UPDATE OR DELETE on a decrypting view: the same
+ * statement on the table, through a plan prepared once per statement (and
+ * per set of columns written), as the caller: the caller's privileges on
+ * the table decide, and the table's trigger encrypts.  UPDATE and DELETE
+ * find the row by primary key; INSERT leaves out NULL columns that have a
+ * default or identity, so they get it.
+ */
+PG_FUNCTION_INFO_V1(kms_protected_view_trigger);
+Datum
+kms_protected_view_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	view;
+	TupleDesc	vdesc;
+	KmsView    *v;
+	MemoryContext callercxt = CurrentMemoryContext;
+	HeapTuple	result = NULL;
+	StringInfoData sql;
+	Datum	   *args;
+	char	   *argnulls;
+	Oid		   *argtypes;
+	int			nargs = 0;
+	Bitmapset  *cols = NULL;
+	SPIPlanPtr	plan;
+	int			rc;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("kms_protected_view_trigger must be an INSTEAD OF row trigger")));
+	view = td->tg_relation;
+	vdesc = RelationGetDescr(view);
+	v = (KmsView *) fcinfo->flinfo->fn_extra;
+	if (v == NULL || v->viewid != RelationGetRelid(view))
+	{
+		v = load_view(fcinfo, view);
+		fcinfo->flinfo->fn_extra = v;
+	}
+	if (!TRIGGER_FIRED_BY_INSERT(td->tg_event) && v->npk == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("kms_pg: cannot %s through view \"%s.%s\": table \"%s\" has no primary key",
+						TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "UPDATE" : "DELETE",
+						get_namespace_name(RelationGetNamespace(view)), RelationGetRelationName(view),
+						v->relname),
+				 errhint("Add a primary key, or write to the table directly.")));
+
+	args = palloc(sizeof(Datum) * (v->nviewcols + v->npk));
+	argnulls = palloc(v->nviewcols + v->npk);
+	argtypes = palloc(sizeof(Oid) * (v->nviewcols + v->npk));
+	initStringInfo(&sql);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "kms_pg: SPI_connect failed");
+
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		HeapTuple	newtup = td->tg_trigtuple;
+		StringInfoData vals;
+
+		initStringInfo(&vals);
+		for (int c = 0; c < v->nviewcols; c++)
+		{
+			bool		isnull;
+			Datum		d;
+
+			if (!v->writable[c])
+				continue;
+			d = heap_getattr(newtup, c + 1, vdesc, &isnull);
+			if (isnull && v->defaulted[c])
+				continue;
+			cols = bms_add_member(cols, c);
+			appendStringInfo(&sql, "%s%s", nargs ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(vdesc, c)->attname)));
+			args[nargs] = isnull ? (Datum) 0 : view_to_table(v, c, d);
+			argnulls[nargs] = isnull ? 'n' : ' ';
+			argtypes[nargs] = v->tabtype[c];
+			nargs++;
+			appendStringInfo(&vals, "%s$%d", nargs > 1 ? ", " : "", nargs);
+		}
+		{
+			char	   *q = nargs > 0 ?
+				psprintf("INSERT INTO %s (%s) VALUES (%s) RETURNING *", v->relname, sql.data, vals.data) :
+				psprintf("INSERT INTO %s DEFAULT VALUES RETURNING *", v->relname);
+
+			plan = view_plan(v, &v->inserts, cols, q, nargs, argtypes);
+		}
+		rc = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "kms_pg: INSERT through the view failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+			result = view_result(v, vdesc, newtup, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, callercxt);
+	}
+	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		HeapTuple	newtup = td->tg_newtuple;
+		HeapTuple	oldtup = td->tg_trigtuple;
+
+		for (int c = 0; c < v->nviewcols; c++)
+		{
+			bool		nnull;
+			bool		onull;
+			Datum		nd;
+			Datum		od;
+			Form_pg_attribute a = TupleDescAttr(vdesc, c);
+
+			if (!v->writable[c])
+				continue;
+			nd = heap_getattr(newtup, c + 1, vdesc, &nnull);
+			od = heap_getattr(oldtup, c + 1, vdesc, &onull);
+			if (nnull == onull && (nnull || datumIsEqual(nd, od, a->attbyval, a->attlen)))
+				continue;
+			cols = bms_add_member(cols, c);
+			appendStringInfo(&sql, "%s%s = $%d", nargs ? ", " : "",
+							 quote_identifier(NameStr(a->attname)), nargs + 1);
+			args[nargs] = nnull ? (Datum) 0 : view_to_table(v, c, nd);
+			argnulls[nargs] = nnull ? 'n' : ' ';
+			argtypes[nargs] = v->tabtype[c];
+			nargs++;
+		}
+		if (nargs == 0)
+		{
+			SPI_finish();
+			return PointerGetDatum(newtup);
+		}
+		{
+			StringInfoData q;
+			int			nset = nargs;
+
+			initStringInfo(&q);
+			appendStringInfo(&q, "UPDATE %s SET %s WHERE ", v->relname, sql.data);
+			for (int k = 0; k < v->npk; k++)
+			{
+				int			c = v->pkcol[k];
+				bool		isnull;
+
+				appendStringInfo(&q, "%s%s OPERATOR(pg_catalog.=) $%d", k ? " AND " : "",
+								 quote_identifier(NameStr(TupleDescAttr(vdesc, c)->attname)), nargs + 1);
+				args[nargs] = heap_getattr(oldtup, c + 1, vdesc, &isnull);
+				argnulls[nargs] = isnull ? 'n' : ' ';
+				argtypes[nargs] = v->tabtype[c];
+				nargs++;
+			}
+			appendStringInfoString(&q, " RETURNING *");
+			(void) nset;
+			plan = view_plan(v, &v->updates, cols, q.data, nargs, argtypes);
+		}
+		rc = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (rc != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "kms_pg: UPDATE through the view failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+			result = view_result(v, vdesc, newtup, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, callercxt);
+	}
+	else
+	{
+		HeapTuple	oldtup = td->tg_trigtuple;
+
+		if (v->delete == NULL)
+		{
+			StringInfoData q;
+
+			initStringInfo(&q);
+			appendStringInfo(&q, "DELETE FROM %s WHERE ", v->relname);
+			for (int k = 0; k < v->npk; k++)
+			{
+				appendStringInfo(&q, "%s%s OPERATOR(pg_catalog.=) $%d", k ? " AND " : "",
+								 quote_identifier(NameStr(TupleDescAttr(vdesc, v->pkcol[k])->attname)), k + 1);
+				argtypes[k] = v->tabtype[v->pkcol[k]];
+			}
+			v->delete = SPI_prepare(q.data, v->npk, argtypes);
+			if (v->delete == NULL)
+				elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\"", q.data);
+			SPI_keepplan(v->delete);
+		}
+		for (int k = 0; k < v->npk; k++)
+		{
+			bool		isnull;
+
+			args[k] = heap_getattr(oldtup, v->pkcol[k] + 1, vdesc, &isnull);
+			argnulls[k] = isnull ? 'n' : ' ';
+		}
+		rc = SPI_execute_plan(v->delete, args, argnulls, false, 0);
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "kms_pg: DELETE through the view failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+			result = oldtup;
+	}
+	SPI_finish();
+	return PointerGetDatum(result);
 }

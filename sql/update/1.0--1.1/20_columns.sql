@@ -60,6 +60,8 @@ DROP FUNCTION kms_pc_canonical(kms_protected_columns, bytea);
 
 DROP FUNCTION kms_pc_bidx(kms_protected_columns, bytea);
 
+DROP FUNCTION kms_pc_text_forms(anyelement, name[]);
+
 CREATE OR REPLACE FUNCTION kms_pc_pairs_sql(column_id uuid, context_keys text[], context_cols name[],
                                  alias_name text DEFAULT 't')
 RETURNS text
@@ -105,145 +107,10 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'kms_protected_column_trigger'
 LANGUAGE C;
 
-CREATE OR REPLACE FUNCTION kms_pc_text_forms(rec anyelement, cols name[])
-RETURNS text[]
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog
-SET bytea_output = 'hex'
-AS $$
-DECLARE
-    r text[];
-BEGIN
-    IF coalesce(cardinality(cols), 0) = 0 THEN
-        RETURN '{}';
-    END IF;
-    EXECUTE format('SELECT ARRAY[%s]::text[]',
-                   (SELECT string_agg(format('($1).%I::text', c), ', ' ORDER BY i)
-                    FROM unnest(cols) WITH ORDINALITY AS u(c, i)))
-        INTO r USING rec;
-    RETURN r;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION kms_protected_view_trigger()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET bytea_output = 'hex'
-AS $$
-DECLARE
-    tbl     oid;
-    prot    jsonb := '{}';     -- protected column name -> true if bytea
-    bidx    text[] := '{}';
-    pcols   name[];
-    forms   text[];
-    done    boolean;
-    pk      name[];
-    j       jsonb;
-    oj      jsonb;
-    v       jsonb;
-    cols    text;
-    sel     text;
-    setl    text;
-    cond    text;
-    rj      jsonb;
-    r       record;
-    n       name[];
-    may_decrypt boolean;
-    nulls   jsonb;
-BEGIN
-    SELECT min(c.relid::oid) INTO tbl FROM @extschema@.kms_protected_columns c
-    WHERE c.view_schema = TG_TABLE_SCHEMA AND c.view_name = TG_TABLE_NAME;
-    IF tbl IS NULL THEN
-        RAISE EXCEPTION 'kms_pg: view "%.%" is not a kms_pg decrypting view', TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    FOR r IN SELECT * FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
-        n := @extschema@.kms_pc_attnames(r.relid, r.trigger_name);
-        prot := prot || jsonb_build_object(n[1], r.original_type = 'bytea'::regtype);
-        IF r.blind_index_key IS NOT NULL THEN
-            bidx := bidx || n[cardinality(r.context_keys) + 2]::text;
-        END IF;
-    END LOOP;
-
-    -- RETURNING shows protected columns only to roles that may decrypt
-    -- (as the view does).
-    may_decrypt := has_function_privilege('@extschema@.kms_decrypt_pairs(bytea, "any")', 'EXECUTE');
-    SELECT coalesce(jsonb_object_agg(k, NULL::text), '{}') INTO nulls FROM jsonb_object_keys(prot) AS k;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        j := to_jsonb(NEW);
-        -- Protected values as kms_sealed plaintext in its text form: "\x",
-        -- the plaintext marker c54b5054, the hex of the bytes.
-        pcols := ARRAY(SELECT jsonb_object_keys(prot));
-        forms := @extschema@.kms_pc_text_forms(NEW, pcols);
-        FOR i IN 1 .. coalesce(cardinality(pcols), 0) LOOP
-            IF forms[i] IS NOT NULL THEN
-                j := j || jsonb_build_object(pcols[i],
-                    '\xc54b5054' || CASE WHEN (prot ->> pcols[i])::boolean THEN substr(forms[i], 3)
-                                          ELSE encode(textsend(forms[i]), 'hex') END);
-            END IF;
-        END LOOP;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        SELECT array_agg(att.attname ORDER BY k.i) INTO pk
-        FROM pg_catalog.pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
-        JOIN pg_catalog.pg_attribute att ON att.attrelid = i.indrelid AND att.attnum = k.attnum
-        WHERE i.indrelid = tbl AND i.indisprimary;
-        IF pk IS NULL THEN
-            RAISE EXCEPTION 'kms_pg: cannot % through view "%.%": table "%" has no primary key',
-                TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, tbl::regclass
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Add a primary key, or write to the table directly.';
-        END IF;
-        oj := to_jsonb(OLD);
-        SELECT string_agg(format('kms_row.%1$I = o.%1$I', c), ' AND ') INTO cond FROM unnest(pk) AS c;
-    END IF;
-
-    IF TG_OP = 'INSERT' THEN
-        -- Columns left NULL that have a default or identity get it.
-        SELECT string_agg(format('%I', att.attname), ', ' ORDER BY att.attnum),
-               string_agg(format('r.%I', att.attname), ', ' ORDER BY att.attnum)
-          INTO cols, sel
-        FROM pg_catalog.pg_attribute att
-        WHERE att.attrelid = tbl AND att.attnum > 0 AND NOT att.attisdropped
-          AND att.attgenerated = '' AND att.attname::text <> ALL (bidx)
-          AND NOT ((att.atthasdef OR att.attidentity <> '')
-                   AND coalesce(j -> att.attname::text, 'null'::jsonb) = 'null'::jsonb);
-        EXECUTE format('INSERT INTO %s AS kms_row (%s) SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r'
-                       ' RETURNING pg_catalog.to_jsonb(kms_row)', tbl::regclass, cols, sel, tbl::regclass)
-            INTO rj USING j;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot))
-                                          || CASE WHEN may_decrypt THEN '{}'::jsonb ELSE nulls END);
-        RETURN NEW;
-    ELSIF TG_OP = 'UPDATE' THEN
-        SELECT string_agg(format('%1$I = r.%1$I', att.attname), ', ' ORDER BY att.attnum) INTO setl
-        FROM pg_catalog.pg_attribute att
-        WHERE att.attrelid = tbl AND att.attnum > 0 AND NOT att.attisdropped
-          AND att.attgenerated = '' AND att.attname::text <> ALL (bidx)
-          AND (to_jsonb(NEW) -> att.attname::text) IS DISTINCT FROM (oj -> att.attname::text);
-        IF setl IS NULL THEN
-            RETURN NEW;
-        END IF;
-        EXECUTE format('UPDATE %s AS kms_row SET %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r,'
-                       ' pg_catalog.jsonb_populate_record(NULL::%s, $2) o WHERE %s'
-                       ' RETURNING pg_catalog.to_jsonb(kms_row)',
-                       tbl::regclass, setl, tbl::regclass, tbl::regclass, cond)
-            INTO rj USING j, oj - ARRAY(SELECT jsonb_object_keys(prot));
-        IF rj IS NULL THEN
-            RETURN NULL;
-        END IF;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot))
-                                          || CASE WHEN may_decrypt THEN '{}'::jsonb ELSE nulls END);
-        RETURN NEW;
-    ELSE
-        EXECUTE format('DELETE FROM %s AS kms_row USING pg_catalog.jsonb_populate_record(NULL::%s, $1) o WHERE %s'
-                       ' RETURNING true', tbl::regclass, tbl::regclass, cond)
-            INTO done USING oj - ARRAY(SELECT jsonb_object_keys(prot));
-        RETURN CASE WHEN done THEN OLD END;
-    END IF;
-END
-$$;
+AS 'MODULE_PATHNAME', 'kms_protected_view_trigger'
+LANGUAGE C;
 
 CREATE OR REPLACE FUNCTION kms_pc_ensure_view(tbl oid)
 RETURNS void
@@ -359,6 +226,7 @@ DECLARE
     v_n         bigint;
     v_done      bigint := 0;
     v_pk        name[];
+    v_leaf      oid;
 BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
     -- have SET search_path): set again after every COMMIT.
@@ -372,11 +240,11 @@ BEGIN
     IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table %', v_name USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF v_relkind = 'p' THEN
-        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
+    IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is a partition', v_name
             USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'Partitioned tables are not supported; protect each partition.';
-    ELSIF v_relkind IS DISTINCT FROM 'r' THEN
+                  HINT = 'Protect the partitioned table: every partition, including those attached later, is protected with it.';
+    ELSIF v_relkind NOT IN ('r', 'p') OR v_relkind IS NULL THEN
         RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -585,39 +453,47 @@ BEGIN
     END IF;
 
     -- Step 2: the trigger encrypts, the UPDATE itself calls nothing volatile.
-    v_blocks := pg_catalog.pg_relation_size(tbl) / current_setting('block_size')::int;
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN greatest(1, (c.reltuples / c.relpages)::bigint)
-                ELSE 100 END
-      INTO v_per FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    v_per := greatest(1, batch_size / v_per);           -- blocks per batch
-    WHILE v_lo < v_blocks LOOP
-        -- The text forms above were written under these settings: read
-        -- them back under the same.
-        PERFORM set_config('DateStyle', 'ISO, YMD', true),
-                set_config('IntervalStyle', 'postgres', true),
-                set_config('TimeZone', 'UTC', true);
-        EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid >= $1::text::tid AND ctid < $2::text::tid'
-                       ' AND %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)', tbl, col)
-            USING format('(%s,0)', v_lo), format('(%s,0)', v_lo + v_per);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        v_done := v_done + v_n;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        v_lo := v_lo + v_per;
-    END LOOP;
-    -- Rows that moved past the scanned range meanwhile.
-    LOOP
-        PERFORM set_config('DateStyle', 'ISO, YMD', true),
-                set_config('IntervalStyle', 'postgres', true),
-                set_config('TimeZone', 'UTC', true);
-        EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s'
-                       ' WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I) LIMIT %3$s))',
-                       tbl, col, batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        EXIT WHEN v_n = 0;
-        v_done := v_done + v_n;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- A partitioned table: each leaf partition in turn (its trigger and
+    -- CHECK are clones of the parent's).
+    FOR v_leaf IN SELECT tbl::oid WHERE v_relkind = 'r'
+                  UNION ALL
+                  SELECT pt.relid::oid FROM pg_catalog.pg_partition_tree(tbl) pt
+                  WHERE v_relkind = 'p' AND pt.isleaf LOOP
+        v_lo := 0;
+        v_blocks := pg_catalog.pg_relation_size(v_leaf) / current_setting('block_size')::int;
+        SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN greatest(1, (c.reltuples / c.relpages)::bigint)
+                    ELSE 100 END
+          INTO v_per FROM pg_catalog.pg_class c WHERE c.oid = v_leaf;
+        v_per := greatest(1, batch_size / v_per);           -- blocks per batch
+        WHILE v_lo < v_blocks LOOP
+            -- The text forms above were written under these settings: read
+            -- them back under the same.
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid >= $1::text::tid AND ctid < $2::text::tid'
+                           ' AND %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)', v_leaf::regclass, col)
+                USING format('(%s,0)', v_lo), format('(%s,0)', v_lo + v_per);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_lo := v_lo + v_per;
+        END LOOP;
+        -- Rows that moved past the scanned range meanwhile.
+        LOOP
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s'
+                           ' WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I) LIMIT %3$s))',
+                           v_leaf::regclass, col, batch_size);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            EXIT WHEN v_n = 0;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        END LOOP;
     END LOOP;
     -- Step 3: proves that no plaintext is left.
     PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
