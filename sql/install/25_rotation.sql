@@ -284,6 +284,7 @@ BEGIN
             INTO v_pending USING NULL::text[], v_provider, v_resolved;
         EXIT WHEN v_pending = 0;
         IF v_pass = max_passes THEN
+            UPDATE @extschema@.kms_rotation_progress SET rows_total = v_total + v_pending WHERE run_id = v_run;
             RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
                 v_pending, v_name, col, max_passes
                 USING HINT = CASE WHEN v_protected
@@ -330,8 +331,10 @@ BEGIN
             v_done := v_done + v_n;
             v_pass_rows := v_pass_rows + v_n;
             v_batches := v_batches + 1;
+            -- Values that became due after the count (writers) join the total.
+            v_total := greatest(v_total, v_done);
             UPDATE @extschema@.kms_rotation_progress
-               SET rows_done = v_done, batches = v_batches, updated = clock_timestamp()
+               SET rows_done = v_done, rows_total = v_total, batches = v_batches, updated = clock_timestamp()
              WHERE run_id = v_run;
             RAISE NOTICE 'kms_rotate_column: % of % rows', v_done, v_total;
             COMMIT;
@@ -339,6 +342,10 @@ BEGIN
             EXIT WHEN v_last;
             v_lo := v_hi;
         END LOOP;
+        -- Values counted but no longer due (deleted, or rewritten by writers
+        -- under the new key meanwhile) leave the total: a pass ends at 100%.
+        v_total := v_done;
+        UPDATE @extschema@.kms_rotation_progress SET rows_total = v_total WHERE run_id = v_run;
     END LOOP;
 
     EXECUTE format('SELECT count(*) FROM %1$s t WHERE t.%2$I IS NOT NULL'
