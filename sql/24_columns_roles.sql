@@ -48,6 +48,23 @@ SELECT kms_blind_index('app.patient', 'email', 'a@example.com');
 DELETE FROM app.patient_decrypted WHERE id = 4;
 RESET ROLE;
 
+-- A narrower writer: INSERT only (no SELECT at all) inserts through the
+-- view too; UPDATE through the view reads the view, so it needs SELECT on
+-- the table (as the writer above has).
+CREATE ROLE regress_col24_inserter;
+CREATE ROLE regress_col24_updater;
+GRANT USAGE ON SCHEMA app TO regress_col24_inserter, regress_col24_updater;
+GRANT INSERT ON app.patient TO regress_col24_inserter;
+GRANT USAGE ON SEQUENCE app.patient_id_seq TO regress_col24_inserter;
+GRANT SELECT (id, tenant), UPDATE ON app.patient TO regress_col24_updater;
+SET ROLE regress_col24_inserter;
+INSERT INTO app.patient_decrypted (tenant, ssn, email) VALUES (5, '555-55-5555', 'e@example.com');
+INSERT INTO app.patient_decrypted (tenant, ssn) VALUES (5, '556-55-5555') RETURNING tenant, ssn;
+SET ROLE regress_col24_updater;
+UPDATE app.patient_decrypted SET email = 'e2@example.com' WHERE id = 5;
+UPDATE app.patient SET email = 'e2@example.com' WHERE id = 5;
+RESET ROLE;
+
 -- Reader.
 SET ROLE regress_col24_reader;
 SELECT id, tenant, ssn, email FROM app.patient_decrypted ORDER BY id;
@@ -79,4 +96,5 @@ REVOKE ALL ON FUNCTION kms_decrypt_pairs(bytea, "any"), kms_blind_index(regclass
     FROM regress_col24_reader, regress_col24_admin;
 REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM regress_col24_admin;
 REVOKE ALL ON kms_rotation_status, kms_rotation_progress FROM regress_col24_admin;
-DROP ROLE regress_col24_writer, regress_col24_reader, regress_col24_auditor, regress_col24_admin;
+DROP ROLE regress_col24_writer, regress_col24_reader, regress_col24_auditor, regress_col24_admin,
+    regress_col24_inserter, regress_col24_updater;

@@ -47,6 +47,7 @@
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -954,6 +955,7 @@ typedef struct KmsView
 	int			npk;
 	int		   *pkcol;			/* view columns of the primary key */
 	bool		may_decrypt;
+	bool		may_select;		/* may read every column of the table: RETURNING */
 	List	   *inserts;		/* KmsViewPlan */
 	List	   *updates;
 	SPIPlanPtr	delete;
@@ -1107,6 +1109,8 @@ load_view(FunctionCallInfo fcinfo, Relation view)
 	v->may_decrypt = DatumGetBool(DirectFunctionCall2(has_function_privilege_id,
 													  ObjectIdGetDatum(decrypt_fn),
 													  CStringGetTextDatum("EXECUTE")));
+	v->may_select = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(relid, GetUserId(), ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK;
 	v->freeplans.func = view_free_plans;
 	v->freeplans.arg = v;
 	MemoryContextRegisterResetCallback(mcxt, &v->freeplans);
@@ -1182,8 +1186,10 @@ view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, Tup
 			if (!v->may_decrypt)
 				nulls[c] = true;
 		}
+		else if (tabrow != NULL)
+			values[c] = heap_getattr(tabrow, c + 1, tabdesc, &nulls[c]);	/* RETURNING *: the view's columns */
 		else
-			values[c] = heap_getattr(tabrow, v->tabatt[c], tabdesc, &nulls[c]);
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
 	}
 	old = MemoryContextSwitchTo(cxt);
 	res = heap_form_tuple(vdesc, values, nulls);
@@ -1198,7 +1204,9 @@ view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, Tup
  * per set of columns written), as the caller: the caller's privileges on
  * the table decide, and the table's trigger encrypts.  UPDATE and DELETE
  * find the row by primary key; INSERT leaves out NULL columns that have a
- * default or identity, so they get it.
+ * default or identity, so they get it.  The row handed back (RETURNING) is
+ * the table's row when the caller may read all of it, else the row as
+ * written; protected columns in it only for those who may decrypt.
  */
 PG_FUNCTION_INFO_V1(kms_protected_view_trigger);
 Datum
@@ -1275,16 +1283,18 @@ kms_protected_view_trigger(PG_FUNCTION_ARGS)
 		}
 		{
 			char	   *q = nargs > 0 ?
-				psprintf("INSERT INTO %s (%s) VALUES (%s) RETURNING *", v->relname, sql.data, vals.data) :
-				psprintf("INSERT INTO %s DEFAULT VALUES RETURNING *", v->relname);
+				psprintf("INSERT INTO %s (%s) VALUES (%s)%s", v->relname, sql.data, vals.data,
+						 v->may_select ? " RETURNING *" : "") :
+				psprintf("INSERT INTO %s DEFAULT VALUES%s", v->relname, v->may_select ? " RETURNING *" : "");
 
 			plan = view_plan(v, &v->inserts, cols, q, nargs, argtypes);
 		}
 		rc = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (rc != SPI_OK_INSERT_RETURNING)
+		if (rc != (v->may_select ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
 			elog(ERROR, "kms_pg: INSERT through the view failed: %s", SPI_result_code_string(rc));
 		if (SPI_processed == 1)
-			result = view_result(v, vdesc, newtup, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, callercxt);
+			result = view_result(v, vdesc, newtup, v->may_select ? SPI_tuptable->vals[0] : NULL,
+								 v->may_select ? SPI_tuptable->tupdesc : NULL, callercxt);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -1336,15 +1346,17 @@ kms_protected_view_trigger(PG_FUNCTION_ARGS)
 				argtypes[nargs] = v->tabtype[c];
 				nargs++;
 			}
-			appendStringInfoString(&q, " RETURNING *");
+			if (v->may_select)
+				appendStringInfoString(&q, " RETURNING *");
 			(void) nset;
 			plan = view_plan(v, &v->updates, cols, q.data, nargs, argtypes);
 		}
 		rc = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (rc != SPI_OK_UPDATE_RETURNING)
+		if (rc != (v->may_select ? SPI_OK_UPDATE_RETURNING : SPI_OK_UPDATE))
 			elog(ERROR, "kms_pg: UPDATE through the view failed: %s", SPI_result_code_string(rc));
 		if (SPI_processed == 1)
-			result = view_result(v, vdesc, newtup, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, callercxt);
+			result = view_result(v, vdesc, newtup, v->may_select ? SPI_tuptable->vals[0] : NULL,
+								 v->may_select ? SPI_tuptable->tupdesc : NULL, callercxt);
 	}
 	else
 	{
