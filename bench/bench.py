@@ -739,6 +739,106 @@ CREATE TABLE ct_pgp_aes AS SELECT i, pgp_sym_encrypt_bytea(data, {p}, 'cipher-al
                         "provider rewrap calls per rep %s; distinct wrapped DEKs before each rep %s"
                         % (cw["kms_calls"], cw["wrapped_deks_before"]))
 
+    # -- case 10: protected columns ------------------------------------------
+
+    def columns(self):
+        """Protected columns (kms_protect_column, local provider) side by side
+        with the same statements on a plain table and with inline
+        kms_encrypt_text_pairs / kms_decrypt_text_pairs under the same
+        context, in one run; then protecting a 1M-row table against a plain
+        UPDATE ... SET c = kms_encrypt_text_pairs(...), and 1,000 blind-index
+        lookups in it."""
+        n = min(self.args.n_cols, self.n)
+        log("== case 10: protected columns, %d rows (%d interleaved repetitions)" % (n, self.big_reps))
+        st = self.kms_setup("local")
+        self.cl.psql(st + """
+CREATE TABLE col_src AS SELECT i AS id, i %% 2 AS tenant, encode(data, 'hex') AS v FROM src WHERE i <= %d;
+CREATE TABLE col_plain (id int PRIMARY KEY, tenant int NOT NULL, v text);
+CREATE TABLE col_inline (id int PRIMARY KEY, tenant int NOT NULL, c bytea);
+CREATE TABLE col_prot (id int PRIMARY KEY, tenant int NOT NULL, v text);
+CREATE TABLE col_protv (id int PRIMARY KEY, tenant int NOT NULL, v text);
+CALL kms_protect_column('col_prot', 'v', '{id,tenant}');
+CALL kms_protect_column('col_protv', 'v', '{id,tenant}');
+VACUUM ANALYZE col_src;
+""" % n)
+        uid = self.cl.value("SELECT column_id FROM kms_protected_columns WHERE relid = 'col_prot'::regclass")
+        pairs = "'kms_pg:column', '%s', 'id', id, 'tenant', tenant" % uid
+        stmts = [
+            ("ins_plain", "TRUNCATE col_plain", "INSERT INTO col_plain SELECT id, tenant, v FROM col_src"),
+            ("ins_inline", "TRUNCATE col_inline",
+             "INSERT INTO col_inline SELECT id, tenant, kms_encrypt_text_pairs(v, NULL, %s) FROM col_src" % pairs),
+            ("ins_table", "TRUNCATE col_prot", "INSERT INTO col_prot SELECT id, tenant, v FROM col_src"),
+            ("ins_view", "TRUNCATE col_protv", "INSERT INTO col_protv_decrypted SELECT id, tenant, v FROM col_src"),
+            ("upd_inline", "VACUUM col_inline",
+             "UPDATE col_inline SET c = kms_encrypt_text_pairs(id::text, NULL, %s)" % pairs),
+            ("upd_table", "VACUUM col_prot", "UPDATE col_prot SET v = id::text"),
+            ("upd_view", "VACUUM col_protv", "UPDATE col_protv_decrypted SET v = id::text"),
+            ("sel_inline", "VACUUM col_inline",
+             "SELECT sum(length(kms_decrypt_text_pairs(c, %s))) FROM col_inline" % pairs),
+            ("sel_view", "VACUUM col_prot", "SELECT sum(length(v)) FROM col_prot_decrypted"),
+        ]
+        times = {k: [] for k, _, _ in stmts}
+        for r in range(self.big_reps):
+            for k, prep, q in stmts:
+                self.cl.psql(st + prep + ";\nCHECKPOINT;\n")
+                times[k].append(self.cl.timed(q, st, warm="SELECT kms_encrypt_text_pairs('w', NULL, 'id', 1)"))
+        labels = {
+            "ins_plain": "INSERT into a plain table", "ins_inline": "INSERT with inline kms_encrypt_text_pairs",
+            "ins_table": "INSERT into the protected table (trigger)", "ins_view": "INSERT through the view",
+            "upd_inline": "UPDATE with inline kms_encrypt_text_pairs", "upd_table": "UPDATE of the protected table",
+            "upd_view": "UPDATE through the view", "sel_inline": "SELECT with inline kms_decrypt_text_pairs",
+            "sel_view": "SELECT through the view"}
+        c = {k: self.add_case(10, "col_" + k, "%s, %d rows" % (labels[k], n), n, times[k]) for k in times}
+
+        def ratio(a, b):
+            return c[a]["ms_median"] / c[b]["ms_median"]
+        self.target("case 10: INSERT into the protected table / INSERT with inline kms_encrypt_text_pairs",
+                    ratio("ins_table", "ins_inline"), "<=", 1.3)
+        self.target("case 10: INSERT through the view / into the protected table",
+                    ratio("ins_view", "ins_table"), "<=", 2.0)
+        self.target("case 10: UPDATE through the view / of the protected table",
+                    ratio("upd_view", "upd_table"), "<=", 2.0)
+        self.target("case 10: SELECT through the view / inline kms_decrypt_text_pairs",
+                    ratio("sel_view", "sel_inline"), "<=", 1.1)
+
+        # Protecting an existing table of n_big rows, against the plain
+        # UPDATE that encrypts the same values in place.
+        nb = self.n_big
+        log("== case 10: protecting a %d-row table" % nb)
+        prot, upd = [], []
+        for r in range(self.big_reps):
+            self.cl.psql("DROP TABLE IF EXISTS col_big, col_big_u CASCADE;\n"
+                         "CREATE TABLE col_big AS SELECT i, i % 2 AS tenant, encode(data, 'hex') AS v FROM big_src;\n"
+                         "ALTER TABLE col_big ADD PRIMARY KEY (i);\n"
+                         "CREATE TABLE col_big_u AS SELECT i, i % 2 AS tenant, encode(data, 'hex') AS v,"
+                         " NULL::bytea AS c FROM big_src;\n"
+                         "ALTER TABLE col_big_u ADD PRIMARY KEY (i);\n"
+                         "VACUUM ANALYZE col_big;\nVACUUM ANALYZE col_big_u;\nCHECKPOINT;\n")
+            prot.append(self.cl.timed("CALL kms_protect_column('col_big', 'v', '{i,tenant}', batch_size => 100000)", st))
+            upd.append(self.cl.timed("UPDATE col_big_u SET c = kms_encrypt_text_pairs(v, NULL, "
+                                     "'kms_pg:column', 'x', 'i', i, 'tenant', tenant)", st))
+        cp = self.add_case(10, "col_protect_big", "CALL kms_protect_column on a %d-row table" % nb, nb, prot)
+        cu = self.add_case(10, "col_update_big", "UPDATE t SET c = kms_encrypt_text_pairs(...), %d rows" % nb, nb, upd)
+        self.target("case 10: protecting a %d-row table / plain UPDATE with kms_encrypt_text_pairs" % nb,
+                    cp["ms_median"] / cu["ms_median"], "<=", 2.0)
+
+        # 1,000 blind-index equality lookups in an n_big-row table.
+        self.cl.psql(st + "DROP TABLE IF EXISTS col_bi CASCADE;\n"
+                     "CREATE TABLE col_bi AS SELECT i, i % 2 AS tenant, encode(data, 'hex') AS v FROM big_src;\n"
+                     "ALTER TABLE col_bi ADD PRIMARY KEY (i);\n"
+                     "CALL kms_protect_column('col_bi', 'v', '{i,tenant}', batch_size => 100000, blind_index => true);\n"
+                     "VACUUM ANALYZE col_bi;\n")
+        look = []
+        q = ("DO $l$DECLARE n int := 0; BEGIN FOR k IN 1..1000 LOOP "
+             "n := n + (SELECT count(*) FROM col_bi WHERE v_bidx = kms_blind_index('col_bi', 'v', "
+             "substr(repeat(md5(((k * 997) %% %d + 1)::text), 7), 1, 200))); END LOOP; "
+             "IF n <> 1000 THEN RAISE EXCEPTION 'found %%', n; END IF; END $l$" % nb)
+        for r in range(self.big_reps):
+            look.append(self.cl.timed(q, st))
+        self.add_case(10, "col_bidx_lookups", "1,000 blind-index equality lookups in %d rows (ms for all 1,000)" % nb,
+                      0, look)
+
+
     # -- case 9: storage ------------------------------------------------------
 
     def storage(self):
@@ -861,6 +961,8 @@ CREATE TABLE ct_pgp_aes AS SELECT i, pgp_sym_encrypt_bytea(data, {p}, 'cipher-al
                 self.rotation()
             if self.want(9):
                 self.storage()
+            if self.want(10):
+                self.columns()
             if self.args.profile:
                 log("== profiles (perf record on the backend)")
                 self.profile()
@@ -992,6 +1094,7 @@ def main():
     ap.add_argument("--n", type=int, default=200000)
     ap.add_argument("--n-pgp", type=int, default=20000)
     ap.add_argument("--n-big", type=int, default=1000000)
+    ap.add_argument("--n-cols", type=int, default=50000, help="rows of the protected-column cases (case 10)")
     ap.add_argument("--dek-max-messages", type=int, default=250000)
     ap.add_argument("--pgbench-seconds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")

@@ -81,6 +81,7 @@ kms_pg_packages() {
     echo "build-essential ca-certificates openssl $server \
 libssl-dev libcurl4-openssl-dev binutils \
 python3 python3-botocore python3-boto3 python3-cryptography \
+python3-psycopg2 python3-psycopg \
 libipc-run-perl perl rsync curl procps"
 }
 # ... and for the version-independent steps, which run once, on the host:

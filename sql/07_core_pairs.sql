@@ -52,7 +52,17 @@ SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, '', 1)::text$$) 
 SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, NULL::text, 1)::text$$) AS null_key;
 SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, 'id', NULL::int)::text$$) AS null_value;
 SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, 1, 1)::text$$) AS integer_key;
-SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, 'd', date '2026-01-01')::text$$) AS date_value;
+SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, 'd', interval '1 day')::text$$) AS interval_value;
+-- uuid, date, timestamp, char(n), name and enum values: as to_jsonb() writes them.
+CREATE TYPE pairs_mood AS ENUM ('calm', 'busy');
+SELECT convert_from(kms_decrypt(
+         kms_encrypt_pairs('typed'::bytea, NULL, 'd', date '2026-01-01', 'ts', timestamp '2026-01-01 10:11:12.5',
+                           'u', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, 'c', 'ab'::char(4),
+                           'n', 'nm'::name, 'm', 'busy'::pairs_mood),
+         jsonb_build_object('d', date '2026-01-01', 'ts', timestamp '2026-01-01 10:11:12.5',
+                            'u', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, 'c', 'ab'::char(4),
+                            'n', 'nm'::name, 'm', 'busy'::pairs_mood)), 'UTF8') AS typed_values_match_jsonb;
+DROP TYPE pairs_mood;
 SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, 'n', 'NaN'::numeric)::text$$) AS nan_value;
 SELECT pg_temp.try($$SELECT kms_encrypt_pairs('x'::bytea, NULL, VARIADIC ARRAY['id', '1'])::text$$) AS variadic_array;
 SELECT kms_encrypt_pairs(NULL, NULL, 'id', 1) IS NULL AS null_plaintext;

@@ -60,13 +60,13 @@ CALL kms_protect_column('col_nobidx', 's');
 SELECT kms_blind_index('col_nobidx', 's', 'x');
 
 -- Privileges.  Writer-only: may write plaintext (encrypted by the trigger)
--- and sees only ciphertext; the view and kms_blind_index are refused.
+-- and sees only ciphertext; the view shows it NULL, kms_blind_index is refused.
 CREATE ROLE regress_col20_writer;
 CREATE ROLE regress_col20_reader;
 CREATE ROLE regress_col20_admin;
 GRANT SELECT, INSERT, UPDATE ON col_person TO regress_col20_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON col_person TO regress_col20_reader;
-GRANT EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) TO regress_col20_reader;
+GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") TO regress_col20_reader;
 GRANT EXECUTE ON FUNCTION kms_blind_index(regclass, name, text) TO regress_col20_reader;
 SET ROLE regress_col20_writer;
 INSERT INTO col_person (id, email) VALUES (300, 'written by writer');
@@ -104,7 +104,7 @@ SELECT pg_get_userbyid(relowner) AS view_owner FROM pg_class WHERE oid = 'col_ad
 SELECT kms_unprotect_column('col_admin', 's');
 SELECT id, kms_is_ciphertext(s) AS still_encrypted FROM col_admin;
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) TO regress_col20_admin;
+GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") TO regress_col20_admin;
 SET ROLE regress_col20_admin;
 SELECT kms_unprotect_column('col_admin', 's');
 SELECT * FROM col_admin;
@@ -112,7 +112,7 @@ RESET ROLE;
 
 DROP TABLE col_person, col_person2, col_nobidx, col_admin CASCADE;
 REVOKE CREATE ON SCHEMA public FROM regress_col20_admin;
-REVOKE EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) FROM regress_col20_reader, regress_col20_admin;
+REVOKE EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") FROM regress_col20_reader, regress_col20_admin;
 REVOKE EXECUTE ON FUNCTION kms_blind_index(regclass, name, text) FROM regress_col20_reader;
 DROP ROLE regress_col20_writer, regress_col20_reader, regress_col20_admin;
 SELECT count(*) AS orphan_catalog_rows FROM kms_protected_columns

@@ -62,7 +62,15 @@ INSERT INTO col_gone VALUES (1, 'x');
 CALL kms_protect_column('col_gone', 's', '{id}', blind_index => true);
 DROP TABLE col_gone;
 DROP TABLE col_gone CASCADE;
-DROP TABLE col_account CASCADE;
+-- Another schema: the catalog row and the trigger follow, the view stays.
+CREATE SCHEMA col_moved;
+ALTER TABLE col_account SET SCHEMA col_moved;
+SELECT table_name, column_name, view_name FROM kms_protected_columns_info
+WHERE table_name = 'col_moved.col_account'::regclass;
+INSERT INTO col_moved.col_account (id, organisation, account_no) VALUES (20, 'org0', 'IBAN20');
+SELECT id, organisation, account_no FROM col_acct_clear WHERE id = 20;
+DROP TABLE col_moved.col_account CASCADE;
+DROP SCHEMA col_moved;
 SELECT count(*) AS orphan_catalog_rows FROM kms_protected_columns
 WHERE relid::oid NOT IN (SELECT oid FROM pg_class);
 SELECT count(*) AS views_left FROM pg_class WHERE relname IN ('col_acct_clear', 'col_gone_decrypted');

@@ -11,6 +11,8 @@
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
 #include "kms_local_catalog.h"
+#include "kms_columns.h"
+#include "kms_sql_api.h"
 #include "kms_provider_local.h"
 #include "kms_sql_keyring.h"
 #include "kms_secure_mem.h"
@@ -61,7 +63,7 @@ get_key_arg(FunctionCallInfo fcinfo, int argno)
 }
 
 /* Seal len bytes under ctx with a DEK of key from the current provider. */
-static bytea *
+bytea *
 kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
 {
 	const KmsProviderRoutine *provider = kms_provider_current();
@@ -115,6 +117,17 @@ parse_or_error(bytea *ct, KmsEnvelope *env)
 static bytea *
 kms_open(bytea *ct, const KmsContext *ctx)
 {
+	return kms_open_ext(ct, ctx, false);
+}
+
+/*
+ * The same; with auth_fail_ok, a value that does not open under ctx (GCM
+ * tag mismatch) gives NULL instead of an error.  Other errors (format,
+ * provider) are raised.
+ */
+bytea *
+kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok)
+{
 	KmsEnvelope env;
 	const KmsProviderRoutine *provider;
 	KmsDek	   *dek;
@@ -137,6 +150,8 @@ kms_open(bytea *ct, const KmsContext *ctx)
 	if (!kms_gcm_open(dek->ctx, &aad, env.nonce, env.body, env.body_len, env.tag, (uint8 *) VARDATA(out)))
 	{
 		explicit_bzero(VARDATA(out), env.body_len);
+		if (auth_fail_ok)
+			return NULL;
 		kms_report_error(KMS_ERR_CT_AUTH_FAILED, NULL);
 	}
 	return out;
@@ -298,6 +313,12 @@ get_context_pairs(FunctionCallInfo fcinfo, int first, KmsContext *ctx)
 				p->type = KMS_CTX_TYPE_BOOLEAN;
 				break;
 			default:
+				/* uuid, date, timestamp, enums, name, char(n), domains: as to_jsonb() writes them */
+				if (kms_context_value_from_datum(PG_GETARG_DATUM(va), vt, p))
+				{
+					s = (char *) p->value;
+					break;
+				}
 				ereport(ERROR,
 						(errcode(ERRCODE_DATATYPE_MISMATCH),
 						 errmsg("encryption context values must be text, integer, numeric or boolean"),

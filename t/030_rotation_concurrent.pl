@@ -112,10 +112,15 @@ cmp_ok(sql('SELECT count(*) FROM truth WHERE v > 1000000'), '>', 0, 'and updated
 is(sql($checks), "$rows $rows $rows true",
 	'no row lost: counts, per-row plaintext and checksum match what the writer wrote');
 like(sql($usage), qr/alias\/tap-new=\d+/, 'values moved to the new key');
+is(sql(q{SELECT rows_done <= rows_total AND percent_done <= 100 FROM kms_rotation_status
+         ORDER BY run_id DESC LIMIT 1}), 't',
+	'progress with a concurrent writer never shows more done than to do');
 
 # The writer kept using the old key; a second pass finishes the job.
 sql(q{CALL kms_rotate_column('acct', 'secret', 'alias/tap-new', 500)});
 is(sql($usage), "alias/tap-new=$rows", 'second pass: zero values under the old key');
+is(sql(q{SELECT state, rows_done = rows_total, percent_done FROM kms_rotation_status
+         ORDER BY run_id DESC LIMIT 1}), 'finished|t|100.0', 'a finished run shows exactly 100%');
 is(sql($checks), "$rows $rows $rows true", 'all rows still decrypt to the same values');
 
 # Disabling the old key then breaks nothing.

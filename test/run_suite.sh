@@ -9,7 +9,7 @@
 # (local and AWS provider against the project's KMS emulator), TAP tests,
 # the emulator's real-client tests, client interop, fuzzing and the docs
 # check.  KMS_SUITE_STEPS=pg runs only the steps that involve the server
-# (build, regress, TAP, interop): the others do not depend on the
+# (build, regress, TAP, application drivers, interop): the others do not depend on the
 # PostgreSQL version and run once, on the host.  Ends with one line
 # "N passed, M failed"; exits non-zero on any failure.
 set -uo pipefail
@@ -64,6 +64,9 @@ if host_step && [ -f "$WORK/src/test/clients/test_boto3.py" ]; then
 fi
 if host_step && [ -f "$WORK/src/test/clients/js/package.json" ]; then
     run_step emulator-js "cd test/clients/js && npm ci --silent --no-audit --no-fund && node --test"
+fi
+if [ -f "$WORK/src/test/clients/drivers/test_drivers.py" ]; then
+    run_step drivers "cd test/clients/drivers/js && npm ci --silent --no-audit --no-fund && cd .. && $KMS_PYTHON test_drivers.py"
 fi
 if [ -f "$WORK/src/test/interop/run.sh" ]; then
     run_step interop "bash test/interop/run.sh"

@@ -10,7 +10,7 @@
 # that scripts/pg_chroot.sh makes with debootstrap from Debian's archive and
 # keeps in /var/cache/kms_pg (a second run reuses them); there the steps that
 # involve the server run: build with -Werror and the export check, pg_regress,
-# TAP and client interop.  The version-independent steps (C unit tests, the
+# TAP, the application-driver tests and client interop.  The version-independent steps (C unit tests, the
 # emulator's boto3 and JavaScript clients, fuzzing, the docs check) run once,
 # on the host.  16 has no Debian package for this machine and is not run.
 #

@@ -17,11 +17,67 @@
 --    dump/restore, different for every protected column, so a value
 --    copied to another row, column or table does not decrypt.
 --
--- The trigger function is SECURITY DEFINER (owned by the extension owner):
--- it must decrypt to re-seal a value when a context column changes, to
--- check that a ciphertext written in is bound to its row, and to compute
--- the blind index.  It never returns plaintext; see the security section
--- of docs/column-encryption.md.
+-- Nothing here is SECURITY DEFINER.  The trigger and kms_blind_index()
+-- are C (src/kms_columns.c) running as the writer: the input and output
+-- functions of the column's type, its domain CHECKs and casts run with the
+-- writer's own privileges.  What the writer may lack -- opening a value to
+-- seal it again when a context column changes, checking that a ciphertext
+-- written in belongs to its row, unwrapping the blind-index key -- is done
+-- in C on that row only, and no plaintext is handed back (see the security
+-- section of docs/column-encryption.md).
+--
+-- A protected column has type kms_sealed: a kms_pg ciphertext, or, on its
+-- way to the trigger, the plaintext a writer sent (kms_columns.h).  Writers
+-- write values of the column's original type: assignment casts from text,
+-- varchar, char, bytea, integers, numeric, floats, boolean, dates and
+-- times, uuid and json(b) keep what the driver sent, byte for byte, and the
+-- trigger reads it with the original type's input function.
+
+CREATE TYPE kms_sealed;
+CREATE FUNCTION kms_sealed_in(cstring) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_out(kms_sealed) RETURNS cstring
+AS 'MODULE_PATHNAME', 'kms_sealed_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_recv(internal) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_send(kms_sealed) RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_sealed_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE TYPE kms_sealed (
+    INPUT = kms_sealed_in, OUTPUT = kms_sealed_out,
+    RECEIVE = kms_sealed_recv, SEND = kms_sealed_send,
+    INTERNALLENGTH = VARIABLE, STORAGE = extended, CATEGORY = 'U'
+);
+COMMENT ON TYPE kms_sealed IS
+  'a protected column''s value: a kms_pg ciphertext (plaintext written to it is sealed by the column''s trigger)';
+
+CREATE FUNCTION kms_sealed(text) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_from_text' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed(bytea) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+-- The stored bytes are a kms_pg ciphertext: kms_decrypt(), kms_rewrap(),
+-- kms_ciphertext_info() take the column as it is.
+CREATE CAST (kms_sealed AS bytea) WITHOUT FUNCTION AS IMPLICIT;
+-- Plaintext of the original type, as the writer's driver sends it.
+CREATE CAST (text AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
+CREATE CAST (varchar AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
+CREATE CAST (bytea AS kms_sealed) WITH FUNCTION kms_sealed(bytea) AS ASSIGNMENT;
+CREATE CAST (bpchar AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (name AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (smallint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (integer AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (bigint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (numeric AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (real AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (double precision AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (boolean AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (date AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (time AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (timestamp AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (timestamptz AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (interval AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (uuid AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (json AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (jsonb AS kms_sealed) WITH INOUT AS ASSIGNMENT;
 
 -- One row per protected column.  Rows are dumped by pg_dump (config table).
 CREATE TABLE kms_protected_columns (
@@ -51,9 +107,13 @@ COMMENT ON COLUMN kms_protected_columns.blind_index_key IS
 SELECT pg_catalog.pg_extension_config_dump('kms_protected_columns', '');
 
 -- Table owners manage the rows of their own tables (kms_protect_column and
--- kms_unprotect_column run as the caller); everyone may read them.
+-- kms_unprotect_column run as the caller); everyone may read them, and
+-- delete a row whose table is gone (the sql_drop event trigger runs as
+-- whoever dropped it, after the table has left pg_class).
 ALTER TABLE kms_protected_columns ENABLE ROW LEVEL SECURITY;
 CREATE POLICY kms_protected_columns_read ON kms_protected_columns FOR SELECT USING (true);
+CREATE POLICY kms_protected_columns_orphan ON kms_protected_columns FOR DELETE
+    USING (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) relid));
 CREATE POLICY kms_protected_columns_owner ON kms_protected_columns FOR ALL
     USING (pg_catalog.pg_has_role(current_user,
              (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relid), 'USAGE'))
@@ -149,330 +209,88 @@ $$;
 COMMENT ON FUNCTION kms_column_context_expr(regclass, name) IS
   'the per-row encryption context of a protected column, as an SQL expression over the table alias t';
 
--- The plaintext of a protected value as the view shows it, as an SQL
--- expression: bytea as is, other types from their UTF-8 text form.
-CREATE FUNCTION kms_pc_decrypt_sql(p @extschema@.kms_protected_columns, col name, context_sql text,
-                                   alias_name text DEFAULT 't')
+-- The context of a protected column as key/value arguments for
+-- kms_decrypt_pairs() over the row alias alias_name (NULL: bare column
+-- names, as ALTER TABLE ... USING needs): the same canonical context as
+-- kms_pc_context_sql, without a jsonb per row.
+CREATE FUNCTION kms_pc_pairs_sql(column_id uuid, context_keys text[], context_cols name[],
+                                 alias_name text DEFAULT 't')
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+    SELECT format('%L::text, %L::text%s', 'kms_pg:column', column_id::text,
+                  coalesce(string_agg(format(', %L::text, %s', k,
+                                             CASE WHEN alias_name IS NULL THEN format('%I', c)
+                                                  ELSE format('%I.%I', alias_name, c) END),
+                                      '' ORDER BY i), ''))
+    FROM unnest(context_keys, context_cols) WITH ORDINALITY AS u(k, c, i)
+$$;
+
+-- The plaintext of a protected value, as an SQL expression: bytea as is,
+-- other types from their UTF-8 text form.  pairs_sql: the context from
+-- kms_pc_pairs_sql.  for_view: through kms_pc_view_decrypt(), which gives
+-- NULL to a role that may not execute kms_decrypt_pairs() (writers and
+-- auditors see NULL, and can still UPDATE and DELETE through the view).
+CREATE FUNCTION kms_pc_decrypt_sql(p @extschema@.kms_protected_columns, col name, pairs_sql text,
+                                   alias_name text DEFAULT 't', for_view boolean DEFAULT false)
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog
 AS $$
     SELECT CASE
         WHEN p.original_type = 'bytea'::regtype
-            THEN format('@extschema@.kms_decrypt(%s, %s)', ref, context_sql)
+            THEN format('@extschema@.%s(%s, %s)', fn, ref, pairs_sql)
         WHEN p.original_type = 'text'::regtype
-            THEN format('(pg_catalog.convert_from(@extschema@.kms_decrypt(%s, %s), %L) COLLATE pg_catalog."default")',
-                        ref, context_sql, 'UTF8')
-        ELSE format('(pg_catalog.convert_from(@extschema@.kms_decrypt(%s, %s), %L) COLLATE pg_catalog."default")::%s',
-                    ref, context_sql, 'UTF8', format_type(p.original_type, p.original_typmod))
+            THEN format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")',
+                        fn, ref, pairs_sql, 'UTF8')
+        ELSE format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")::%s',
+                    fn, ref, pairs_sql, 'UTF8', format_type(p.original_type, p.original_typmod))
     END
     FROM (SELECT CASE WHEN alias_name IS NULL THEN format('%I', col)
-                      ELSE format('%I.%I', alias_name, col) END) AS r(ref)
+                      ELSE format('%I.%I', alias_name, col) END,
+                 CASE WHEN for_view THEN 'kms_pc_view_decrypt' ELSE 'kms_decrypt_pairs' END) AS r(ref, fn)
 $$;
 
--- Canonical plaintext bytes of a value given as its UTF-8 text form:
--- checked against (and normalised through) the original type, under fixed
--- date, interval, float and time zone output settings, so that the view,
--- the blind index and every writer agree on the bytes.
-CREATE FUNCTION kms_pc_canonical(p @extschema@.kms_protected_columns, v bytea)
+-- kms_decrypt_pairs() for whoever may execute it, NULL for anyone else.
+CREATE FUNCTION kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any")
 RETURNS bytea
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog
-SET DateStyle = 'ISO, YMD'
-SET IntervalStyle = 'postgres'
-SET extra_float_digits = 1
-SET TimeZone = 'UTC'
-AS $$
-DECLARE
-    r bytea;
-BEGIN
-    IF v IS NULL OR p.original_type = 'bytea'::regtype THEN
-        RETURN v;
-    END IF;
-    IF p.original_type = 'text'::regtype THEN
-        PERFORM convert_from(v, 'UTF8');       -- valid UTF-8, or an error
-        RETURN v;
-    END IF;
-    -- Explicit casts truncate character types silently; stores do not.
-    IF p.original_type IN ('varchar'::regtype, 'bpchar'::regtype) AND p.original_typmod > 4
-       AND char_length(rtrim(convert_from(v, 'UTF8'), ' ')) > p.original_typmod - 4 THEN
-        RAISE EXCEPTION 'value too long for type %', format_type(p.original_type, p.original_typmod)
-            USING ERRCODE = 'string_data_right_truncation';
-    END IF;
-    EXECUTE format('SELECT pg_catalog.convert_to(pg_catalog.convert_from($1, %L)::%s::text, %L)',
-                   'UTF8', format_type(p.original_type, p.original_typmod), 'UTF8')
-        INTO r USING v;
-    RETURN r;
-END
-$$;
+AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
 
--- The blind index of canonical plaintext bytes: HMAC-SHA-256 under the
--- column's unwrapped blind-index key, truncated to 16 bytes.
-CREATE FUNCTION kms_pc_bidx(p @extschema@.kms_protected_columns, pt bytea)
-RETURNS bytea
-LANGUAGE sql STABLE
-SET search_path = pg_catalog
-AS $$
-    SELECT substr(@extschema@.kms_hmac_sha256(
-               @extschema@.kms_decrypt(p.blind_index_key,
-                   jsonb_build_object('kms_pg:column', p.column_id::text,
-                                      'kms_pg:purpose', 'blind-index')),
-               pt), 1, 16)
-$$;
-
--- The generated trigger (one generic function for every protected column).
+-- The generated trigger (one generic function for every protected column),
+-- in C, running as the writer (src/kms_columns.c):
 --   NULL                      -> NULL (blind index NULL)
---   not a kms_pg ciphertext   -> plaintext: canonicalised, encrypted under
---                                the row's context
---   UPDATE, value unchanged   -> kept; re-sealed under the new context if a
---                                context column changed
+--   plaintext                 -> read by the original type's input function,
+--                                written in its canonical text form (UTF-8;
+--                                ISO dates, UTC, postgres intervals), sealed
+--                                under the row's context
+--   UPDATE, value unchanged   -> kept; sealed again under the new context if
+--                                a context column changed
 --   any other ciphertext      -> kept if it opens under the row's context
 --                                (COPY/restore of encrypted data, rotation),
 --                                else an error: never stored unreadable
 CREATE FUNCTION kms_protected_column_trigger()
 RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET bytea_output = 'hex'
-AS $$
-DECLARE
-    p     @extschema@.kms_protected_columns;
-    n     name[];
-    nctx  int;
-    col   name;
-    bcol  name;
-    j     jsonb;
-    oj    jsonb;
-    v     bytea;
-    ov    bytea;
-    ctx   jsonb;
-    octx  jsonb;
-    pt    bytea;
-    ct    bytea;
-    bidx  bytea;
-    keep_bidx boolean := false;
-    upd   jsonb;
-BEGIN
-    SELECT * INTO p FROM @extschema@.kms_protected_columns c
-    WHERE c.relid = TG_RELID AND c.trigger_name = TG_NAME;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'kms_pg: trigger "%" on "%" has no row in kms_protected_columns',
-            TG_NAME, TG_RELID::regclass
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Protect columns with kms_protect_column().';
-    END IF;
-    n := @extschema@.kms_pc_attnames(TG_RELID, TG_NAME);
-    nctx := cardinality(p.context_keys);
-    col := n[1];
-    IF p.blind_index_key IS NOT NULL THEN
-        bcol := n[nctx + 2];
-    END IF;
+AS 'MODULE_PATHNAME', 'kms_protected_column_trigger'
+LANGUAGE C;
+-- EXECUTE stays with PUBLIC: CREATE TRIGGER needs it.  It runs as the
+-- writer; a table owner attaching it to a table of their own gains nothing
+-- kms_protect_column would not give them (the catalog row is theirs, its
+-- column_id unique, and it is the context of every value and key it opens).
 
-    j := to_jsonb(NEW);
-    v := decode(substr(j ->> col, 3), 'hex');
-    ctx := jsonb_strip_nulls(jsonb_build_object('kms_pg:column', p.column_id::text)
-           || coalesce((SELECT jsonb_object_agg(u.k, j -> u.c)
-                        FROM unnest(p.context_keys, n[2:nctx + 1]) AS u(k, c)), '{}'));
-
-    IF v IS NULL THEN
-        ct := NULL;
-    ELSIF NOT @extschema@.kms_is_ciphertext(v) THEN
-        pt := @extschema@.kms_pc_canonical(p, v);
-        ct := @extschema@.kms_encrypt(pt, ctx, p.key_id);
-    ELSE
-        IF TG_OP = 'UPDATE' THEN
-            oj := to_jsonb(OLD);
-            ov := decode(substr(oj ->> col, 3), 'hex');
-        END IF;
-        IF TG_OP = 'UPDATE' AND v = ov THEN
-            octx := jsonb_strip_nulls(jsonb_build_object('kms_pg:column', p.column_id::text)
-                    || coalesce((SELECT jsonb_object_agg(u.k, oj -> u.c)
-                                 FROM unnest(p.context_keys, n[2:nctx + 1]) AS u(k, c)), '{}'));
-            IF octx = ctx THEN
-                ct := v;
-                keep_bidx := bcol IS NOT NULL AND oj -> bcol <> 'null'::jsonb;
-                IF bcol IS NOT NULL AND NOT keep_bidx THEN
-                    pt := @extschema@.kms_decrypt(v, ctx);
-                END IF;
-            ELSE
-                -- A context column changed: re-seal so the value stays readable.
-                pt := @extschema@.kms_decrypt(v, octx);
-                ct := @extschema@.kms_encrypt(pt, ctx, p.key_id);
-            END IF;
-        ELSE
-            -- A ciphertext written in: it must belong to this row.
-            BEGIN
-                pt := @extschema@.kms_decrypt(v, ctx);
-            EXCEPTION WHEN data_exception THEN
-                RAISE EXCEPTION 'kms_pg: the value written to "%" of "%" is a kms_pg ciphertext that does not belong to this row',
-                    col, TG_RELID::regclass
-                    USING ERRCODE = 'data_exception',
-                          DETAIL = 'It does not open under this row''s encryption context (another row, column or table, or changed context columns).',
-                          HINT = 'Write plaintext, or a ciphertext made for this row and column.';
-            END;
-            ct := v;
-        END IF;
-    END IF;
-
-    upd := jsonb_build_object(col, '\x' || encode(ct, 'hex'));
-    IF bcol IS NOT NULL THEN
-        IF keep_bidx THEN
-            upd := upd || jsonb_build_object(bcol, oj -> bcol);
-        ELSE
-            bidx := CASE WHEN ct IS NOT NULL THEN @extschema@.kms_pc_bidx(p, pt) END;
-            upd := upd || jsonb_build_object(bcol, '\x' || encode(bidx, 'hex'));
-        END IF;
-    END IF;
-    NEW := jsonb_populate_record(NEW, upd);
-    RETURN NEW;
-END
-$$;
--- EXECUTE stays with PUBLIC: CREATE TRIGGER needs it, and a table owner
--- attaching it to a table of their own gains nothing kms_protect_column
--- would not give them (the catalog row is theirs, its column_id unique).
-
--- Text forms of some columns of a row, under the fixed output settings of
--- kms_pc_canonical (bytea as hex).
-CREATE FUNCTION kms_pc_text_forms(rec anyelement, cols name[])
-RETURNS text[]
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog
-SET DateStyle = 'ISO, YMD'
-SET IntervalStyle = 'postgres'
-SET extra_float_digits = 1
-SET TimeZone = 'UTC'
-SET bytea_output = 'hex'
-AS $$
-DECLARE
-    r text[];
-BEGIN
-    IF coalesce(cardinality(cols), 0) = 0 THEN
-        RETURN '{}';
-    END IF;
-    EXECUTE format('SELECT ARRAY[%s]::text[]',
-                   (SELECT string_agg(format('($1).%I::text', c), ', ' ORDER BY i)
-                    FROM unnest(cols) WITH ORDINALITY AS u(c, i)))
-        INTO r USING rec;
-    RETURN r;
-END
-$$;
-
--- INSTEAD OF trigger of the decrypting views: plaintext written through the
--- view goes to the table as UTF-8 text form (bytea as is), where the
--- table's trigger encrypts it.  Runs as the caller: the caller's privileges
--- on the table decide.  UPDATE and DELETE find the row by primary key.
+-- INSTEAD OF trigger of the decrypting views, in C (src/kms_columns.c):
+-- the same INSERT, UPDATE or DELETE on the table, through a plan prepared
+-- once per statement, as the caller (the caller's privileges on the table
+-- decide; the table's trigger encrypts).  Plaintext goes to the table as
+-- kms_sealed plaintext: bytea and text as they are, other types in their
+-- text form under the session's settings.  UPDATE and DELETE find the row
+-- by primary key.  RETURNING shows protected columns only to roles that
+-- may execute kms_decrypt_pairs().
 CREATE FUNCTION kms_protected_view_trigger()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET bytea_output = 'hex'
-AS $$
-DECLARE
-    tbl     oid;
-    prot    jsonb := '{}';     -- protected column name -> true if bytea
-    bidx    text[] := '{}';
-    pcols   name[];
-    forms   text[];
-    done    boolean;
-    pk      name[];
-    j       jsonb;
-    oj      jsonb;
-    v       jsonb;
-    cols    text;
-    sel     text;
-    setl    text;
-    cond    text;
-    rj      jsonb;
-    r       record;
-    n       name[];
-BEGIN
-    SELECT min(c.relid::oid) INTO tbl FROM @extschema@.kms_protected_columns c
-    WHERE c.view_schema = TG_TABLE_SCHEMA AND c.view_name = TG_TABLE_NAME;
-    IF tbl IS NULL THEN
-        RAISE EXCEPTION 'kms_pg: view "%.%" is not a kms_pg decrypting view', TG_TABLE_SCHEMA, TG_TABLE_NAME
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    FOR r IN SELECT * FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
-        n := @extschema@.kms_pc_attnames(r.relid, r.trigger_name);
-        prot := prot || jsonb_build_object(n[1], r.original_type = 'bytea'::regtype);
-        IF r.blind_index_key IS NOT NULL THEN
-            bidx := bidx || n[cardinality(r.context_keys) + 2]::text;
-        END IF;
-    END LOOP;
-
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        j := to_jsonb(NEW);
-        -- Protected values as bytea input text: bytea as is, other types
-        -- the UTF-8 bytes of their text form.
-        pcols := ARRAY(SELECT jsonb_object_keys(prot));
-        forms := @extschema@.kms_pc_text_forms(NEW, pcols);
-        FOR i IN 1 .. coalesce(cardinality(pcols), 0) LOOP
-            IF forms[i] IS NOT NULL THEN
-                j := j || jsonb_build_object(pcols[i],
-                    CASE WHEN (prot ->> pcols[i])::boolean THEN forms[i]
-                         ELSE '\x' || encode(convert_to(forms[i], 'UTF8'), 'hex') END);
-            END IF;
-        END LOOP;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        SELECT array_agg(att.attname ORDER BY k.i) INTO pk
-        FROM pg_catalog.pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, i)
-        JOIN pg_catalog.pg_attribute att ON att.attrelid = i.indrelid AND att.attnum = k.attnum
-        WHERE i.indrelid = tbl AND i.indisprimary;
-        IF pk IS NULL THEN
-            RAISE EXCEPTION 'kms_pg: cannot % through view "%.%": table "%" has no primary key',
-                TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, tbl::regclass
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Add a primary key, or write to the table directly.';
-        END IF;
-        oj := to_jsonb(OLD);
-        SELECT string_agg(format('kms_row.%1$I = o.%1$I', c), ' AND ') INTO cond FROM unnest(pk) AS c;
-    END IF;
-
-    IF TG_OP = 'INSERT' THEN
-        -- Columns left NULL that have a default or identity get it.
-        SELECT string_agg(format('%I', att.attname), ', ' ORDER BY att.attnum),
-               string_agg(format('r.%I', att.attname), ', ' ORDER BY att.attnum)
-          INTO cols, sel
-        FROM pg_catalog.pg_attribute att
-        WHERE att.attrelid = tbl AND att.attnum > 0 AND NOT att.attisdropped
-          AND att.attgenerated = '' AND att.attname::text <> ALL (bidx)
-          AND NOT ((att.atthasdef OR att.attidentity <> '')
-                   AND coalesce(j -> att.attname::text, 'null'::jsonb) = 'null'::jsonb);
-        EXECUTE format('INSERT INTO %s AS kms_row (%s) SELECT %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r'
-                       ' RETURNING pg_catalog.to_jsonb(kms_row)', tbl::regclass, cols, sel, tbl::regclass)
-            INTO rj USING j;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot)));
-        RETURN NEW;
-    ELSIF TG_OP = 'UPDATE' THEN
-        SELECT string_agg(format('%1$I = r.%1$I', att.attname), ', ' ORDER BY att.attnum) INTO setl
-        FROM pg_catalog.pg_attribute att
-        WHERE att.attrelid = tbl AND att.attnum > 0 AND NOT att.attisdropped
-          AND att.attgenerated = '' AND att.attname::text <> ALL (bidx)
-          AND (to_jsonb(NEW) -> att.attname::text) IS DISTINCT FROM (oj -> att.attname::text);
-        IF setl IS NULL THEN
-            RETURN NEW;
-        END IF;
-        EXECUTE format('UPDATE %s AS kms_row SET %s FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) r,'
-                       ' pg_catalog.jsonb_populate_record(NULL::%s, $2) o WHERE %s'
-                       ' RETURNING pg_catalog.to_jsonb(kms_row)',
-                       tbl::regclass, setl, tbl::regclass, tbl::regclass, cond)
-            INTO rj USING j, oj - ARRAY(SELECT jsonb_object_keys(prot));
-        IF rj IS NULL THEN
-            RETURN NULL;
-        END IF;
-        NEW := jsonb_populate_record(NEW, rj - ARRAY(SELECT jsonb_object_keys(prot)));
-        RETURN NEW;
-    ELSE
-        EXECUTE format('DELETE FROM %s AS kms_row USING pg_catalog.jsonb_populate_record(NULL::%s, $1) o WHERE %s'
-                       ' RETURNING true', tbl::regclass, tbl::regclass, cond)
-            INTO done USING oj - ARRAY(SELECT jsonb_object_keys(prot));
-        RETURN CASE WHEN done THEN OLD END;
-    END IF;
-END
-$$;
+AS 'MODULE_PATHNAME', 'kms_protected_view_trigger'
+LANGUAGE C;
 
 -- Create or bring up to date the decrypting view of a table: every column
 -- of the table in order, protected ones decrypted to their original type.
@@ -508,8 +326,9 @@ BEGIN
         END IF;
         exprs := exprs || jsonb_build_object(n[1],
             @extschema@.kms_pc_decrypt_sql(pr, n[1],
-                @extschema@.kms_pc_context_sql(pr.column_id, pr.context_keys,
-                                               n[2:cardinality(pr.context_keys) + 1], 't')));
+                @extschema@.kms_pc_pairs_sql(pr.column_id, pr.context_keys,
+                                               n[2:cardinality(pr.context_keys) + 1], 't'),
+                't', true));
     END LOOP;
 
     SELECT string_agg(coalesce(exprs ->> a.attname::text || format(' AS %I', a.attname),
@@ -604,6 +423,7 @@ CREATE PROCEDURE kms_protect_column(tbl regclass, col name, context_columns name
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_name      text := tbl::text;  -- as the caller's search_path shows it
     v_relkind   char;
     v_nsp       name;
     v_relname   name;
@@ -628,7 +448,11 @@ DECLARE
     v_n         bigint;
     v_done      bigint := 0;
     v_pk        name[];
+    v_leaf      oid;
 BEGIN
+    -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
+    -- have SET search_path): set again after every COMMIT.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -636,19 +460,29 @@ BEGIN
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = tbl;
     IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
+        RAISE EXCEPTION 'must be owner of table %', v_name USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF v_relkind <> 'r' THEN
-        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', tbl
+    IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is a partition', v_name
             USING ERRCODE = 'wrong_object_type',
-                  DETAIL = CASE WHEN v_relkind = 'p' THEN 'Partitioned tables are not supported; protect each partition.' END;
+                  HINT = 'Protect the partitioned table: every partition, including those attached later, is protected with it.';
+    ELSIF v_relkind NOT IN ('r', 'p') OR v_relkind IS NULL THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF (SELECT c.relpersistence FROM pg_catalog.pg_class c WHERE c.oid = tbl) = 't' THEN
+        -- A temp table goes at session end without event triggers, which
+        -- would leave its catalog row behind.
+        RAISE EXCEPTION 'kms_protect_column: "%" is a temporary table', v_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Temporary tables are dropped at session end without a DROP event, which would leave a catalog row behind.';
     END IF;
     SELECT a.attnum, a.atttypid, a.atttypmod, a.attgenerated, a.attidentity, a.atthasdef
       INTO v_att
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, v_name
             USING ERRCODE = 'undefined_column';
     END IF;
 
@@ -657,10 +491,16 @@ BEGIN
     WHERE c.relid = tbl AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = col;
     IF FOUND THEN
         v_chk := v_exists.check_name;
+        IF (SELECT k.convalidated FROM pg_catalog.pg_constraint k
+            WHERE k.conrelid = tbl AND k.conname = v_chk) THEN
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is already protected', col, v_name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Use kms_rotate_column() to move it to another key, kms_unprotect_column() to undo.';
+        END IF;
         RAISE NOTICE 'kms_protect_column: %.% is already protected; encrypting rows left in plaintext', tbl, col;
     ELSE
         IF v_att.attgenerated <> '' OR v_att.attidentity <> '' THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a generated or identity column', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a generated or identity column', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         SELECT array_agg(a.attname) INTO v_pk
@@ -668,7 +508,7 @@ BEGIN
           ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
         WHERE i.indrelid = tbl AND i.indisprimary;
         IF col = ANY (v_pk) THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" is part of the primary key of "%"', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" is part of the primary key of "%"', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         v_base := v_att.atttypid;
@@ -683,7 +523,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
                    WHERE c.relid = tbl
                      AND col = ANY ((@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[2:])) THEN
-            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a context or blind index column of another protected column', col, tbl
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a context or blind index column of another protected column', col, v_name
                 USING ERRCODE = 'feature_not_supported';
         END IF;
 
@@ -707,7 +547,7 @@ BEGIN
             SELECT a.atttypid INTO v_base FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = tbl AND a.attname = v_c AND a.attnum > 0 AND NOT a.attisdropped;
             IF NOT FOUND THEN
-                RAISE EXCEPTION 'column "%" of relation "%" does not exist', v_c, tbl
+                RAISE EXCEPTION 'column "%" of relation "%" does not exist', v_c, v_name
                     USING ERRCODE = 'undefined_column';
             END IF;
             WHILE (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'd' LOOP
@@ -729,6 +569,20 @@ BEGIN
             END IF;
         END LOOP;
 
+        -- Every value is sealed under its row's context columns: none may be
+        -- NULL where the value is not (checked before anything changes).
+        IF cardinality(v_ctx) > 0 THEN
+            EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I IS NOT NULL AND (%s)', tbl, col,
+                           (SELECT string_agg(format('t.%I IS NULL', x), ' OR ') FROM unnest(v_ctx) x))
+                INTO v_n;
+            IF v_n > 0 THEN
+                RAISE EXCEPTION 'kms_protect_column: % rows of "%" have a NULL context column', v_n, v_name
+                    USING ERRCODE = 'null_value_not_allowed',
+                          DETAIL = format('Context columns: %s.  A protected value is sealed under them.', array_to_string(v_ctx, ', ')),
+                          HINT = 'Fill them in (or make the protected value NULL) first.';
+            END IF;
+        END IF;
+
         -- The key: stored as given, or kms_pg.key_id now; checked by use.
         v_key := coalesce(nullif(key_id, ''), nullif(current_setting('kms_pg.key_id', true), ''));
         IF v_key IS NULL THEN
@@ -743,7 +597,7 @@ BEGIN
         FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LIMIT 1;
         IF FOUND THEN
             IF view_name IS NOT NULL AND view_name <> v_view THEN
-                RAISE EXCEPTION 'kms_protect_column: "%" already has the decrypting view %.%', tbl, v_vschema, v_view
+                RAISE EXCEPTION 'kms_protect_column: "%" already has the decrypting view %.%', v_name, v_vschema, v_view
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF to_regclass(format('%I.%I', v_vschema, v_view)) IS NOT NULL THEN
@@ -765,29 +619,27 @@ BEGIN
         v_trg := @extschema@.kms_pc_free_name(tbl, 'kms_protect_' || col, 't');
         v_chk := @extschema@.kms_pc_free_name(tbl, col || '_kms_ciphertext', 'c');
 
-        -- The column becomes bytea holding the UTF-8 text form (ISO dates,
-        -- UTC, shortest exact floats); the trigger encrypts it below.
+        -- The column becomes kms_sealed holding the plaintext in its text
+        -- form (ISO dates, UTC, shortest exact floats; bytea as is); the
+        -- trigger encrypts it below.
         PERFORM set_config('DateStyle', 'ISO, YMD', true),
                 set_config('IntervalStyle', 'postgres', true),
                 set_config('extra_float_digits', '1', true),
                 set_config('TimeZone', 'UTC', true);
-        IF v_att.atttypid <> 'bytea'::regtype THEN
-            IF v_att.atthasdef THEN
-                SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) INTO v_default
-                FROM pg_catalog.pg_attrdef d WHERE d.adrelid = tbl AND d.adnum = v_att.attnum;
-                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
-            END IF;
-            v_using := CASE WHEN v_att.atttypid = 'text'::regtype THEN format('%I', col)
-                            ELSE format('%I::text', col) END;
-            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE bytea USING pg_catalog.convert_to(%s, %L)',
-                           tbl, col, v_using, 'UTF8');
-            IF v_default IS NOT NULL THEN
-                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT pg_catalog.convert_to(%s, %L)',
-                               tbl, col,
-                               CASE WHEN v_att.atttypid = 'text'::regtype THEN format('(%s)', v_default)
-                                    ELSE format('pg_catalog.to_jsonb(%s) #>> ''{}''', v_default) END,
-                               'UTF8');
-            END IF;
+        IF v_att.atthasdef THEN
+            SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) INTO v_default
+            FROM pg_catalog.pg_attrdef d WHERE d.adrelid = tbl AND d.adnum = v_att.attnum;
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+        END IF;
+        v_using := CASE WHEN v_att.atttypid IN ('text'::regtype, 'bytea'::regtype) THEN format('%I', col)
+                        ELSE format('%I::text', col) END;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE @extschema@.kms_sealed USING (%s)::@extschema@.kms_sealed',
+                       tbl, col, v_using);
+        IF v_default IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT (%s)::@extschema@.kms_sealed',
+                           tbl, col,
+                           CASE WHEN v_att.atttypid IN ('text'::regtype, 'bytea'::regtype) THEN format('(%s)', v_default)
+                                ELSE format('(%s)::text', v_default) END);
         END IF;
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IS NULL OR @extschema@.kms_is_ciphertext(%I)) NOT VALID',
                        tbl, v_chk, col, col);
@@ -819,38 +671,58 @@ BEGIN
         PERFORM @extschema@.kms_pc_ensure_view(tbl);
         PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
 
     -- Step 2: the trigger encrypts, the UPDATE itself calls nothing volatile.
-    v_blocks := pg_catalog.pg_relation_size(tbl) / current_setting('block_size')::int;
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN greatest(1, (c.reltuples / c.relpages)::bigint)
-                ELSE 100 END
-      INTO v_per FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    v_per := greatest(1, batch_size / v_per);           -- blocks per batch
-    WHILE v_lo < v_blocks LOOP
-        EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid >= $1::text::tid AND ctid < $2::text::tid'
-                       ' AND %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)', tbl, col)
-            USING format('(%s,0)', v_lo), format('(%s,0)', v_lo + v_per);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        v_done := v_done + v_n;
-        COMMIT;
-        v_lo := v_lo + v_per;
-    END LOOP;
-    -- Rows that moved past the scanned range meanwhile.
-    LOOP
-        EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s'
-                       ' WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I) LIMIT %3$s))',
-                       tbl, col, batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        EXIT WHEN v_n = 0;
-        v_done := v_done + v_n;
-        COMMIT;
+    -- A partitioned table: each leaf partition in turn (its trigger and
+    -- CHECK are clones of the parent's).
+    FOR v_leaf IN SELECT tbl::oid WHERE v_relkind = 'r'
+                  UNION ALL
+                  SELECT pt.relid::oid FROM pg_catalog.pg_partition_tree(tbl) pt
+                  WHERE v_relkind = 'p' AND pt.isleaf LOOP
+        v_lo := 0;
+        v_blocks := pg_catalog.pg_relation_size(v_leaf) / current_setting('block_size')::int;
+        SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN greatest(1, (c.reltuples / c.relpages)::bigint)
+                    ELSE 100 END
+          INTO v_per FROM pg_catalog.pg_class c WHERE c.oid = v_leaf;
+        v_per := greatest(1, batch_size / v_per);           -- blocks per batch
+        WHILE v_lo < v_blocks LOOP
+            -- The text forms above were written under these settings: read
+            -- them back under the same.
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid >= $1::text::tid AND ctid < $2::text::tid'
+                           ' AND %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)', v_leaf::regclass, col)
+                USING format('(%s,0)', v_lo), format('(%s,0)', v_lo + v_per);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_lo := v_lo + v_per;
+        END LOOP;
+        -- Rows that moved past the scanned range meanwhile.
+        LOOP
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s'
+                           ' WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I) LIMIT %3$s))',
+                           v_leaf::regclass, col, batch_size);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            EXIT WHEN v_n = 0;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        END LOOP;
     END LOOP;
     -- Step 3: proves that no plaintext is left.
     PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
     EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, v_chk);
     COMMIT;
-    RAISE NOTICE 'kms_protect_column: %.% protected, % rows encrypted', tbl, col, v_done;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RAISE NOTICE 'kms_protect_column: %.% protected, % rows encrypted', v_name, col, v_done;
 END
 $$;
 COMMENT ON PROCEDURE kms_protect_column(regclass, name, name[], text, name, int, boolean) IS
@@ -871,7 +743,6 @@ DECLARE
     p     @extschema@.kms_protected_columns;
     n     name[];
     nctx  int;
-    ctx   text;
     vals  bigint;
 BEGIN
     p := @extschema@.kms_pc_lookup(tbl, col);
@@ -880,7 +751,6 @@ BEGIN
     END IF;
     n := @extschema@.kms_pc_attnames(p.relid, p.trigger_name);
     nctx := cardinality(p.context_keys);
-    ctx := @extschema@.kms_pc_context_sql(p.column_id, p.context_keys, n[2:nctx + 1], 't');
     EXECUTE format('SELECT count(%I) FROM %s', col, tbl) INTO vals;
 
     PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
@@ -895,22 +765,18 @@ BEGIN
 
     PERFORM set_config('DateStyle', 'ISO, YMD', true),
             set_config('IntervalStyle', 'postgres', true);
-    IF p.original_type = 'bytea'::regtype THEN
-        EXECUTE format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL',
-                       tbl, col, @extschema@.kms_pc_decrypt_sql(p, col, ctx, 't'), col);
-    ELSE
-        IF p.original_default IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
-        END IF;
-        -- USING names the row's columns bare.
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %s',
-                       tbl, col, format_type(p.original_type, p.original_typmod),
-                       @extschema@.kms_pc_decrypt_sql(p, col,
-                           @extschema@.kms_pc_context_sql(p.column_id, p.context_keys, n[2:nctx + 1], NULL),
-                           NULL));
-        IF p.original_default IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', tbl, col, p.original_default);
-        END IF;
+    IF p.original_default IS NOT NULL
+       OR (SELECT a.atthasdef FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = col) THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    END IF;
+    -- USING names the row's columns bare.
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %s',
+                   tbl, col, format_type(p.original_type, p.original_typmod),
+                   @extschema@.kms_pc_decrypt_sql(p, col,
+                       @extschema@.kms_pc_pairs_sql(p.column_id, p.context_keys, n[2:nctx + 1], NULL),
+                       NULL));
+    IF p.original_default IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', tbl, col, p.original_default);
     END IF;
     IF p.blind_index_key IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN %I', tbl, n[nctx + 2]);
@@ -924,71 +790,93 @@ COMMENT ON FUNCTION kms_unprotect_column(regclass, name) IS
   'decrypt a protected column in place, restore its type, and drop what kms_protect_column made';
 
 -- The search term for a blind index: the same 16 bytes the trigger stores
--- in <col>_bidx for this plaintext.  value is the text form (normalised
--- through the column's original type) or, for bytea columns, the bytes.
+-- in <col>_bidx for this plaintext.  value is the text form (read by the
+-- column's original type as a write would be) or, for bytea columns, the
+-- bytes.  C, running as the caller (src/kms_columns.c).
 CREATE FUNCTION kms_blind_index(tbl regclass, col name, value text)
 RETURNS bytea
-LANGUAGE plpgsql STABLE STRICT
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p @extschema@.kms_protected_columns;
-BEGIN
-    p := @extschema@.kms_pc_lookup(tbl, col);
-    IF p.blind_index_key IS NULL THEN
-        RAISE EXCEPTION 'protected column "%" of "%" has no blind index', col, tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Protect it with blind_index => true.';
-    END IF;
-    IF p.original_type = 'bytea'::regtype THEN
-        RETURN @extschema@.kms_pc_bidx(p, value::bytea);
-    END IF;
-    RETURN @extschema@.kms_pc_bidx(p, @extschema@.kms_pc_canonical(p, convert_to(value, 'UTF8')));
-END
-$$;
+AS 'MODULE_PATHNAME', 'kms_blind_index'
+LANGUAGE C STABLE STRICT;
 
 CREATE FUNCTION kms_blind_index(tbl regclass, col name, value bytea)
 RETURNS bytea
-LANGUAGE plpgsql STABLE STRICT
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p @extschema@.kms_protected_columns;
-BEGIN
-    p := @extschema@.kms_pc_lookup(tbl, col);
-    IF p.blind_index_key IS NULL THEN
-        RAISE EXCEPTION 'protected column "%" of "%" has no blind index', col, tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Protect it with blind_index => true.';
-    END IF;
-    IF p.original_type <> 'bytea'::regtype THEN
-        RAISE EXCEPTION 'protected column "%" of "%" is of type %: give the value as text',
-            col, tbl, format_type(p.original_type, p.original_typmod)
-            USING ERRCODE = 'datatype_mismatch';
-    END IF;
-    RETURN @extschema@.kms_pc_bidx(p, value);
-END
-$$;
+AS 'MODULE_PATHNAME', 'kms_blind_index_bytea'
+LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION kms_blind_index(regclass, name, text) IS
   'blind index search term of a protected column: WHERE <col>_bidx = kms_blind_index(tbl, col, value)';
 
--- Internal helpers are not for direct use.
-REVOKE ALL ON FUNCTION kms_pc_canonical(kms_protected_columns, bytea) FROM PUBLIC;
-REVOKE ALL ON FUNCTION kms_pc_bidx(kms_protected_columns, bytea) FROM PUBLIC;
 -- The blind index gives equality of plaintexts: searchers get a GRANT.
 REVOKE ALL ON FUNCTION kms_blind_index(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION kms_blind_index(regclass, name, bytea) FROM PUBLIC;
+
+-- A column protected by kms_pg 1.0 has type bytea: plaintext written to it
+-- goes through bytea input (a string "\x41" is stored as "A").  This moves
+-- it to kms_sealed, keeping every stored ciphertext byte for byte, the
+-- trigger (same name, same columns), CHECK and catalog row.  Runs as the
+-- caller, who must own the table.  Returns false when there was nothing to
+-- do.
+CREATE FUNCTION kms_pc_upgrade_column(tbl regclass, col name)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p     @extschema@.kms_protected_columns;
+    n     name[];
+    def   text;
+BEGIN
+    p := @extschema@.kms_pc_lookup(tbl, col);
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col)
+       <> 'bytea'::regtype THEN
+        RETURN false;
+    END IF;
+    n := @extschema@.kms_pc_attnames(p.relid, p.trigger_name);
+    PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
+    -- The trigger's column list depends on the column: it goes and comes
+    -- back with the catalog row (the sql_drop guard lets it go without one).
+    DELETE FROM @extschema@.kms_protected_columns c WHERE c.column_id = p.column_id;
+    IF to_regclass(format('%I.%I', p.view_schema, p.view_name)) IS NOT NULL THEN
+        EXECUTE format('DROP VIEW %I.%I', p.view_schema, p.view_name);
+    END IF;
+    EXECUTE format('DROP TRIGGER %I ON %s', p.trigger_name, tbl);
+    SELECT pg_get_expr(d.adbin, d.adrelid) INTO def
+    FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+    WHERE d.adrelid = tbl AND a.attname = col;
+    IF def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE @extschema@.kms_sealed USING %I::@extschema@.kms_sealed',
+                   tbl, col, col);
+    IF def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT (%s)::@extschema@.kms_sealed', tbl, col, def);
+    END IF;
+    INSERT INTO @extschema@.kms_protected_columns SELECT p.*;
+    EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %s ON %s FOR EACH ROW'
+                   ' EXECUTE FUNCTION @extschema@.kms_protected_column_trigger()',
+                   p.trigger_name,
+                   (SELECT string_agg(format('%I', x), ', ' ORDER BY i) FROM unnest(n) WITH ORDINALITY AS u(x, i)),
+                   tbl);
+    PERFORM @extschema@.kms_pc_ensure_view(tbl);
+    PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION kms_pc_upgrade_column(regclass, name) IS
+  'move a column protected by kms_pg 1.0 (type bytea) to kms_sealed, keeping its ciphertexts';
 
 -- DROP TABLE: its catalog rows go with it.  Dropping a generated trigger
 -- any other way (DROP TRIGGER, or DROP COLUMN ... CASCADE of the protected
 -- column or of a context column) is refused: the values would stay
 -- encrypted with nothing to read or maintain them.
+-- Runs as whoever drops (not SECURITY DEFINER): the catalog rows of a
+-- dropped table are deletable by anyone once the table is gone (policy
+-- kms_protected_columns_orphan).
 CREATE FUNCTION kms_pc_on_sql_drop()
 RETURNS event_trigger
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -7,8 +7,11 @@
 -- batch is an ordinary UPDATE: row locks make it safe against concurrent
 -- writers, and on Citus it runs as a distributed UPDATE per shard.
 --
--- The procedure has no SET clause (that would forbid its COMMITs), so
--- every name in its dynamic SQL is schema-qualified with @extschema@.
+-- The procedure has no SET clause (that would forbid its COMMITs): it sets
+-- search_path to pg_catalog, pg_temp at its start and after every COMMIT,
+-- so that no function or operator of another schema (say one a user
+-- created in public) is picked for its unqualified names, and every name
+-- of the extension in its dynamic SQL is schema-qualified with @extschema@.
 
 -- One row per run of kms_rotate_column(); committed with every batch.
 CREATE TABLE kms_rotation_progress (
@@ -63,6 +66,7 @@ COMMENT ON VIEW kms_rotation_status IS
 CREATE FUNCTION kms_key_usage(tbl regclass, col name)
 RETURNS TABLE (provider text, key_id text, "values" bigint, deks bigint)
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -92,6 +96,8 @@ CREATE PROCEDURE kms_rotate_column(tbl regclass, col name, new_key_id text DEFAU
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    v_name      text := tbl::text;  -- as the caller's search_path shows it
+    v_protected boolean := false;
     max_passes constant int := 3;
     v_key       text;
     v_provider  text;
@@ -124,6 +130,9 @@ DECLARE
     v_pass_rows bigint;
     v_other     bigint;
 BEGIN
+    -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
+    -- have SET search_path): set again after every COMMIT.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -133,18 +142,18 @@ BEGIN
 
     SELECT c.relkind INTO v_relkind FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     IF v_relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'kms_rotate_column: "%" is not a table', tbl
+        RAISE EXCEPTION 'kms_rotate_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type';
     END IF;
     SELECT a.atttypid INTO v_coltype FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF v_coltype IS NULL THEN
-        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, v_name
             USING ERRCODE = 'undefined_column';
     END IF;
-    IF v_coltype <> 'bytea'::regtype THEN
+    IF v_coltype <> 'bytea'::regtype AND v_coltype <> '@extschema@.kms_sealed'::regtype THEN
         RAISE EXCEPTION 'kms_rotate_column: column "%" of "%" is of type %, not bytea',
-            col, tbl, v_coltype::regtype USING ERRCODE = 'datatype_mismatch';
+            col, v_name, v_coltype::regtype USING ERRCODE = 'datatype_mismatch';
     END IF;
 
     -- Keyset pagination over the primary key: each batch is an index range,
@@ -157,12 +166,12 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = tbl AND i.indisprimary;
     IF pk_names IS NULL THEN
-        RAISE EXCEPTION 'kms_rotate_column: table "%" has no primary key', tbl
+        RAISE EXCEPTION 'kms_rotate_column: table "%" has no primary key', v_name
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Batches are primary-key ranges; add a primary key, or rotate with a single UPDATE ... SET col = kms_rewrap(col, ...).';
     END IF;
     IF col = ANY (pk_names) THEN
-        RAISE EXCEPTION 'kms_rotate_column: column "%" is part of the primary key of "%"', col, tbl
+        RAISE EXCEPTION 'kms_rotate_column: column "%" is part of the primary key of "%"', col, v_name
             USING ERRCODE = 'feature_not_supported';
     END IF;
     SELECT string_agg(format('t.%I', n), ', ' ORDER BY o),
@@ -195,6 +204,7 @@ BEGIN
        AND to_regprocedure('@extschema@.kms_column_context_expr(regclass, name)') IS NOT NULL THEN
         BEGIN
             EXECUTE 'SELECT @extschema@.kms_column_context_expr($1, $2)' INTO v_ctx USING tbl, col;
+            v_protected := true;
         EXCEPTION WHEN undefined_object THEN
             v_ctx := NULL;      -- not a protected column: plain '{}' context
         END;
@@ -215,20 +225,34 @@ BEGIN
     END IF;
 
     IF EXISTS (SELECT 1 FROM @extschema@.kms_rotation_status s
-               WHERE s.tbl = kms_rotate_column.tbl::text AND s.col = kms_rotate_column.col AND s.state = 'running'
+               WHERE s.tbl = v_name AND s.col = kms_rotate_column.col AND s.state = 'running'
                  AND s.pid <> pg_backend_pid()) THEN
-        RAISE EXCEPTION 'kms_rotate_column: a rotation of %.% is already running', tbl, col
+        RAISE EXCEPTION 'kms_rotate_column: a rotation of %.% is already running', v_name, col
             USING ERRCODE = 'object_in_use',
                   HINT = 'See the kms_rotation_status view.';
     END IF;
 
     INSERT INTO @extschema@.kms_rotation_progress
         (tbl, col, provider, new_key_id, resolved_key_id, backend_start)
-    VALUES (tbl::text, col, v_provider, v_key, v_resolved,
+    VALUES (v_name, col, v_provider, v_key, v_resolved,
             (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()))
     RETURNING run_id INTO v_run;
+    -- A protected column: its trigger encrypts new values under the new
+    -- key from the commit below on (writers switch at once).
+    IF v_protected THEN
+        EXECUTE 'UPDATE @extschema@.kms_protected_columns c SET key_id = $1'
+                ' WHERE c.relid = $2 AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = $3'
+            USING v_key, tbl, col;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n = 0 THEN
+            RAISE EXCEPTION 'kms_rotate_column: must be owner of table % to change the key of its protected column %',
+                v_name, col
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     -- kms_ciphertext_key_id/_provider only read the header (NULL for values
     -- that are not kms_pg ciphertexts): cheap enough to run per row.
@@ -260,9 +284,12 @@ BEGIN
             INTO v_pending USING NULL::text[], v_provider, v_resolved;
         EXIT WHEN v_pending = 0;
         IF v_pass = max_passes THEN
+            UPDATE @extschema@.kms_rotation_progress SET rows_total = v_total + v_pending WHERE run_id = v_run;
             RAISE WARNING 'kms_rotate_column: % values of %.% are still under another key after % passes',
-                v_pending, tbl, col, max_passes
-                USING HINT = 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.';
+                v_pending, v_name, col, max_passes
+                USING HINT = CASE WHEN v_protected
+                                  THEN 'Values were written under another key meanwhile (another rotation?); run kms_rotate_column again.'
+                                  ELSE 'Writers are still encrypting under the old key: point them to the new key (kms_pg.key_id), then run kms_rotate_column again.' END;
             EXIT;
         END IF;
         v_pass := v_pass + 1;
@@ -280,6 +307,7 @@ BEGIN
         LOOP
             IF max_batches IS NOT NULL AND v_batches >= max_batches THEN
                 COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
                 RAISE NOTICE 'kms_rotate_column: stopped after % batches (max_batches); run it again to continue',
                     v_batches;
                 RETURN;
@@ -303,14 +331,21 @@ BEGIN
             v_done := v_done + v_n;
             v_pass_rows := v_pass_rows + v_n;
             v_batches := v_batches + 1;
+            -- Values that became due after the count (writers) join the total.
+            v_total := greatest(v_total, v_done);
             UPDATE @extschema@.kms_rotation_progress
-               SET rows_done = v_done, batches = v_batches, updated = clock_timestamp()
+               SET rows_done = v_done, rows_total = v_total, batches = v_batches, updated = clock_timestamp()
              WHERE run_id = v_run;
             RAISE NOTICE 'kms_rotate_column: % of % rows', v_done, v_total;
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             EXIT WHEN v_last;
             v_lo := v_hi;
         END LOOP;
+        -- Values counted but no longer due (deleted, or rewritten by writers
+        -- under the new key meanwhile) leave the total: a pass ends at 100%.
+        v_total := v_done;
+        UPDATE @extschema@.kms_rotation_progress SET rows_total = v_total WHERE run_id = v_run;
     END LOOP;
 
     EXECUTE format('SELECT count(*) FROM %1$s t WHERE t.%2$I IS NOT NULL'
@@ -318,13 +353,14 @@ BEGIN
         INTO v_other;
     IF v_other > 0 THEN
         RAISE WARNING 'kms_rotate_column: % values of %.% are not kms_pg ciphertexts and were left as they are',
-            v_other, tbl, col;
+            v_other, v_name, col;
     END IF;
     UPDATE @extschema@.kms_rotation_progress
        SET finished = CASE WHEN v_pending = 0 THEN clock_timestamp() END,
            updated = clock_timestamp()
      WHERE run_id = v_run;
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF v_pending = 0 THEN
         RAISE NOTICE 'kms_rotate_column: done, % rows rewrapped under %', v_done, v_key;
     END IF;
@@ -337,3 +373,67 @@ COMMENT ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) IS
 REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM PUBLIC;
 REVOKE ALL ON kms_rotation_progress FROM PUBLIC;
 REVOKE ALL ON kms_rotation_status FROM PUBLIC;
+
+-- The GRANTs of one role on a protected table, by what the role does
+-- (docs/column-encryption.md, "Privileges"):
+--   writer   SELECT (ciphertext only), INSERT, UPDATE, DELETE on the table,
+--            USAGE on its sequences: writes plaintext through the table and
+--            the view, reads none back (the view and RETURNING show NULL);
+--   reader   SELECT on the table, EXECUTE on kms_decrypt_pairs (and
+--            kms_blind_index when a column has a blind index): plaintext
+--            through the view;
+--   auditor  SELECT on the table: ciphertext only;
+--   admin    for the table's owner (before or after protecting): EXECUTE
+--            on kms_decrypt_pairs (to unprotect) and what kms_rotate_column
+--            needs.
+-- Runs as the caller, who must be allowed to grant each of these (a
+-- superuser, or the extension owner and the table owner together).
+CREATE FUNCTION kms_grant_access(tbl regclass, role name, access text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s regclass;
+BEGIN
+    IF access IS NULL OR access NOT IN ('writer', 'reader', 'auditor', 'admin') THEN
+        RAISE EXCEPTION 'kms_grant_access: access must be writer, reader, auditor or admin, not %',
+            coalesce(quote_literal(access), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF access <> 'admin' AND NOT EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl) THEN
+        RAISE EXCEPTION 'kms_grant_access: "%" has no column protected by kms_pg', tbl
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF access = 'writer' THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', tbl, role);
+        FOR s IN SELECT d.objid::regclass FROM pg_depend d
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = tbl AND d.deptype IN ('a', 'i')
+                   AND (SELECT c.relkind FROM pg_class c WHERE c.oid = d.objid) = 'S' LOOP
+            EXECUTE format('GRANT USAGE ON SEQUENCE %s TO %I', s, role);
+        END LOOP;
+    ELSIF access IN ('reader', 'auditor') THEN
+        EXECUTE format('GRANT SELECT ON %s TO %I', tbl, role);
+    END IF;
+    IF access IN ('reader', 'admin') THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_decrypt_pairs(bytea, "any") TO %I', role);
+    END IF;
+    IF access = 'reader' AND EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                                     WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL) THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_blind_index(regclass, name, text),'
+                       ' @extschema@.kms_blind_index(regclass, name, bytea) TO %I', role);
+    END IF;
+    IF access = 'admin' THEN
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'
+                       ' @extschema@.kms_describe_key(text) TO %I', role);
+        EXECUTE format('GRANT SELECT ON @extschema@.kms_rotation_status TO %I', role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON @extschema@.kms_rotation_progress TO %I', role);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION kms_grant_access(regclass, name, text) IS
+  'GRANT a role what it needs on a protected table as writer, reader, auditor or admin';
+REVOKE ALL ON FUNCTION kms_grant_access(regclass, name, text) FROM PUBLIC;
+

@@ -1,0 +1,649 @@
+-- Protected columns, rebuilt (issue 13): the kms_sealed column type, the
+-- trigger and kms_blind_index() in C running as the caller (no SECURITY
+-- DEFINER left), the view decrypting with the key/value context form.
+-- Columns protected under 1.0 keep type bytea and keep working (the C
+-- trigger handles them); kms_pc_upgrade_column() moves one to kms_sealed.
+-- Generated from sql/install/20_columns.sql: every function whose text
+-- changed is replaced.
+
+CREATE TYPE kms_sealed;
+CREATE FUNCTION kms_sealed_in(cstring) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_out(kms_sealed) RETURNS cstring
+AS 'MODULE_PATHNAME', 'kms_sealed_out' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_recv(internal) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_recv' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed_send(kms_sealed) RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_sealed_send' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE TYPE kms_sealed (
+    INPUT = kms_sealed_in, OUTPUT = kms_sealed_out,
+    RECEIVE = kms_sealed_recv, SEND = kms_sealed_send,
+    INTERNALLENGTH = VARIABLE, STORAGE = extended, CATEGORY = 'U'
+);
+COMMENT ON TYPE kms_sealed IS
+  'a protected column''s value: a kms_pg ciphertext (plaintext written to it is sealed by the column''s trigger)';
+
+CREATE FUNCTION kms_sealed(text) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_from_text' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION kms_sealed(bytea) RETURNS kms_sealed
+AS 'MODULE_PATHNAME', 'kms_sealed_from_bytea' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+-- The stored bytes are a kms_pg ciphertext: kms_decrypt(), kms_rewrap(),
+-- kms_ciphertext_info() take the column as it is.
+CREATE CAST (kms_sealed AS bytea) WITHOUT FUNCTION AS IMPLICIT;
+-- Plaintext of the original type, as the writer's driver sends it.
+CREATE CAST (text AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
+CREATE CAST (varchar AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
+CREATE CAST (bytea AS kms_sealed) WITH FUNCTION kms_sealed(bytea) AS ASSIGNMENT;
+CREATE CAST (bpchar AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (name AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (smallint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (integer AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (bigint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (numeric AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (real AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (double precision AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (boolean AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (date AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (time AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (timestamp AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (timestamptz AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (interval AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (uuid AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (json AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (jsonb AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+
+
+CREATE POLICY kms_protected_columns_orphan ON kms_protected_columns FOR DELETE
+    USING (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) relid));
+
+DROP FUNCTION kms_pc_canonical(kms_protected_columns, bytea);
+
+DROP FUNCTION kms_pc_bidx(kms_protected_columns, bytea);
+
+DROP FUNCTION kms_pc_text_forms(anyelement, name[]);
+
+CREATE OR REPLACE FUNCTION kms_pc_pairs_sql(column_id uuid, context_keys text[], context_cols name[],
+                                 alias_name text DEFAULT 't')
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+    SELECT format('%L::text, %L::text%s', 'kms_pg:column', column_id::text,
+                  coalesce(string_agg(format(', %L::text, %s', k,
+                                             CASE WHEN alias_name IS NULL THEN format('%I', c)
+                                                  ELSE format('%I.%I', alias_name, c) END),
+                                      '' ORDER BY i), ''))
+    FROM unnest(context_keys, context_cols) WITH ORDINALITY AS u(k, c, i)
+$$;
+
+DROP FUNCTION kms_pc_decrypt_sql(kms_protected_columns, name, text, text);
+CREATE FUNCTION kms_pc_decrypt_sql(p @extschema@.kms_protected_columns, col name, pairs_sql text,
+                                   alias_name text DEFAULT 't', for_view boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+    SELECT CASE
+        WHEN p.original_type = 'bytea'::regtype
+            THEN format('@extschema@.%s(%s, %s)', fn, ref, pairs_sql)
+        WHEN p.original_type = 'text'::regtype
+            THEN format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")',
+                        fn, ref, pairs_sql, 'UTF8')
+        ELSE format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")::%s',
+                    fn, ref, pairs_sql, 'UTF8', format_type(p.original_type, p.original_typmod))
+    END
+    FROM (SELECT CASE WHEN alias_name IS NULL THEN format('%I', col)
+                      ELSE format('%I.%I', alias_name, col) END,
+                 CASE WHEN for_view THEN 'kms_pc_view_decrypt' ELSE 'kms_decrypt_pairs' END) AS r(ref, fn)
+$$;
+
+CREATE OR REPLACE FUNCTION kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any")
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE OR REPLACE FUNCTION kms_protected_column_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_protected_column_trigger'
+LANGUAGE C;
+
+CREATE OR REPLACE FUNCTION kms_protected_view_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_protected_view_trigger'
+LANGUAGE C;
+
+CREATE OR REPLACE FUNCTION kms_pc_ensure_view(tbl oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    vschema name;
+    vname   name;
+    vrel    oid;
+    owner   name;
+    sel     text;
+    r       record;
+    pr      @extschema@.kms_protected_columns;
+    n       name[];
+    exprs   jsonb := '{}';
+BEGIN
+    SELECT c.view_schema, c.view_name INTO vschema, vname
+    FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOR pr IN SELECT * FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
+        n := @extschema@.kms_pc_attnames(pr.relid, pr.trigger_name);
+        IF n IS NULL OR cardinality(n) < cardinality(pr.context_keys) + 1 THEN
+            RETURN;     -- trigger not (yet) there, e.g. in the middle of a restore
+        END IF;
+        exprs := exprs || jsonb_build_object(n[1],
+            @extschema@.kms_pc_decrypt_sql(pr, n[1],
+                @extschema@.kms_pc_pairs_sql(pr.column_id, pr.context_keys,
+                                               n[2:cardinality(pr.context_keys) + 1], 't'),
+                't', true));
+    END LOOP;
+
+    SELECT string_agg(coalesce(exprs ->> a.attname::text || format(' AS %I', a.attname),
+                               format('t.%I', a.attname)), ', ' ORDER BY a.attnum)
+      INTO sel
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT pg_catalog.pg_get_userbyid(c.relowner) INTO owner FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+
+    vrel := to_regclass(format('%I.%I', vschema, vname));
+    IF vrel IS NOT NULL THEN
+        -- Follow renamed table columns, position by position.
+        FOR r IN SELECT va.attname AS vcol, ta.attname AS tcol
+                 FROM (SELECT a.attname, row_number() OVER (ORDER BY a.attnum) AS pos
+                       FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid = vrel AND a.attnum > 0 AND NOT a.attisdropped) va
+                 JOIN (SELECT a.attname, row_number() OVER (ORDER BY a.attnum) AS pos
+                       FROM pg_catalog.pg_attribute a
+                       WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped) ta
+                   USING (pos)
+                 WHERE va.attname <> ta.attname LOOP
+            EXECUTE format('ALTER VIEW %s RENAME COLUMN %I TO %I', vrel::regclass, r.vcol, r.tcol);
+        END LOOP;
+        BEGIN
+            EXECUTE format('CREATE OR REPLACE VIEW %I.%I WITH (security_invoker = true) AS SELECT %s FROM %s t',
+                           vschema, vname, sel, tbl::regclass);
+        EXCEPTION WHEN invalid_table_definition THEN
+            -- A column changed type: only a new view will do.
+            EXECUTE format('DROP VIEW %s', vrel::regclass);
+            vrel := NULL;
+        END;
+    END IF;
+    IF vrel IS NULL THEN
+        EXECUTE format('CREATE VIEW %I.%I WITH (security_invoker = true) AS SELECT %s FROM %s t',
+                       vschema, vname, sel, tbl::regclass);
+        EXECUTE format('CREATE TRIGGER kms_write INSTEAD OF INSERT OR UPDATE OR DELETE ON %I.%I'
+                       ' FOR EACH ROW EXECUTE FUNCTION @extschema@.kms_protected_view_trigger()',
+                       vschema, vname);
+        -- security_invoker: the caller's privileges on the table and on
+        -- kms_decrypt decide, so the view itself adds no access.
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.%I TO PUBLIC', vschema, vname);
+        EXECUTE format('COMMENT ON VIEW %I.%I IS %L', vschema, vname,
+                       format('decrypting view of %s, generated by kms_pg', tbl::regclass));
+    END IF;
+    IF (SELECT c.relowner FROM pg_catalog.pg_class c
+        WHERE c.oid = to_regclass(format('%I.%I', vschema, vname)))
+       IS DISTINCT FROM (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', vschema, vname, owner);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE kms_protect_column(tbl regclass, col name, context_columns name[] DEFAULT NULL,
+                                    key_id text DEFAULT NULL, view_name name DEFAULT NULL,
+                                    batch_size int DEFAULT 10000, blind_index boolean DEFAULT false)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_name      text := tbl::text;  -- as the caller's search_path shows it
+    v_relkind   char;
+    v_nsp       name;
+    v_relname   name;
+    v_att       record;
+    v_ctx       name[] := coalesce(context_columns, '{}');
+    v_key       text;
+    v_view      name;
+    v_vschema   name;
+    v_trg       name;
+    v_chk       name;
+    v_bcol      name;
+    v_bkey      bytea;
+    v_id        uuid;
+    v_default   text;
+    v_using     text;
+    v_exists    @extschema@.kms_protected_columns;
+    v_c         name;
+    v_base      oid;
+    v_blocks    bigint;
+    v_per       bigint;
+    v_lo        bigint := 0;
+    v_n         bigint;
+    v_done      bigint := 0;
+    v_pk        name[];
+    v_leaf      oid;
+BEGIN
+    -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
+    -- have SET search_path): set again after every COMMIT.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.relkind, n.nspname, c.relname INTO v_relkind, v_nsp, v_relname
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = tbl;
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', v_name USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is a partition', v_name
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Protect the partitioned table: every partition, including those attached later, is protected with it.';
+    ELSIF v_relkind NOT IN ('r', 'p') OR v_relkind IS NULL THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF (SELECT c.relpersistence FROM pg_catalog.pg_class c WHERE c.oid = tbl) = 't' THEN
+        -- A temp table goes at session end without event triggers, which
+        -- would leave its catalog row behind.
+        RAISE EXCEPTION 'kms_protect_column: "%" is a temporary table', v_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Temporary tables are dropped at session end without a DROP event, which would leave a catalog row behind.';
+    END IF;
+    SELECT a.attnum, a.atttypid, a.atttypmod, a.attgenerated, a.attidentity, a.atthasdef
+      INTO v_att
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, v_name
+            USING ERRCODE = 'undefined_column';
+    END IF;
+
+    -- Already protected: finish the encryption of its rows (step 2 and 3).
+    SELECT * INTO v_exists FROM @extschema@.kms_protected_columns c
+    WHERE c.relid = tbl AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = col;
+    IF FOUND THEN
+        v_chk := v_exists.check_name;
+        IF (SELECT k.convalidated FROM pg_catalog.pg_constraint k
+            WHERE k.conrelid = tbl AND k.conname = v_chk) THEN
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is already protected', col, v_name
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Use kms_rotate_column() to move it to another key, kms_unprotect_column() to undo.';
+        END IF;
+        RAISE NOTICE 'kms_protect_column: %.% is already protected; encrypting rows left in plaintext', tbl, col;
+    ELSE
+        IF v_att.attgenerated <> '' OR v_att.attidentity <> '' THEN
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a generated or identity column', col, v_name
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        SELECT array_agg(a.attname) INTO v_pk
+        FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+          ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+        WHERE i.indrelid = tbl AND i.indisprimary;
+        IF col = ANY (v_pk) THEN
+            RAISE EXCEPTION 'kms_protect_column: column "%" is part of the primary key of "%"', col, v_name
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        v_base := v_att.atttypid;
+        WHILE (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'd' LOOP
+            v_base := (SELECT t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = v_base);
+        END LOOP;
+        IF v_base = 'money'::regtype OR (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'p' THEN
+            RAISE EXCEPTION 'kms_protect_column: type % of column "%" is not supported', v_att.atttypid::regtype, col
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Its text form depends on the session''s locale.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                   WHERE c.relid = tbl
+                     AND col = ANY ((@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[2:])) THEN
+            RAISE EXCEPTION 'kms_protect_column: column "%" of "%" is a context or blind index column of another protected column', col, v_name
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+
+        -- Context columns: existing, distinct, scalar types whose JSON form
+        -- does not depend on session settings.
+        IF cardinality(v_ctx) > 40 THEN
+            RAISE EXCEPTION 'kms_protect_column: at most 40 context columns' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF cardinality(v_ctx) <> (SELECT count(DISTINCT x) FROM unnest(v_ctx) x) THEN
+            RAISE EXCEPTION 'kms_protect_column: context columns must be distinct' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOREACH v_c IN ARRAY v_ctx LOOP
+            IF v_c IS NULL OR v_c = col THEN
+                RAISE EXCEPTION 'kms_protect_column: the protected column cannot be its own context column'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF v_c LIKE 'kms\_pg:%' THEN
+                RAISE EXCEPTION 'kms_protect_column: context column names starting with "kms_pg:" are reserved'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            SELECT a.atttypid INTO v_base FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = tbl AND a.attname = v_c AND a.attnum > 0 AND NOT a.attisdropped;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'column "%" of relation "%" does not exist', v_c, v_name
+                    USING ERRCODE = 'undefined_column';
+            END IF;
+            WHILE (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'd' LOOP
+                v_base := (SELECT t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = v_base);
+            END LOOP;
+            IF NOT (v_base IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
+                               'text'::regtype, 'varchar'::regtype, 'bpchar'::regtype, 'name'::regtype,
+                               'uuid'::regtype, 'bool'::regtype, 'date'::regtype, 'timestamp'::regtype)
+                    OR (SELECT t.typtype FROM pg_catalog.pg_type t WHERE t.oid = v_base) = 'e') THEN
+                RAISE EXCEPTION 'kms_protect_column: context column "%" has type %, which cannot be a context value',
+                    v_c, v_base::regtype
+                    USING ERRCODE = 'datatype_mismatch',
+                          HINT = 'Context columns must be integers, numeric, text, uuid, boolean, date, timestamp or enums.';
+            END IF;
+            IF EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                       WHERE c.relid = tbl AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = v_c) THEN
+                RAISE EXCEPTION 'kms_protect_column: context column "%" is itself protected', v_c
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+        END LOOP;
+
+        -- Every value is sealed under its row's context columns: none may be
+        -- NULL where the value is not (checked before anything changes).
+        IF cardinality(v_ctx) > 0 THEN
+            EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I IS NOT NULL AND (%s)', tbl, col,
+                           (SELECT string_agg(format('t.%I IS NULL', x), ' OR ') FROM unnest(v_ctx) x))
+                INTO v_n;
+            IF v_n > 0 THEN
+                RAISE EXCEPTION 'kms_protect_column: % rows of "%" have a NULL context column', v_n, v_name
+                    USING ERRCODE = 'null_value_not_allowed',
+                          DETAIL = format('Context columns: %s.  A protected value is sealed under them.', array_to_string(v_ctx, ', ')),
+                          HINT = 'Fill them in (or make the protected value NULL) first.';
+            END IF;
+        END IF;
+
+        -- The key: stored as given, or kms_pg.key_id now; checked by use.
+        v_key := coalesce(nullif(key_id, ''), nullif(current_setting('kms_pg.key_id', true), ''));
+        IF v_key IS NULL THEN
+            RAISE EXCEPTION 'no key given and kms_pg.key_id is not set'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Pass key_id to kms_protect_column(), or SET kms_pg.key_id.';
+        END IF;
+        PERFORM @extschema@.kms_encrypt(''::bytea, '{}', v_key);
+
+        -- One view per table.
+        SELECT c.view_schema, c.view_name INTO v_vschema, v_view
+        FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LIMIT 1;
+        IF FOUND THEN
+            IF view_name IS NOT NULL AND view_name <> v_view THEN
+                RAISE EXCEPTION 'kms_protect_column: "%" already has the decrypting view %.%', v_name, v_vschema, v_view
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF to_regclass(format('%I.%I', v_vschema, v_view)) IS NOT NULL THEN
+                -- It reads the column whose type changes; made again below.
+                EXECUTE format('DROP VIEW %I.%I', v_vschema, v_view);
+            END IF;
+        ELSE
+            v_vschema := v_nsp;
+            v_view := coalesce(view_name, left(v_relname, 53) || '_decrypted');
+            IF to_regclass(format('%I.%I', v_vschema, v_view)) IS NOT NULL THEN
+                RAISE EXCEPTION 'kms_protect_column: relation "%.%" already exists', v_vschema, v_view
+                    USING ERRCODE = 'duplicate_table',
+                          HINT = 'Pass view_name.';
+            END IF;
+        END IF;
+
+        PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
+        v_id := gen_random_uuid();
+        v_trg := @extschema@.kms_pc_free_name(tbl, 'kms_protect_' || col, 't');
+        v_chk := @extschema@.kms_pc_free_name(tbl, col || '_kms_ciphertext', 'c');
+
+        -- The column becomes kms_sealed holding the plaintext in its text
+        -- form (ISO dates, UTC, shortest exact floats; bytea as is); the
+        -- trigger encrypts it below.
+        PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                set_config('IntervalStyle', 'postgres', true),
+                set_config('extra_float_digits', '1', true),
+                set_config('TimeZone', 'UTC', true);
+        IF v_att.atthasdef THEN
+            SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) INTO v_default
+            FROM pg_catalog.pg_attrdef d WHERE d.adrelid = tbl AND d.adnum = v_att.attnum;
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+        END IF;
+        v_using := CASE WHEN v_att.atttypid IN ('text'::regtype, 'bytea'::regtype) THEN format('%I', col)
+                        ELSE format('%I::text', col) END;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE @extschema@.kms_sealed USING (%s)::@extschema@.kms_sealed',
+                       tbl, col, v_using);
+        IF v_default IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT (%s)::@extschema@.kms_sealed',
+                           tbl, col,
+                           CASE WHEN v_att.atttypid IN ('text'::regtype, 'bytea'::regtype) THEN format('(%s)', v_default)
+                                ELSE format('(%s)::text', v_default) END);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IS NULL OR @extschema@.kms_is_ciphertext(%I)) NOT VALID',
+                       tbl, v_chk, col, col);
+        IF blind_index THEN
+            v_bcol := @extschema@.kms_pc_free_name(tbl, col || '_bidx', 'a');
+            EXECUTE format('ALTER TABLE %s ADD COLUMN %I bytea', tbl, v_bcol);
+            EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', tbl, v_bcol,
+                           format('kms_pg blind index of %s (16 bytes of HMAC-SHA-256); search with kms_blind_index()', col));
+            -- 256 random bits (three uuids of pg_strong_random), hashed.
+            v_bkey := @extschema@.kms_encrypt(
+                sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')),
+                jsonb_build_object('kms_pg:column', v_id::text, 'kms_pg:purpose', 'blind-index'), v_key);
+        END IF;
+        INSERT INTO @extschema@.kms_protected_columns
+            (column_id, relid, trigger_name, context_keys, original_type, original_typmod, original_default,
+             key_id, view_schema, view_name, check_name, blind_index_key)
+        VALUES (v_id, tbl, v_trg, v_ctx::text[], v_att.atttypid, v_att.atttypmod, v_default,
+                v_key, v_vschema, v_view, v_chk, v_bkey);
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %s ON %s FOR EACH ROW'
+                       ' EXECUTE FUNCTION @extschema@.kms_protected_column_trigger()',
+                       v_trg,
+                       (SELECT string_agg(format('%I', x), ', ' ORDER BY i)
+                        FROM unnest(ARRAY[col] || v_ctx || CASE WHEN v_bcol IS NOT NULL THEN ARRAY[v_bcol] ELSE '{}'::name[] END)
+                             WITH ORDINALITY AS u(x, i)),
+                       tbl);
+        IF v_bcol IS NOT NULL THEN
+            EXECUTE format('CREATE INDEX ON %s (%I)', tbl, v_bcol);
+        END IF;
+        PERFORM @extschema@.kms_pc_ensure_view(tbl);
+        PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END IF;
+
+    -- Step 2: the trigger encrypts, the UPDATE itself calls nothing volatile.
+    -- A partitioned table: each leaf partition in turn (its trigger and
+    -- CHECK are clones of the parent's).
+    FOR v_leaf IN SELECT tbl::oid WHERE v_relkind = 'r'
+                  UNION ALL
+                  SELECT pt.relid::oid FROM pg_catalog.pg_partition_tree(tbl) pt
+                  WHERE v_relkind = 'p' AND pt.isleaf LOOP
+        v_lo := 0;
+        v_blocks := pg_catalog.pg_relation_size(v_leaf) / current_setting('block_size')::int;
+        SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN greatest(1, (c.reltuples / c.relpages)::bigint)
+                    ELSE 100 END
+          INTO v_per FROM pg_catalog.pg_class c WHERE c.oid = v_leaf;
+        v_per := greatest(1, batch_size / v_per);           -- blocks per batch
+        WHILE v_lo < v_blocks LOOP
+            -- The text forms above were written under these settings: read
+            -- them back under the same.
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid >= $1::text::tid AND ctid < $2::text::tid'
+                           ' AND %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)', v_leaf::regclass, col)
+                USING format('(%s,0)', v_lo), format('(%s,0)', v_lo + v_per);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            v_lo := v_lo + v_per;
+        END LOOP;
+        -- Rows that moved past the scanned range meanwhile.
+        LOOP
+            PERFORM set_config('DateStyle', 'ISO, YMD', true),
+                    set_config('IntervalStyle', 'postgres', true),
+                    set_config('TimeZone', 'UTC', true);
+            EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s'
+                           ' WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I) LIMIT %3$s))',
+                           v_leaf::regclass, col, batch_size);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            EXIT WHEN v_n = 0;
+            v_done := v_done + v_n;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        END LOOP;
+    END LOOP;
+    -- Step 3: proves that no plaintext is left.
+    PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
+    EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, v_chk);
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RAISE NOTICE 'kms_protect_column: %.% protected, % rows encrypted', v_name, col, v_done;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION kms_unprotect_column(tbl regclass, col name)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p     @extschema@.kms_protected_columns;
+    n     name[];
+    nctx  int;
+    vals  bigint;
+BEGIN
+    p := @extschema@.kms_pc_lookup(tbl, col);
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    n := @extschema@.kms_pc_attnames(p.relid, p.trigger_name);
+    nctx := cardinality(p.context_keys);
+    EXECUTE format('SELECT count(%I) FROM %s', col, tbl) INTO vals;
+
+    PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
+    -- The catalog row goes first: the sql_drop guard then lets the
+    -- trigger go.  The view reads the column: drop it, make it again.
+    DELETE FROM @extschema@.kms_protected_columns c WHERE c.column_id = p.column_id;
+    IF to_regclass(format('%I.%I', p.view_schema, p.view_name)) IS NOT NULL THEN
+        EXECUTE format('DROP VIEW %I.%I', p.view_schema, p.view_name);
+    END IF;
+    EXECUTE format('DROP TRIGGER %I ON %s', p.trigger_name, tbl);
+    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, p.check_name);
+
+    PERFORM set_config('DateStyle', 'ISO, YMD', true),
+            set_config('IntervalStyle', 'postgres', true);
+    IF p.original_default IS NOT NULL
+       OR (SELECT a.atthasdef FROM pg_catalog.pg_attribute a WHERE a.attrelid = tbl AND a.attname = col) THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    END IF;
+    -- USING names the row's columns bare.
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %s',
+                   tbl, col, format_type(p.original_type, p.original_typmod),
+                   @extschema@.kms_pc_decrypt_sql(p, col,
+                       @extschema@.kms_pc_pairs_sql(p.column_id, p.context_keys, n[2:nctx + 1], NULL),
+                       NULL));
+    IF p.original_default IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', tbl, col, p.original_default);
+    END IF;
+    IF p.blind_index_key IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', tbl, n[nctx + 2]);
+    END IF;
+    PERFORM @extschema@.kms_pc_ensure_view(tbl);
+    PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
+    RETURN vals;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION kms_blind_index(tbl regclass, col name, value text)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_blind_index'
+LANGUAGE C STABLE STRICT;
+
+CREATE OR REPLACE FUNCTION kms_blind_index(tbl regclass, col name, value bytea)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kms_blind_index_bytea'
+LANGUAGE C STABLE STRICT;
+
+CREATE OR REPLACE FUNCTION kms_pc_upgrade_column(tbl regclass, col name)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p     @extschema@.kms_protected_columns;
+    n     name[];
+    def   text;
+BEGIN
+    p := @extschema@.kms_pc_lookup(tbl, col);
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col)
+       <> 'bytea'::regtype THEN
+        RETURN false;
+    END IF;
+    n := @extschema@.kms_pc_attnames(p.relid, p.trigger_name);
+    PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
+    -- The trigger's column list depends on the column: it goes and comes
+    -- back with the catalog row (the sql_drop guard lets it go without one).
+    DELETE FROM @extschema@.kms_protected_columns c WHERE c.column_id = p.column_id;
+    IF to_regclass(format('%I.%I', p.view_schema, p.view_name)) IS NOT NULL THEN
+        EXECUTE format('DROP VIEW %I.%I', p.view_schema, p.view_name);
+    END IF;
+    EXECUTE format('DROP TRIGGER %I ON %s', p.trigger_name, tbl);
+    SELECT pg_get_expr(d.adbin, d.adrelid) INTO def
+    FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+    WHERE d.adrelid = tbl AND a.attname = col;
+    IF def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', tbl, col);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE @extschema@.kms_sealed USING %I::@extschema@.kms_sealed',
+                   tbl, col, col);
+    IF def IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT (%s)::@extschema@.kms_sealed', tbl, col, def);
+    END IF;
+    INSERT INTO @extschema@.kms_protected_columns SELECT p.*;
+    EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %s ON %s FOR EACH ROW'
+                   ' EXECUTE FUNCTION @extschema@.kms_protected_column_trigger()',
+                   p.trigger_name,
+                   (SELECT string_agg(format('%I', x), ', ' ORDER BY i) FROM unnest(n) WITH ORDINALITY AS u(x, i)),
+                   tbl);
+    PERFORM @extschema@.kms_pc_ensure_view(tbl);
+    PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION kms_pc_on_sql_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    DELETE FROM @extschema@.kms_protected_columns c
+    USING pg_event_trigger_dropped_objects() d
+    WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = c.relid::oid;
+
+    FOR r IN SELECT c.relid, c.trigger_name
+             FROM pg_event_trigger_dropped_objects() d
+             JOIN @extschema@.kms_protected_columns c
+               ON d.object_type = 'trigger'
+              AND c.trigger_name = d.address_names[3]
+              AND c.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))
+    LOOP
+        RAISE EXCEPTION 'cannot drop trigger "%" on "%": it protects a column encrypted by kms_pg',
+            r.trigger_name, r.relid
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = 'The protected column, its context columns and its blind index column can only go with kms_unprotect_column() or DROP TABLE.',
+                  HINT = 'Call kms_unprotect_column() first.';
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION kms_pc_upgrade_column(regclass, name) IS
+  'move a column protected by kms_pg 1.0 (type bytea) to kms_sealed, keeping its ciphertexts';
