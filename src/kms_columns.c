@@ -1091,9 +1091,9 @@ load_view(FunctionCallInfo fcinfo, Relation view)
 		}
 	}
 	/* The primary key. */
-	if (OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	if (OidIsValid(kms_relation_pkey_index(rel)))
 	{
-		Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+		Relation	idx = index_open(kms_relation_pkey_index(rel), AccessShareLock);
 
 		for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
 			for (int c = 0; c < vdesc->natts; c++)

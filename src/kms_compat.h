@@ -14,7 +14,9 @@
  *	 17: makeJsonLexContextCstringLen takes the context to initialise
  *		 (NULL: allocate) and a size_t length; freeJsonLexContext frees.
  *	 18: pg_attribute_noreturn() is gone (pg_noreturn goes in front);
- *		 pg_b64_encode/decode take uint8 * for the binary side.
+ *		 pg_b64_encode/decode take uint8 * for the binary side;
+ *		 RelationGetPrimaryKeyIndex takes deferrable_ok (false: as before,
+ *		 a deferrable primary key is not reported).
  *-------------------------------------------------------------------------
  */
 #ifndef KMS_COMPAT_H
@@ -56,6 +58,23 @@ kms_b64_decode(const char *src, int len, uint8 *dst, int dstlen)
 	return pg_b64_decode(src, len, (char *) dst, dstlen);
 #endif
 }
+
+/*
+ * The OID of a relation's (non-deferrable) primary key index, or InvalidOid.
+ */
+#ifndef FRONTEND
+#include "utils/relcache.h"
+
+static inline Oid
+kms_relation_pkey_index(Relation rel)
+{
+#if PG_VERSION_NUM >= 180000
+	return RelationGetPrimaryKeyIndex(rel, false);
+#else
+	return RelationGetPrimaryKeyIndex(rel);
+#endif
+}
+#endif							/* !FRONTEND */
 
 /*
  * Memory for a GUC check hook's "extra": guc.c releases it with free()
