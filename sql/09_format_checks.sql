@@ -6,7 +6,8 @@
 --   * a local wrapped DEK is 65 bytes in wrap format 1, else XX001;
 --   * appended bytes fail authentication (22000): there is no length field;
 --   * the canonical context may be exactly 65,536 bytes, not one more;
---   * the SQLSTATE of every refused key/value-pairs argument.
+--   * the SQLSTATE of every refused key/value-pairs argument, and the
+--     spelling of the typed values the pairs form accepts.
 --
 SET kms_pg.provider = 'local';
 SELECT length(kms_create_key('alias/regress_fmt09')) AS key_id_len;
@@ -62,8 +63,8 @@ SELECT pg_temp.st(format('kms_encrypt_text(%L, jsonb_build_object(%L, repeat(%L,
 SELECT what, pg_temp.st(expr) AS sqlstate
 FROM (VALUES
   ('int key',            $$kms_encrypt_text_pairs('x', NULL, 1, 'v')$$),
-  ('date value',         $$kms_encrypt_text_pairs('x', NULL, 'k', current_date)$$),
-  ('uuid value',         $$kms_encrypt_text_pairs('x', NULL, 'k', gen_random_uuid())$$),
+  ('interval value',     $$kms_encrypt_text_pairs('x', NULL, 'k', interval '1 day')$$),
+  ('bytea value',        $$kms_encrypt_text_pairs('x', NULL, 'k', '\x01'::bytea)$$),
   ('jsonb value',        $$kms_encrypt_text_pairs('x', NULL, 'k', '{}'::jsonb)$$),
   ('float8 value',       $$kms_encrypt_text_pairs('x', NULL, 'k', 1.5::float8)$$),
   ('NULL key',           $$kms_encrypt_text_pairs('x', NULL, NULL::text, 'v')$$),
@@ -75,6 +76,15 @@ FROM (VALUES
   ('empty key',          $$kms_encrypt_text_pairs('x', NULL, '', 'v')$$),
   ('key twice',          $$kms_encrypt_text_pairs('x', NULL, 'k', 'v', 'k', 'w')$$)
 ) AS t(what, expr) ORDER BY what;
+
+-- uuid, date and timestamp values (and char(n), name, enums) are strings,
+-- spelt as to_jsonb() spells them: the pairs and jsonb forms agree
+SELECT kms_decrypt_text(kms_encrypt_text_pairs('d', NULL, 'v', DATE '2024-01-02'),
+                        jsonb_build_object('v', DATE '2024-01-02')) AS date_value,
+       kms_decrypt_text(kms_encrypt_text_pairs('u', NULL, 'v', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid),
+                        '{"v": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}') AS uuid_value,
+       kms_decrypt_text(kms_encrypt_text_pairs('t', NULL, 'v', TIMESTAMP '2024-01-02 03:04:05'),
+                        '{"v": "2024-01-02T03:04:05"}') AS timestamp_value;
 
 -- an untyped literal is text: '42' and 42 are different contexts
 CREATE TEMP TABLE lit AS SELECT kms_encrypt_text_pairs('untyped', NULL, 'id', '42') AS ct;
