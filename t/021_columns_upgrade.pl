@@ -7,13 +7,18 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::RealBin;
+use KmsPgKeyring;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('columns_upgrade');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'");
+# 1.1 keeps local keys in its catalog under a master key (the update
+# imports the 1.0 keyring file)
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
 $node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE old');
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');

@@ -94,6 +94,9 @@ def expected_rows():
     return [tuple(rows[k]) for k in sorted(rows)]
 
 
+TEST_MASTER_KEY = "4b4d53504720726567726573732074657374206d6173746572206b6579212121"
+
+
 class Cluster:
     def __init__(self, tmp):
         self.tmp = tmp
@@ -105,6 +108,9 @@ class Cluster:
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("shared_preload_libraries = 'kms_pg'\n")
             f.write("kms_pg.keyring_file = 'kms_pg_keyring.json'\n")
+            # local keys live in the key catalog under a master key; a fixed
+            # test key, as in test/regress.conf (never do this in production)
+            f.write("kms_pg.master_key_command = '/bin/echo %s'\n" % TEST_MASTER_KEY)
             f.write("listen_addresses = ''\nunix_socket_directories = '%s'\nport = %d\nfsync = off\n"
                     % (tmp, self.port))
         subprocess.run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", os.path.join(tmp, "server.log"),
