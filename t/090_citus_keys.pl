@@ -147,6 +147,13 @@ $coord->safe_psql('postgres',
 	q{INSERT INTO vals SELECT i, 'value ' || i, kms_encrypt_text('value ' || i, jsonb_build_object('id', i), 'alias/cit') FROM generate_series(201, 260) AS i});
 is($coord->safe_psql('postgres', $check), '260', 'values under versions 1 and 2 decrypt on the workers');
 
+# scheduled deletion and its cancellation
+$coord->safe_psql('postgres', q{SELECT kms_create_key('alias/doomed')});
+$coord->safe_psql('postgres', q{SELECT kms_schedule_key_deletion('alias/doomed', 7)});
+like(same_keys('scheduled deletion reached the worker'), qr/alias\/doomed PendingDeletion/, 'the key is pending deletion');
+$coord->safe_psql('postgres', q{SELECT kms_cancel_key_deletion('alias/doomed')});
+like(same_keys('cancelled deletion reached the worker'), qr/alias\/doomed Disabled/, 'the cancelled key is disabled');
+
 # the copy commits on each worker before the coordinator commits
 $coord->safe_psql('postgres', q{BEGIN; SELECT kms_disable_key('alias/cit'); ROLLBACK;});
 is($coord->safe_psql('postgres', q{SELECT key_state FROM kms_keys WHERE alias = 'alias/cit'}), 'Enabled',
@@ -194,12 +201,18 @@ same_keys('after kms_citus_sync_keys() the late worker has every key');
 is($w3->safe_psql('postgres', $direct), 'value 7', 'w3: decrypts a coordinator value');
 is($coord->safe_psql('postgres', $check), '260', 'all values decrypt with 3 workers');
 
+
 # kms_pg.key_id: ALTER ROLE / ALTER DATABASE / SET / SET LOCAL
 $coord->safe_psql('postgres', q{CREATE ROLE app LOGIN; ALTER ROLE app SET kms_pg.key_id = 'alias/cit'});
 my $rs = q{SELECT coalesce(string_agg(array_to_string(setconfig, ','), ';'), '-') FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = 'app'};
 for my $w (@workers)
 {
 	is($w->safe_psql('postgres', $rs), 'kms_pg.key_id=alias/cit', $w->name . ': ALTER ROLE ... SET kms_pg.key_id reached the worker');
+}
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', 'SHOW kms_pg.key_id', extra_params => [ '-U', 'app' ]), 'alias/cit',
+		$w->name . ': a session of role app on the worker has kms_pg.key_id');
 }
 $coord->safe_psql('postgres', q{ALTER DATABASE postgres SET kms_pg.key_id = 'alias/cit2x'});
 my $ds = q{SELECT coalesce(string_agg(array_to_string(setconfig, ','), ';'), '-') FROM pg_db_role_setting s WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = 'postgres')};
@@ -209,8 +222,26 @@ for my $w (@workers)
 	$dbset{ $w->name } = $w->safe_psql('postgres', $ds);
 	note $w->name . ': ALTER DATABASE setting on the worker: ' . $dbset{ $w->name };
 }
-is($dbset{w1}, 'kms_pg.key_id=alias/cit2x', 'w1: ALTER DATABASE ... SET kms_pg.key_id reached the worker');
+is($dbset{$_->name}, 'kms_pg.key_id=alias/cit2x', $_->name . ': ALTER DATABASE ... SET kms_pg.key_id reached the worker')
+  for @workers;
+$coord->safe_psql('postgres', q{ALTER DATABASE postgres SET kms_pg.key_id = 'alias/cit'});
+# kms_encrypt_text() in a query Citus pushes down runs on the workers, with their setting
+my $pushed_enc = q{SELECT string_agg(DISTINCT kms_ciphertext_key_id(kms_encrypt_text(plain)), ',') FROM vals};
+is($coord->safe_psql('postgres', $pushed_enc), $kid,
+	'after ALTER DATABASE ... SET, a pushed-down kms_encrypt_text() on the workers uses that key');
 $coord->safe_psql('postgres', q{ALTER DATABASE postgres RESET kms_pg.key_id});
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', $ds), '-', $w->name . ': ALTER DATABASE ... RESET reached the worker');
+}
+($ret, $out, $err) = $coord->psql('postgres', qq{SET kms_pg.key_id = 'alias/cit'; $pushed_enc});
+like($err, qr/no key given and kms_pg.key_id is not set/,
+	'plain SET: a pushed-down kms_encrypt_text() on the workers has no kms_pg.key_id');
+is($coord->safe_psql('postgres',
+		qq{SET kms_pg.key_id = 'alias/cit'; INSERT INTO vals VALUES (1000, 'x', kms_encrypt_text('x', '{"id": 1000}')) RETURNING kms_ciphertext_key_id(ct)}),
+	$kid, 'plain SET: an INSERT ... VALUES encrypts on the coordinator with the SET key');
+is($coord->safe_psql('postgres', q{SET citus.propagate_set_commands = 'local'; BEGIN; SET LOCAL kms_pg.key_id = 'alias/cit'; } . $pushed_enc . '; COMMIT;'),
+	$kid, "SET LOCAL with citus.propagate_set_commands = 'local': the pushed-down kms_encrypt_text() uses the key");
 
 # what a pushed-down query sees of the session's kms_pg.key_id
 my $seen = q{SELECT string_agg(DISTINCT coalesce(current_setting('kms_pg.key_id', true), ''), ',') FROM vals};
@@ -222,8 +253,6 @@ is($local_off, '', 'SET LOCAL does not reach the workers with citus.propagate_se
 my $local_on = $coord->safe_psql('postgres',
 	qq{SET citus.propagate_set_commands = 'local'; BEGIN; SET LOCAL kms_pg.key_id = 'alias/by-local'; $seen; COMMIT;});
 is($local_on, 'alias/by-local', "SET LOCAL reaches the workers with citus.propagate_set_commands = 'local'");
-my $as_app = $coord->safe_psql('postgres', qq{SET ROLE app; SELECT current_setting('kms_pg.key_id')});
-note "SET ROLE app on the coordinator: '$as_app'";
 
 $_->stop for ($coord, @workers);
 done_testing();
