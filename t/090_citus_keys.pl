@@ -87,7 +87,7 @@ sub same_keys
 	return $c;
 }
 
-my $kid = $coord->safe_psql('postgres', q{SELECT kms_create_key('alias/cit', 'citus test')});
+my $kid = $coord->safe_psql('postgres', q{SELECT kms_create_key('alias/cit', $d$it's a "citus" test \ $$ key$d$)});
 like(same_keys('the key created on the coordinator is on the worker'), qr/^\Q$kid\E alias\/cit Enabled v1$/,
 	'the coordinator lists the new key');
 
@@ -98,6 +98,29 @@ like($err, qr/kms_pg local keys of a Citus cluster are changed on the coordinato
 like($err, qr/changed on the coordinator/, 'a worker refuses kms_disable_key');
 ($ret, $out, $err) = $coord->psql('postgres', q{SELECT kms_citus_apply_keyring('{"keys":[],"versions":[]}')});
 like($err, qr/this node is not a Citus worker/, 'the coordinator refuses kms_citus_apply_keyring');
+
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', q{SELECT description FROM kms_keys WHERE alias = 'alias/cit'}),
+		q{it's a "citus" test \ $$ key}, $w->name . ': the description arrived intact (quoting)');
+}
+
+# a worker takes only rows its master key authenticates: a snapshot whose
+# version row was moved to another key id is refused, and nothing changes
+my $forged = $coord->safe_psql(
+	'postgres', q{
+SELECT jsonb_build_object(
+  'keys', (SELECT jsonb_agg(k) FROM kms_local_key k)
+          || (SELECT jsonb_agg(jsonb_set(to_jsonb(k), '{key_id}', '"00000000-0000-4000-8000-000000000000"') - 'alias')
+              FROM kms_local_key k WHERE alias = 'alias/cit'),
+  'versions', (SELECT jsonb_agg(v) FROM kms_local_key_version v)
+          || (SELECT jsonb_agg(jsonb_set(to_jsonb(v), '{key_id}', '"00000000-0000-4000-8000-000000000000"'))
+              FROM kms_local_key_version v JOIN kms_local_key k USING (key_id) WHERE k.alias = 'alias/cit'))::text});
+$forged =~ s/'/''/g;
+($ret, $out, $err) = $w1->psql('postgres', "SELECT kms_citus_apply_keyring('$forged')");
+like($err, qr/kms_pg keyring row for key "00000000-0000-4000-8000-000000000000" version 1 was altered/,
+	'w1: a version row copied under another key id fails authentication and is refused');
+is($w1->safe_psql('postgres', $keys_q), $coord->safe_psql('postgres', $keys_q), 'w1: the refused copy changed nothing');
 
 # a distributed table with values encrypted on the coordinator
 $coord->safe_psql(
