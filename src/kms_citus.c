@@ -59,17 +59,23 @@ citus_role(void)
 	return role;
 }
 
-void
+bool
 kms_citus_check_change_allowed(void)
 {
+	KmsCitusRole role;
+
 	if (applying || creating_extension)
-		return;
-	if (citus_role() == KMS_CITUS_WORKER)
+		return false;
+	role = citus_role();
+	if (role == KMS_CITUS_COORDINATOR)
+		return true;
+	if (role == KMS_CITUS_WORKER)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("kms_pg local keys of a Citus cluster are changed on the coordinator"),
 				 errdetail("This node is a Citus worker; the coordinator copies its keyring to every worker."),
 				 errhint("Run the key function on the coordinator.")));
+	return false;
 }
 
 /* Copy the whole catalog to every worker; returns how many took it. */

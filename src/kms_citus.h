@@ -11,8 +11,12 @@
 
 #include "postgres.h"
 
-/* Refuse a keyring change on a Citus worker (55000), except while applying the coordinator's copy. */
-extern void kms_citus_check_change_allowed(void);
+/*
+ * Before a keyring change: refuse it on a Citus worker (55000), except
+ * while applying the coordinator's copy; true on a Citus coordinator,
+ * where the caller serialises key changes until commit.
+ */
+extern bool kms_citus_check_change_allowed(void);
 
 /* After a keyring change: on a Citus coordinator, copy the catalog to every worker (or fail). */
 extern void kms_citus_after_change(void);

@@ -47,6 +47,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -527,7 +528,16 @@ static void
 owner_spi_begin(OwnerSpi *o)
 {
 	kms_catalog_require_writable();
-	kms_citus_check_change_allowed();
+	if (kms_citus_check_change_allowed())
+	{
+		/*
+		 * Citus coordinator: each change sends the whole catalog to the
+		 * workers before this transaction commits, so a concurrent change
+		 * must wait for it, or its copy would lack this one.  The lock is
+		 * self-conflicting, does not block readers and lasts until commit.
+		 */
+		LockRelationOid(catalog_relid_or_error(KEY_TABLE), ShareRowExclusiveLock);
+	}
 	owner_enter(o);
 }
 

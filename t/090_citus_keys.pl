@@ -99,6 +99,23 @@ like($err, qr/changed on the coordinator/, 'a worker refuses kms_disable_key');
 ($ret, $out, $err) = $coord->psql('postgres', q{SELECT kms_citus_apply_keyring('{"keys":[],"versions":[]}')});
 like($err, qr/this node is not a Citus worker/, 'the coordinator refuses kms_citus_apply_keyring');
 
+# concurrent key changes on the coordinator: the second waits for the
+# first to commit, so its copy to the workers includes the first key
+my $s1 = $coord->background_psql('postgres');
+$s1->query_safe(q{BEGIN; SELECT kms_create_key('alias/conc-1')});
+my $s2 = $coord->background_psql('postgres', on_error_stop => 0);
+$s2->query_until(qr/started/, "\\echo started\nSELECT kms_create_key('alias/conc-2');\n");
+ok($coord->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM pg_locks WHERE NOT granted AND relation = 'kms_local_key'::regclass}),
+	'a second key change on the coordinator waits for the first');
+$s1->query_safe('COMMIT');
+$s2->query('SELECT 1');
+$s1->quit;
+$s2->quit;
+my $after = same_keys('both concurrent key creations reached the worker');
+like($after, qr/alias\/conc-1 Enabled/, 'the first concurrent key is there');
+like($after, qr/alias\/conc-2 Enabled/, 'the second concurrent key is there');
+
 for my $w (@workers)
 {
 	is($w->safe_psql('postgres', q{SELECT description FROM kms_keys WHERE alias = 'alias/cit'}),
