@@ -138,6 +138,8 @@ kms_citus_sync_keys(PG_FUNCTION_ARGS)
 				 errmsg("this node is not a Citus coordinator"),
 				 errdetail("kms_citus_sync_keys() copies the coordinator's keyring to the Citus workers."),
 				 errhint("Run it on the coordinator, in a database with the citus extension.")));
+	/* wait for key changes in progress: the copy must include them */
+	kms_catalog_lock_changes();
 	PG_RETURN_INT32(push_to_workers());
 }
 

@@ -523,21 +523,26 @@ owner_leave(OwnerSpi *o)
 	SetUserIdAndSecContext(o->save_user, o->save_sec);
 }
 
+/*
+ * Citus coordinator: each change sends the whole catalog to the workers
+ * before its transaction commits, so a concurrent change (or
+ * kms_citus_sync_keys()) must wait for it, or its copy would lack this
+ * one.  The lock is self-conflicting, does not block readers and lasts
+ * until commit.
+ */
+void
+kms_catalog_lock_changes(void)
+{
+	LockRelationOid(catalog_relid_or_error(KEY_TABLE), ShareRowExclusiveLock);
+}
+
 /* Before a change: writable, and not a Citus worker (kms_citus.c). */
 static void
 owner_spi_begin(OwnerSpi *o)
 {
 	kms_catalog_require_writable();
 	if (kms_citus_check_change_allowed())
-	{
-		/*
-		 * Citus coordinator: each change sends the whole catalog to the
-		 * workers before this transaction commits, so a concurrent change
-		 * must wait for it, or its copy would lack this one.  The lock is
-		 * self-conflicting, does not block readers and lasts until commit.
-		 */
-		LockRelationOid(catalog_relid_or_error(KEY_TABLE), ShareRowExclusiveLock);
-	}
+		kms_catalog_lock_changes();
 	owner_enter(o);
 }
 

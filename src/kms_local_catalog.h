@@ -65,6 +65,9 @@ extern int	kms_catalog_rewrap_all(void);
 /* Refuse keyring changes on a standby (25006). */
 extern void kms_catalog_require_writable(void);
 
+/* Citus coordinator: serialise keyring changes and copies until commit. */
+extern void kms_catalog_lock_changes(void);
+
 /* Name of the schema holding the catalog (kms_pg's schema). */
 extern char *kms_catalog_schema(void);
 

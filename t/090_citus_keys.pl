@@ -116,6 +116,21 @@ my $after = same_keys('both concurrent key creations reached the worker');
 like($after, qr/alias\/conc-1 Enabled/, 'the first concurrent key is there');
 like($after, qr/alias\/conc-2 Enabled/, 'the second concurrent key is there');
 
+# kms_citus_sync_keys() waits for a key change in progress too
+$s1 = $coord->background_psql('postgres');
+$s1->query_safe(q{BEGIN; SELECT kms_create_key('alias/conc-3')});
+$s2 = $coord->background_psql('postgres', on_error_stop => 0);
+$s2->query_until(qr/started/, "\\echo started\nSELECT kms_citus_sync_keys();\n");
+ok($coord->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM pg_locks WHERE NOT granted AND relation = 'kms_local_key'::regclass}),
+	'kms_citus_sync_keys() waits for a key change in progress');
+$s1->query_safe('COMMIT');
+$s2->query('SELECT 1');
+$s1->quit;
+$s2->quit;
+like(same_keys('a sync during a key change leaves the worker with that key'), qr/alias\/conc-3 Enabled/,
+	'the key created during the sync is there');
+
 for my $w (@workers)
 {
 	is($w->safe_psql('postgres', q{SELECT description FROM kms_keys WHERE alias = 'alias/cit'}),
@@ -168,7 +183,7 @@ for my $w (@workers)
 		$w->name . ': DEKs are cached on the worker');
 }
 $coord->safe_psql('postgres', q{SELECT kms_disable_key('alias/cit')});
-like(same_keys('disable reached the worker'), qr/Disabled/, 'the key is disabled');
+like(same_keys('disable reached the worker'), qr/alias\/cit Disabled/, 'the key is disabled');
 ($ret, $out, $err) = $coord->psql('postgres', $check);
 like($err, qr/disabled/, 'the pushed-down query fails once the key is disabled');
 for my $w (@workers)
@@ -177,12 +192,12 @@ for my $w (@workers)
 	like($err, qr/disabled/, $w->name . ': the disabled key no longer decrypts (cached DEK dropped)');
 }
 $coord->safe_psql('postgres', q{SELECT kms_enable_key('alias/cit')});
-like(same_keys('enable reached the worker'), qr/Enabled/, 'the key is enabled again');
+like(same_keys('enable reached the worker'), qr/alias\/cit Enabled/, 'the key is enabled again');
 is($coord->safe_psql('postgres', $check), '200', 'all values decrypt again after enable');
 
 # rotate
 $coord->safe_psql('postgres', q{SELECT kms_rotate_key('alias/cit')});
-like(same_keys('rotation reached the worker'), qr/v2$/, 'the key is at version 2');
+like(same_keys('rotation reached the worker'), qr/alias\/cit Enabled v2(,|$)/, 'the key is at version 2');
 $coord->safe_psql('postgres',
 	q{INSERT INTO vals SELECT i, 'value ' || i, kms_encrypt_text('value ' || i, jsonb_build_object('id', i), 'alias/cit') FROM generate_series(201, 260) AS i});
 is($coord->safe_psql('postgres', $check), '260', 'values under versions 1 and 2 decrypt on the workers');
