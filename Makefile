@@ -15,6 +15,7 @@ OBJS = \
 	src/kms_master_key.o \
 	src/kms_local_catalog.o \
 	src/kms_sql_keyring.o \
+	src/kms_citus.o \
 	src/kms_dek_cache.o \
 	src/kms_sql_api.o \
 	src/kms_columns.o \

@@ -24,6 +24,10 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_local_catalog.h"
+#include "kms_citus.h"
+#include "kms_dek_cache.h"
+#include "kms_provider.h"
+#include "kms_sql_keyring.h"
 #include "kms_envelope.h"
 #include "kms_errors.h"
 #include "kms_master_key.h"
@@ -43,6 +47,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -81,12 +86,20 @@ extension_schema(void)
 	return nsp;
 }
 
+static Oid catalog_relid_or_error(const char *name);
+
 static Oid
 catalog_relid(const char *name)
 {
 	Oid			nsp = extension_schema();
 
 	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
+}
+
+char *
+kms_catalog_schema(void)
+{
+	return get_namespace_name(get_rel_namespace(catalog_relid_or_error(KEY_TABLE)));
 }
 
 bool
@@ -476,10 +489,11 @@ typedef struct OwnerSpi
 	int			save_sec;
 	int			nest;
 	char	   *nsp;			/* quoted schema name */
+	MemoryContext caller_cxt;	/* current context before SPI_connect */
 } OwnerSpi;
 
 static void
-owner_spi_begin(OwnerSpi *o)
+owner_enter(OwnerSpi *o)
 {
 	Oid			relid = catalog_relid_or_error(KEY_TABLE);
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -489,7 +503,6 @@ owner_spi_begin(OwnerSpi *o)
 		elog(ERROR, "cache lookup failed for relation %u", relid);
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
-	kms_catalog_require_writable();
 
 	o->nsp = pstrdup(quote_identifier(get_namespace_name(get_rel_namespace(relid))));
 	GetUserIdAndSecContext(&o->save_user, &o->save_sec);
@@ -497,18 +510,50 @@ owner_spi_begin(OwnerSpi *o)
 	o->nest = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	o->caller_cxt = CurrentMemoryContext;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 }
 
 static void
-owner_spi_end(OwnerSpi *o)
+owner_leave(OwnerSpi *o)
 {
 	SPI_finish();
 	AtEOXact_GUC(true, o->nest);
 	SetUserIdAndSecContext(o->save_user, o->save_sec);
+}
+
+/*
+ * Citus coordinator: each change sends the whole catalog to the workers
+ * before its transaction commits, so a concurrent change (or
+ * kms_citus_sync_keys()) must wait for it, or its copy would lack this
+ * one.  The lock is self-conflicting, does not block readers and lasts
+ * until commit.
+ */
+void
+kms_catalog_lock_changes(void)
+{
+	LockRelationOid(catalog_relid_or_error(KEY_TABLE), ShareRowExclusiveLock);
+}
+
+/* Before a change: writable, and not a Citus worker (kms_citus.c). */
+static void
+owner_spi_begin(OwnerSpi *o)
+{
+	kms_catalog_require_writable();
+	if (kms_citus_check_change_allowed())
+		kms_catalog_lock_changes();
+	owner_enter(o);
+}
+
+static void
+owner_spi_end(OwnerSpi *o)
+{
+	owner_leave(o);
 	/* later statements of this transaction see the change */
 	CommandCounterIncrement();
+	/* on a Citus coordinator, the workers get the changed catalog */
+	kms_citus_after_change();
 }
 
 static int
@@ -699,4 +744,98 @@ kms_catalog_rewrap_all(void)
 	}
 	owner_spi_end(&o);
 	return (int) n;
+}
+
+/* ---- Citus: the whole catalog as jsonb text, and its replacement ---- */
+
+char *
+kms_catalog_snapshot_json(void)
+{
+	OwnerSpi	o;
+	bool		isnull;
+	char	   *json;
+
+	owner_enter(&o);
+	owner_exec(&o, psprintf("SELECT pg_catalog.jsonb_build_object("
+							"'keys', COALESCE((SELECT pg_catalog.jsonb_agg(k ORDER BY k.key_id) FROM %s." KEY_TABLE " k),"
+							" '[]'::pg_catalog.jsonb),"
+							"'versions', COALESCE((SELECT pg_catalog.jsonb_agg(v ORDER BY v.key_id, v.version) FROM %s."
+							VERSION_TABLE " v), '[]'::pg_catalog.jsonb))::pg_catalog.text",
+							o.nsp, o.nsp), 0, NULL, NULL, NULL);
+	json = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* out of SPI's memory before SPI_finish */
+	json = MemoryContextStrdup(o.caller_cxt, json);
+	owner_leave(&o);
+	return json;
+}
+
+/*
+ * Replace every row with those of state (kms_catalog_snapshot_json() of
+ * the coordinator), checking that this node's master key unwraps every
+ * version; forget (now and at commit) the cached DEKs of every key that is
+ * not usable afterwards.  Returns the number of keys.
+ */
+int
+kms_catalog_replace_from_json(const char *state)
+{
+	OwnerSpi	o;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	uint8	   *material = kms_secure_palloc(KMS_DEK_LEN);
+	SPITupleTable *tt;
+	uint64		n;
+	int			nkeys;
+
+	values[0] = CStringGetTextDatum(state);
+	kms_catalog_require_writable();
+	owner_enter(&o);
+	owner_exec(&o, psprintf("LOCK TABLE %s." KEY_TABLE ", %s." VERSION_TABLE " IN SHARE ROW EXCLUSIVE MODE",
+							o.nsp, o.nsp), 0, NULL, NULL, NULL);
+	/* keys that stop being usable: disabled, pending deletion or gone */
+	owner_exec(&o, psprintf("SELECT o.key_id, o.alias FROM %s." KEY_TABLE " o WHERE NOT EXISTS ("
+							"SELECT 1 FROM pg_catalog.jsonb_populate_recordset(NULL::%s." KEY_TABLE
+							", $1::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'keys') n WHERE n.key_id OPERATOR(pg_catalog.=) o.key_id"
+							" AND n.enabled AND n.deletion_date IS NULL)", o.nsp, o.nsp), 1, types, values, NULL);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *id = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		char	   *alias = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+
+		kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, id);
+		kms_keyring_forget_at_commit(id);
+		if (alias)
+		{
+			kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, alias);
+			kms_keyring_forget_at_commit(alias);
+		}
+	}
+	owner_exec(&o, psprintf("DELETE FROM %s." VERSION_TABLE, o.nsp), 0, NULL, NULL, NULL);
+	owner_exec(&o, psprintf("DELETE FROM %s." KEY_TABLE, o.nsp), 0, NULL, NULL, NULL);
+	nkeys = owner_exec(&o, psprintf("INSERT INTO %s." KEY_TABLE " SELECT * FROM pg_catalog.jsonb_populate_recordset("
+									"NULL::%s." KEY_TABLE ", $1::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'keys')", o.nsp, o.nsp),
+					   1, types, values, NULL);
+	owner_exec(&o, psprintf("INSERT INTO %s." VERSION_TABLE " SELECT * FROM pg_catalog.jsonb_populate_recordset("
+							"NULL::%s." VERSION_TABLE ", $1::pg_catalog.jsonb OPERATOR(pg_catalog.->) 'versions')"
+							" RETURNING key_id, version, master_key, material", o.nsp, o.nsp),
+			   1, types, values, NULL);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	t = tt->vals[i];
+		bool		isnull;
+		char	   *key_id = TextDatumGetCString(SPI_getbinval(t, tt->tupdesc, 1, &isnull));
+		int			version = DatumGetInt32(SPI_getbinval(t, tt->tupdesc, 2, &isnull));
+		char	   *fp = TextDatumGetCString(SPI_getbinval(t, tt->tupdesc, 3, &isnull));
+		Datum		mat = SPI_getbinval(t, tt->tupdesc, 4, &isnull);
+
+		/* this node must hold the master key the row names, and the row must authenticate */
+		material_unwrap(key_id, version, fp, DatumGetByteaPP(mat), material);
+		explicit_bzero(material, KMS_DEK_LEN);
+	}
+	owner_leave(&o);
+	CommandCounterIncrement();
+	return nkeys;
 }

@@ -65,4 +65,20 @@ extern int	kms_catalog_rewrap_all(void);
 /* Refuse keyring changes on a standby (25006). */
 extern void kms_catalog_require_writable(void);
 
+/* Citus coordinator: serialise keyring changes and copies until commit. */
+extern void kms_catalog_lock_changes(void);
+
+/* Name of the schema holding the catalog (kms_pg's schema). */
+extern char *kms_catalog_schema(void);
+
+/* Citus (kms_citus.c): every row as jsonb text, read as the tables' owner. */
+extern char *kms_catalog_snapshot_json(void);
+
+/*
+ * Citus worker: replace every row with a snapshot's, checking that this
+ * node's master key unwraps each version and forgetting the cached DEKs of
+ * keys no longer usable; returns the number of keys.
+ */
+extern int	kms_catalog_replace_from_json(const char *state);
+
 #endif							/* KMS_LOCAL_CATALOG_H */

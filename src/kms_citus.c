@@ -1,0 +1,174 @@
+/*-------------------------------------------------------------------------
+ * kms_citus.c
+ *	  The local keyring on a Citus cluster (docs/citus.md).
+ *
+ *	  Citus does not copy the contents of an extension's tables, so on a
+ *	  Citus coordinator every change to the keyring catalog is followed by
+ *	  a copy of the whole catalog (rows as they are stored: key material
+ *	  wrapped under the master key) to every worker through Citus's
+ *	  run_command_on_workers(); each worker replaces its rows, checks that
+ *	  its own master key unwraps every version, and forgets the cached DEKs
+ *	  of every key no longer usable.  A worker refuses keyring changes of
+ *	  its own.  Everything here is looked up at run time through SQL and
+ *	  stays dormant unless the citus extension is installed in the current
+ *	  database.
+ *-------------------------------------------------------------------------
+ */
+#include "kms_citus.h"
+#include "kms_local_catalog.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+typedef enum KmsCitusRole
+{
+	KMS_CITUS_NONE,				/* no citus extension in this database */
+	KMS_CITUS_COORDINATOR,		/* citus_is_coordinator() */
+	KMS_CITUS_WORKER,			/* a node with a group id other than 0 */
+	KMS_CITUS_SINGLE			/* citus installed, no cluster yet */
+} KmsCitusRole;
+
+/* true while a worker applies the coordinator's copy */
+static bool applying = false;
+
+static KmsCitusRole
+citus_role(void)
+{
+	KmsCitusRole role = KMS_CITUS_SINGLE;
+	bool		isnull;
+
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return KMS_CITUS_NONE;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT pg_catalog.citus_is_coordinator(),"
+					" COALESCE((SELECT groupid FROM pg_catalog.pg_dist_local_group LIMIT 1), 0)",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read this node's Citus role");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		role = KMS_CITUS_COORDINATOR;
+	else if (DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) != 0)
+		role = KMS_CITUS_WORKER;
+	SPI_finish();
+	return role;
+}
+
+bool
+kms_citus_check_change_allowed(void)
+{
+	KmsCitusRole role;
+
+	if (applying || creating_extension)
+		return false;
+	role = citus_role();
+	if (role == KMS_CITUS_COORDINATOR)
+		return true;
+	if (role == KMS_CITUS_WORKER)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg local keys of a Citus cluster are changed on the coordinator"),
+				 errdetail("This node is a Citus worker; the coordinator copies its keyring to every worker."),
+				 errhint("Run the key function on the coordinator.")));
+	return false;
+}
+
+/* Copy the whole catalog to every worker; returns how many took it. */
+static int
+push_to_workers(void)
+{
+	char	   *state = kms_catalog_snapshot_json();
+	char	   *cmd;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			n;
+
+	cmd = psprintf("SELECT %s.kms_citus_apply_keyring(%s)",
+				   quote_identifier(kms_catalog_schema()), quote_literal_cstr(state));
+	values[0] = CStringGetTextDatum(cmd);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT nodename, nodeport, success, result"
+							  " FROM pg_catalog.run_command_on_workers($1)",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "run_command_on_workers failed");
+	n = (int) SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(t, d, 3, &isnull)))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_EXCEPTION),
+					 errmsg("could not copy the kms_pg keyring to Citus worker %s:%s",
+							SPI_getvalue(t, d, 1), SPI_getvalue(t, d, 2)),
+					 errdetail("The worker answered: %s", SPI_getvalue(t, d, 4)),
+					 errhint("Every node needs kms_pg and the coordinator's master key. "
+							 "Workers that took the copy keep it; run kms_citus_sync_keys() once the worker is fixed.")));
+	}
+	SPI_finish();
+	pfree(state);
+	return n;
+}
+
+void
+kms_citus_after_change(void)
+{
+	if (applying || creating_extension)
+		return;
+	if (citus_role() == KMS_CITUS_COORDINATOR)
+		(void) push_to_workers();
+}
+
+/* SQL: kms_citus_sync_keys() RETURNS int -- copy the keyring to every worker */
+PG_FUNCTION_INFO_V1(kms_citus_sync_keys);
+Datum
+kms_citus_sync_keys(PG_FUNCTION_ARGS)
+{
+	if (citus_role() != KMS_CITUS_COORDINATOR)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this node is not a Citus coordinator"),
+				 errdetail("kms_citus_sync_keys() copies the coordinator's keyring to the Citus workers."),
+				 errhint("Run it on the coordinator, in a database with the citus extension.")));
+	/* wait for key changes in progress: the copy must include them */
+	kms_catalog_lock_changes();
+	PG_RETURN_INT32(push_to_workers());
+}
+
+/* SQL: kms_citus_apply_keyring(state text) RETURNS int -- run on a worker by the coordinator */
+PG_FUNCTION_INFO_V1(kms_citus_apply_keyring);
+Datum
+kms_citus_apply_keyring(PG_FUNCTION_ARGS)
+{
+	int			n;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", "state")));
+	if (citus_role() != KMS_CITUS_WORKER)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this node is not a Citus worker"),
+				 errdetail("kms_citus_apply_keyring() replaces a worker's keyring with the coordinator's copy."),
+				 errhint("On the coordinator, run kms_citus_sync_keys().")));
+	applying = true;
+	PG_TRY();
+	{
+		n = kms_catalog_replace_from_json(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	}
+	PG_FINALLY();
+	{
+		applying = false;
+	}
+	PG_END_TRY();
+	PG_RETURN_INT32(n);
+}

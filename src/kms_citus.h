@@ -1,0 +1,24 @@
+/*-------------------------------------------------------------------------
+ * kms_citus.h
+ *	  The local keyring on a Citus cluster (docs/citus.md): the coordinator
+ *	  copies its keyring catalog to every worker after each change, workers
+ *	  refuse changes of their own.  Dormant unless the citus extension is
+ *	  installed in the current database; no link-time dependency on Citus.
+ *-------------------------------------------------------------------------
+ */
+#ifndef KMS_CITUS_H
+#define KMS_CITUS_H
+
+#include "postgres.h"
+
+/*
+ * Before a keyring change: refuse it on a Citus worker (55000), except
+ * while applying the coordinator's copy; true on a Citus coordinator,
+ * where the caller serialises key changes until commit.
+ */
+extern bool kms_citus_check_change_allowed(void);
+
+/* After a keyring change: on a Citus coordinator, copy the catalog to every worker (or fail). */
+extern void kms_citus_after_change(void);
+
+#endif							/* KMS_CITUS_H */
