@@ -16,6 +16,7 @@ OBJS = \
 	src/kms_local_catalog.o \
 	src/kms_sql_keyring.o \
 	src/kms_dek_cache.o \
+	src/kms_key_grants.o \
 	src/kms_sql_api.o \
 	src/kms_provider_aws.o \
 	src/kms_aws_json.o \
