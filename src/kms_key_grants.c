@@ -562,9 +562,9 @@ deny(const Decision *d, int privmask, Oid fn_oid)
 		role = psprintf("%u", d->k.role);
 	/* role, key and statement (function and query id): never its text or values */
 	ereport(LOG,
-			(errmsg("kms_pg key privilege denied: role \"%s\", key \"%s\", privilege %s, function %s, query id " INT64_FORMAT,
+			(errmsg("kms_pg key privilege denied: role \"%s\", key \"%s\", privilege %s, function %s, query id %lld",
 					role, d->k.key_id, priv_label(privmask), fn ? fn : "-",
-					(int64) pgstat_get_my_query_id()),
+					(long long) pgstat_get_my_query_id()),
 			 errhidestmt(true), errhidecontext(true)));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
