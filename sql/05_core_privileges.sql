@@ -72,6 +72,8 @@ SET kms_pg.provider = 'local';
 -- The grants the README shows.
 -- An application that reads encrypted columns:
 GRANT EXECUTE ON FUNCTION kms_decrypt(bytea, jsonb) TO regress_kms05_app;
+-- and decrypt on the key itself (10_key_grants)
+SELECT kms_grant_key('alias/regress_priv05', 'regress_kms05_app');
 SET ROLE regress_kms05_app;
 SELECT convert_from(kms_decrypt(:'ct'::bytea, '{"p": 5}'), 'UTF8') AS decrypted;
 SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"p": 5}')$$, :'ct')) AS decrypt_text_still_refused;

@@ -68,6 +68,9 @@ GRANT SELECT, INSERT, UPDATE ON col_person TO regress_col20_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON col_person TO regress_col20_reader;
 GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") TO regress_col20_reader;
 GRANT EXECUTE ON FUNCTION kms_blind_index(regclass, name, text) TO regress_col20_reader;
+-- key privileges (docs/security.md): a new key gives PUBLIC encrypt only
+SELECT kms_grant_key('alias/regress_col20_bidx', 'regress_col20_reader', '{decrypt}');
+SELECT kms_grant_key('alias/regress_col20_bidx', 'regress_col20_admin', '{decrypt}');
 SET ROLE regress_col20_writer;
 INSERT INTO col_person (id, email) VALUES (300, 'written by writer');
 UPDATE col_person SET email = 'changed by writer' WHERE id = 4;
@@ -114,6 +117,8 @@ DROP TABLE col_person, col_person2, col_nobidx, col_admin CASCADE;
 REVOKE CREATE ON SCHEMA public FROM regress_col20_admin;
 REVOKE EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") FROM regress_col20_reader, regress_col20_admin;
 REVOKE EXECUTE ON FUNCTION kms_blind_index(regclass, name, text) FROM regress_col20_reader;
+SELECT kms_revoke_key('alias/regress_col20_bidx', 'regress_col20_reader') AS revoked_reader,
+       kms_revoke_key('alias/regress_col20_bidx', 'regress_col20_admin') AS revoked_admin;
 DROP ROLE regress_col20_writer, regress_col20_reader, regress_col20_admin;
 SELECT count(*) AS orphan_catalog_rows FROM kms_protected_columns
 WHERE relid::oid NOT IN (SELECT oid FROM pg_class);

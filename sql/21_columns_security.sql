@@ -23,6 +23,8 @@ GRANT CREATE ON SCHEMA public TO regress_atk;
 GRANT USAGE ON SCHEMA atk TO regress_atk_writer;
 GRANT EXECUTE ON FUNCTION kms_blind_index(regclass, name, text) TO regress_atk;
 GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") TO regress_atk;
+-- the attacker reads its own values: decrypt on the key (docs/security.md)
+SELECT kms_grant_key('alias/regress_col21', 'regress_atk', '{decrypt}');
 
 SET ROLE regress_atk;
 CREATE TABLE atk.ran_as (who name, what text);

@@ -28,6 +28,7 @@
 #include "kms_envelope.h"
 #include "kms_provider.h"
 #include "kms_secure_mem.h"
+#include "kms_key_grants.h"
 #include "kms_sql_api.h"
 
 #include "access/genam.h"
@@ -612,7 +613,8 @@ blind_index(KmsColumn *col, MemoryContext keycxt, const char *pt, Size len)
 		err = kms_context_from_pairs(pairs, 2, &ctx, &detail);
 		if (err != KMS_OK)
 			kms_report_error(err, detail);
-		key = kms_open_ext(col->bidx_key_ct, &ctx, false);
+		/* writers (the trigger) hold encrypt, searching readers decrypt */
+		key = kms_open_ext(col->bidx_key_ct, &ctx, false, KMS_PRIV_ENCRYPT | KMS_PRIV_DECRYPT, InvalidOid);
 		if (VARSIZE(key) - VARHDRSZ < 16)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -721,7 +723,8 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 			}
 			pt = canonical_plaintext(col, vdata, (int) vlen);
 			ct = kms_seal(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
-						  kms_provider_resolve_key(col->key_id));
+						  kms_provider_resolve_key(col->key_id),
+						  KMS_PRIV_ENCRYPT, InvalidOid);
 		}
 		else
 		{
@@ -754,20 +757,21 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 						(void) heap_getattr(oldtup, col->bidx_attnum, desc, &isnull);
 						keep_bidx = !isnull;
 						if (!keep_bidx)
-							pt = kms_open_ext(v, &ctx, false);
+							pt = kms_open_ext(v, &ctx, false, KMS_PRIV_ENCRYPT, InvalidOid);
 					}
 				}
 				else
 				{
 					/* a context column changed: seal again so the value stays readable */
-					pt = kms_open_ext(v, &octx, false);
+					pt = kms_open_ext(v, &octx, false, KMS_PRIV_ENCRYPT, InvalidOid);
 					ct = kms_seal(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
-								  kms_provider_resolve_key(col->key_id));
+								  kms_provider_resolve_key(col->key_id),
+						  KMS_PRIV_ENCRYPT, InvalidOid);
 				}
 			}
 			else
 			{
-				pt = kms_open_ext(v, &ctx, true);
+				pt = kms_open_ext(v, &ctx, true, KMS_PRIV_ENCRYPT, InvalidOid);
 				if (pt == NULL)
 					ereport(ERROR,
 							(errcode(ERRCODE_DATA_EXCEPTION),

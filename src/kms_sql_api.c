@@ -12,6 +12,7 @@
 #include "kms_guc.h"
 #include "kms_local_catalog.h"
 #include "kms_columns.h"
+#include "kms_key_grants.h"
 #include "kms_sql_api.h"
 #include "kms_provider_local.h"
 #include "kms_sql_keyring.h"
@@ -62,9 +63,14 @@ get_key_arg(FunctionCallInfo fcinfo, int argno)
 	return kms_provider_resolve_key(text_to_cstring(PG_GETARG_TEXT_PP(argno)));
 }
 
-/* Seal len bytes under ctx with a DEK of key from the current provider. */
+/*
+ * Seal len bytes under ctx with a DEK of key from the current provider.
+ * The caller must hold one of privmask on the key the DEK is under (the
+ * key itself, however it was named) with a condition admitting ctx.
+ */
 bytea *
-kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
+kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key,
+		 int privmask, Oid fn_oid)
 {
 	const KmsProviderRoutine *provider = kms_provider_current();
 	KmsContext	kctx;
@@ -80,6 +86,7 @@ kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key)
 		kms_context_init_empty(&kctx);
 
 	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
 	total = (Size) dek->header_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
 	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
 		kms_report_error(KMS_ERR_VALUE_TOO_LARGE,
@@ -113,11 +120,15 @@ parse_or_error(bytea *ct, KmsEnvelope *env)
 		kms_report_error(err, detail);
 }
 
-/* Open a ciphertext; the result is wiped when its memory context goes away. */
+/*
+ * Open a ciphertext; the result is wiped when its memory context goes away.
+ * The caller must hold one of privmask on the value's key, with a
+ * condition admitting ctx, before its DEK is looked up.
+ */
 static bytea *
-kms_open(bytea *ct, const KmsContext *ctx)
+kms_open(bytea *ct, const KmsContext *ctx, int privmask, Oid fn_oid)
 {
-	return kms_open_ext(ct, ctx, false);
+	return kms_open_ext(ct, ctx, false, privmask, fn_oid);
 }
 
 /*
@@ -126,7 +137,7 @@ kms_open(bytea *ct, const KmsContext *ctx)
  * provider) are raised.
  */
 bytea *
-kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok)
+kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok, int privmask, Oid fn_oid)
 {
 	KmsEnvelope env;
 	const KmsProviderRoutine *provider;
@@ -138,6 +149,7 @@ kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok)
 	provider = kms_provider_by_id(env.provider);
 	if (provider == NULL)
 		kms_report_error(KMS_ERR_CT_BAD_PROVIDER, NULL);
+	kms_key_check(env.provider, env.key_id, env.key_id_len, privmask, ctx, fn_oid);
 	dek = kms_dek_for_decrypt(provider, &env, ctx);
 
 	aad.prefix = (const uint8 *) VARDATA_ANY(ct);
@@ -169,7 +181,8 @@ kms_encrypt(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	pt = PG_GETARG_BYTEA_PP(0);
 	get_context(fcinfo, 1, &ctx);
-	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 2)));
+	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 2),
+								 KMS_PRIV_ENCRYPT, fcinfo->flinfo->fn_oid));
 }
 
 /* SQL: kms_encrypt_text(plaintext text, context jsonb DEFAULT '{}', key_id text DEFAULT NULL) RETURNS bytea */
@@ -190,7 +203,7 @@ kms_decrypt(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	get_context(fcinfo, 1, &ctx);
-	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx));
+	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid));
 }
 
 /* A decrypted value returned as text must be valid in the database encoding. */
@@ -216,7 +229,7 @@ kms_decrypt_text(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	get_context(fcinfo, 1, &ctx);
-	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx)));
+	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid)));
 }
 
 /*
@@ -346,7 +359,8 @@ kms_encrypt_pairs(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	pt = PG_GETARG_BYTEA_PP(0);
 	get_context_pairs(fcinfo, 2, &ctx);
-	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 1)));
+	PG_RETURN_BYTEA_P(kms_seal(VARDATA_ANY(pt), VARSIZE_ANY_EXHDR(pt), &ctx, get_key_arg(fcinfo, 1),
+								 KMS_PRIV_ENCRYPT, fcinfo->flinfo->fn_oid));
 }
 
 /* SQL: kms_encrypt_text_pairs(plaintext text, key_id text, VARIADIC context "any") RETURNS bytea */
@@ -367,7 +381,7 @@ kms_decrypt_pairs(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	get_context_pairs(fcinfo, 1, &ctx);
-	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx));
+	PG_RETURN_BYTEA_P(kms_open(PG_GETARG_BYTEA_PP(0), &ctx, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid));
 }
 
 /* SQL: kms_decrypt_text_pairs(ciphertext bytea, VARIADIC context "any") RETURNS text */
@@ -380,7 +394,7 @@ kms_decrypt_text_pairs(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	get_context_pairs(fcinfo, 1, &ctx);
-	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx)));
+	PG_RETURN_TEXT_P(as_text(kms_open(PG_GETARG_BYTEA_PP(0), &ctx, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid)));
 }
 
 /*
@@ -465,7 +479,14 @@ kms_rewrap(PG_FUNCTION_ARGS)
 	parse_or_error(ct, &env);
 	provider = kms_provider_by_id(env.provider);
 	target = kms_provider_current();
+	if (provider == NULL)
+		kms_report_error(KMS_ERR_CT_BAD_PROVIDER, NULL);
+	/* rewrap on the value's key before, on the new key (as resolved) after */
+	kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, &ctx,
+				  fcinfo->flinfo->fn_oid);
 	kms_dek_rewrap(provider, &env, &ctx, get_key_arg(fcinfo, 1), &w);
+	kms_key_check(target->id, w.key_id, strlen(w.key_id), KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT, &ctx,
+				  fcinfo->flinfo->fn_oid);
 
 	/*
 	 * The new header carries the new key id and wrapped DEK; nonce, body
@@ -501,8 +522,10 @@ kms_reencrypt(PG_FUNCTION_ARGS)
 	ct = PG_GETARG_BYTEA_PP(0);
 	get_context(fcinfo, 1, &ctx);
 	key = get_key_arg(fcinfo, 2);
-	plain = kms_open(ct, &ctx);
-	out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key);
+	/* the plaintext never leaves: rewrap on the old key, rewrap or encrypt on the new */
+	plain = kms_open(ct, &ctx, KMS_PRIV_REWRAP, fcinfo->flinfo->fn_oid);
+	out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key,
+				   KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT, fcinfo->flinfo->fn_oid);
 
 	/* A fresh DEK: if the current DEK is the old one, retire it and seal again. */
 	parse_or_error(ct, &oenv);
@@ -514,7 +537,8 @@ kms_reencrypt(PG_FUNCTION_ARGS)
 
 		kms_dek_provider_context(&nenv, &ctx, &kctx);
 		kms_dek_retire_encrypt(kms_provider_current(), key, &kctx);
-		out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key);
+		out = kms_seal(VARDATA(plain), VARSIZE(plain) - VARHDRSZ, &ctx, key,
+					   KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT, fcinfo->flinfo->fn_oid);
 	}
 	PG_RETURN_BYTEA_P(out);
 }
@@ -527,7 +551,11 @@ kms_create_key(PG_FUNCTION_ARGS)
 	char	   *alias = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *descr = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	PG_RETURN_TEXT_P(cstring_to_text(kms_local_create_key(alias, descr)));
+	char	   *id = kms_local_create_key(alias, descr);
+
+	/* its creator gets every privilege on it, PUBLIC encrypt */
+	kms_key_grants_seed_new(KMS_PROVIDER_LOCAL, id);
+	PG_RETURN_TEXT_P(cstring_to_text(id));
 }
 
 static char *
@@ -581,7 +609,8 @@ PG_FUNCTION_INFO_V1(kms_disable_key);
 Datum
 kms_disable_key(PG_FUNCTION_ARGS)
 {
-	char	   *key = required_text_arg(fcinfo, 0, "key");
+	char	   *key = kms_key_check_local_admin(required_text_arg(fcinfo, 0, "key"),
+												fcinfo->flinfo->fn_oid);
 
 	kms_local_set_enabled(key, false);
 	/*
@@ -598,7 +627,8 @@ PG_FUNCTION_INFO_V1(kms_enable_key);
 Datum
 kms_enable_key(PG_FUNCTION_ARGS)
 {
-	kms_local_set_enabled(required_text_arg(fcinfo, 0, "key"), true);
+	kms_local_set_enabled(kms_key_check_local_admin(required_text_arg(fcinfo, 0, "key"),
+													fcinfo->flinfo->fn_oid), true);
 	PG_RETURN_VOID();
 }
 
@@ -607,7 +637,8 @@ PG_FUNCTION_INFO_V1(kms_rotate_key);
 Datum
 kms_rotate_key(PG_FUNCTION_ARGS)
 {
-	char	   *key = required_text_arg(fcinfo, 0, "key");
+	char	   *key = kms_key_check_local_admin(required_text_arg(fcinfo, 0, "key"),
+												fcinfo->flinfo->fn_oid);
 	int			v = kms_local_rotate_key(key);
 
 	/* new DEKs must use the new version: retire the key's cached DEKs */

@@ -10,14 +10,22 @@
 #include "kms_context.h"
 #include "fmgr.h"
 
-/* Seal len bytes under ctx with a DEK of key (resolved) from the current provider. */
-extern bytea *kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key);
+/*
+ * Seal len bytes under ctx with a DEK of key (resolved) from the current
+ * provider.  The caller's role must hold one of privmask (KMS_PRIV_*,
+ * kms_key_grants.h) on the key with a condition admitting ctx; fn_oid
+ * (or InvalidOid) names the function in the denial's log line.
+ */
+extern bytea *kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key,
+					   int privmask, Oid fn_oid);
 
 /*
  * Open a ciphertext under ctx; the plaintext is wiped with its memory
- * context.  With auth_fail_ok, NULL when it does not open under ctx.
+ * context.  With auth_fail_ok, NULL when it does not open under ctx.  The
+ * key privilege is checked as for kms_seal, before any DEK is looked up.
  */
-extern bytea *kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok);
+extern bytea *kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok,
+						   int privmask, Oid fn_oid);
 
 /* SQL: kms_decrypt_pairs(ciphertext bytea, VARIADIC context "any"), for the views. */
 extern Datum kms_decrypt_pairs(PG_FUNCTION_ARGS);

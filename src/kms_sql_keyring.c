@@ -8,6 +8,7 @@
  */
 #include "kms_sql_keyring.h"
 #include "kms_dek_cache.h"
+#include "kms_key_grants.h"
 #include "kms_master_key.h"
 #include "kms_provider_local.h"
 
@@ -123,7 +124,7 @@ kms_schedule_key_deletion(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("pending deletion window of %d days is out of range", days),
 				 errdetail("A key can be scheduled for deletion 7 to 30 days ahead, as in AWS KMS.")));
-	require_unused(fcinfo, kms_local_key_id(key));
+	require_unused(fcinfo, kms_key_check_local_admin(key, fcinfo->flinfo->fn_oid));
 	when = kms_local_schedule_deletion(key, days, &key_id);
 	/* the key is disabled from now on: its cached DEKs must stop working */
 	kms_dek_cache_forget_key(KMS_PROVIDER_LOCAL, key_id);
@@ -136,7 +137,8 @@ PG_FUNCTION_INFO_V1(kms_cancel_key_deletion);
 Datum
 kms_cancel_key_deletion(PG_FUNCTION_ARGS)
 {
-	kms_local_cancel_deletion(text_arg(fcinfo, 0, "key"));
+	kms_local_cancel_deletion(kms_key_check_local_admin(text_arg(fcinfo, 0, "key"),
+														fcinfo->flinfo->fn_oid));
 	PG_RETURN_VOID();
 }
 

@@ -226,7 +226,8 @@ for my $call (
 {
 	app_fails("SELECT $call", qr/42501/, "ordinary role: SELECT $call denied");
 }
-$node->safe_psql('postgres', 'GRANT EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) TO app');
+$node->safe_psql('postgres', q{GRANT EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) TO app;
+	SELECT kms_grant_key(k, 'app') FROM unnest(ARRAY['alias/t080-a', 'alias/t080-b']) k});
 {
 	my ($ret, $out, $err) = as_app(q{SELECT kms_decrypt_text(ct, ctx) FROM vals WHERE id = 7});
 	is($out, 'value 7', 'after GRANT EXECUTE the role decrypts');

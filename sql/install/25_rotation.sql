@@ -386,6 +386,8 @@ REVOKE ALL ON kms_rotation_status FROM PUBLIC;
 --   admin    for the table's owner (before or after protecting): EXECUTE
 --            on kms_decrypt_pairs (to unprotect) and what kms_rotate_column
 --            needs.
+-- and the key privileges (kms_grant_key) on the key of each protected
+-- column: writer encrypt, reader decrypt, admin encrypt, decrypt, rewrap.
 -- Runs as the caller, who must be allowed to grant each of these (a
 -- superuser, or the extension owner and the table owner together).
 CREATE FUNCTION kms_grant_access(tbl regclass, role name, access text)
@@ -395,6 +397,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     s regclass;
+    k text;
 BEGIN
     IF access IS NULL OR access NOT IN ('writer', 'reader', 'auditor', 'admin') THEN
         RAISE EXCEPTION 'kms_grant_access: access must be writer, reader, auditor or admin, not %',
@@ -424,6 +427,17 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_blind_index(regclass, name, text),'
                        ' @extschema@.kms_blind_index(regclass, name, bytea) TO %I', role);
     END IF;
+    -- key privileges (docs/security.md) on the key of every protected column:
+    -- writers seal, readers open, the admin does both and rewraps
+    FOR k IN SELECT DISTINCT c.key_id FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
+        IF access = 'writer' THEN
+            PERFORM @extschema@.kms_grant_key(k, role, ARRAY['encrypt']);
+        ELSIF access = 'reader' THEN
+            PERFORM @extschema@.kms_grant_key(k, role, ARRAY['decrypt']);
+        ELSIF access = 'admin' THEN
+            PERFORM @extschema@.kms_grant_key(k, role, ARRAY['encrypt', 'decrypt', 'rewrap']);
+        END IF;
+    END LOOP;
     IF access = 'admin' THEN
         EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'

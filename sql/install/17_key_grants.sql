@@ -1,0 +1,47 @@
+-- Per-key privileges (docs/security.md, "Key privileges"): who may use
+-- which key, and under which encryption-context condition.  One row per
+-- key, grantee and condition; the key is bound by what it is (a local key's
+-- uuid, an AWS key's ARN), never by the alias it was named by; grantee is
+-- a regrole (NULL: PUBLIC), so role renames and pg_dump carry it.  The
+-- table is WAL-logged and registered with pg_extension_config_dump like the
+-- keyring catalog: standbys, PITR and pg_dump carry the grants.  Only
+-- kms_grant_key()/kms_revoke_key() (and key creation) change rows; the
+-- backend reads them as the caller, without SQL, when a data key is used.
+CREATE TABLE kms_key_grant (
+    provider   text NOT NULL CHECK (provider OPERATOR(pg_catalog.=) ANY (ARRAY['local', 'aws'])),
+    key_id     text NOT NULL,
+    grantee    regrole,
+    privileges text[] NOT NULL,
+    condition  jsonb,
+    grantor    regrole NOT NULL,
+    granted    timestamptz NOT NULL,
+    CONSTRAINT kms_key_grant_unique UNIQUE NULLS NOT DISTINCT (provider, key_id, grantee, condition)
+);
+COMMENT ON TABLE kms_key_grant IS
+  'kms_pg key privileges: provider, key (uuid or ARN), grantee (NULL: PUBLIC), privileges, context condition';
+SELECT pg_catalog.pg_extension_config_dump('kms_key_grant', '');
+REVOKE ALL ON kms_key_grant FROM PUBLIC;
+
+CREATE FUNCTION kms_grant_key(key_id text, grantee name, privileges text[] DEFAULT '{decrypt}',
+                              condition jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kms_grant_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION kms_revoke_key(key_id text, grantee name, privileges text[] DEFAULT NULL)
+RETURNS int
+AS 'MODULE_PATHNAME', 'kms_revoke_key'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+REVOKE EXECUTE ON FUNCTION kms_grant_key(text, name, text[], jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_revoke_key(text, name, text[]) FROM PUBLIC;
+
+-- Readable by the table owner; GRANT SELECT on it to auditors.
+CREATE VIEW kms_key_grants AS
+SELECT g.provider, g.key_id, k.alias,
+       COALESCE(g.grantee::pg_catalog.text, 'PUBLIC') AS grantee,
+       g.privileges, g.condition, g.grantor::pg_catalog.text AS granted_by, g.granted
+FROM @extschema@.kms_key_grant g
+LEFT JOIN @extschema@.kms_local_key k
+       ON g.provider OPERATOR(pg_catalog.=) 'local' AND k.key_id OPERATOR(pg_catalog.=) g.key_id;
+REVOKE ALL ON kms_key_grants FROM PUBLIC;
