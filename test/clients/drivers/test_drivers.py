@@ -139,7 +139,9 @@ def setup(c):
            "SELECT kms_create_key('alias/drivers');",
            "ALTER DATABASE drivers SET kms_pg.key_id = 'alias/drivers';",
            "CREATE ROLE drv_writer LOGIN; CREATE ROLE drv_reader LOGIN;",
-           "GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, \"any\") TO drv_reader;"]
+           "GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, \"any\") TO drv_reader;",
+           # key privileges: a new key gives PUBLIC encrypt only (docs/security.md)
+           "SELECT kms_grant_key('alias/drivers', 'drv_reader', '{decrypt}');"]
     c.psql("\n".join(sql))
     for t in TABLES:
         cols = ", ".join("%s %s" % (n, ty) for n, ty in zip(COLS, TYPES))
