@@ -10,6 +10,7 @@
  */
 #include "kms_dek_cache.h"
 #include "kms_guc.h"
+#include "kms_local_catalog.h"
 #include "kms_provider_local.h"
 #include "kms_sql_keyring.h"
 #include "kms_secure_mem.h"
@@ -666,9 +667,10 @@ kms_cache_flush_key(PG_FUNCTION_ARGS)
 	int			n;
 
 	n = kms_dek_cache_forget_key(-1, key);
-	if (strncmp(key, "alias/", 6) == 0 && access(kms_guc_keyring_path(), F_OK) == 0)
+	if (strncmp(key, "alias/", 6) == 0 &&
+		(kms_catalog_present() || access(kms_guc_keyring_path(), F_OK) == 0))
 	{
-		/* a local alias: also the key id that values record */
+		/* a local alias (key catalog, or a 1.0 keyring file): also the key id values record */
 		List	   *keys = kms_local_list_keys();
 		ListCell   *lc;
 
