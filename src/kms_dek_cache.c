@@ -139,6 +139,7 @@ StaticAssertDecl(sizeof(KmsCacheSlot) <= 256, "a cache slot must stay within 256
 typedef struct KmsKeyName
 {
 	uint32		refs;
+	uint32		id_refs;		/* of refs: as the wrapping key id (state-checked) */
 	uint32		hash;
 	uint8		provider;
 	bool		used;			/* ever used (probe chains continue past it) */
@@ -432,7 +433,7 @@ kms_stats_count_call(KmsStatOp op, bool failed)
  * one is forgotten: safe, merely broader).  Caller holds no misc lock.
  */
 static uint16
-key_name_ref(uint8 provider, const char *name, int len)
+key_name_ref(uint8 provider, const char *name, int len, bool as_id)
 {
 	uint32		h;
 	int			cand = -1;
@@ -456,9 +457,11 @@ key_name_ref(uint8 provider, const char *name, int len)
 		if (k->hash == h && k->provider == provider && strncmp(k->name, name, len) == 0 &&
 			k->name[len] == '\0')
 		{
-			if (k->refs == 0)
+			if (as_id && k->id_refs == 0)
 				k->checked_at = GetCurrentTimestamp();
 			k->refs++;
+			if (as_id)
+				k->id_refs++;
 			ref = (uint16) i;
 			break;
 		}
@@ -475,6 +478,7 @@ key_name_ref(uint8 provider, const char *name, int len)
 		memcpy(k->name, name, len);
 		k->name[len] = '\0';
 		k->refs = 1;
+		k->id_refs = as_id ? 1 : 0;
 		/* first seen: its DEK came from KMS moments ago */
 		k->checked_at = GetCurrentTimestamp();
 		ref = (uint16) cand;
@@ -484,13 +488,15 @@ key_name_ref(uint8 provider, const char *name, int len)
 }
 
 static void
-key_name_unref(uint16 ref)
+key_name_unref(uint16 ref, bool as_id)
 {
 	if (ref == KMS_NO_KEY)
 		return;
 	LWLockAcquire(kms_cache->misc_lock, LW_EXCLUSIVE);
 	if (kms_cache->key_names[ref].refs > 0)
 		kms_cache->key_names[ref].refs--;
+	if (as_id && kms_cache->key_names[ref].id_refs > 0)
+		kms_cache->key_names[ref].id_refs--;
 	LWLockRelease(kms_cache->misc_lock);
 }
 
@@ -521,7 +527,8 @@ key_state_check(TimestampTz now)
 	{
 		KmsKeyName *k = &kms_cache->key_names[i];
 
-		if (k->refs == 0 || k->provider != KMS_PROVIDER_AWS)
+		/* the wrapping key ids (ARNs) only: an alias names the same key */
+		if (k->id_refs == 0 || k->provider != KMS_PROVIDER_AWS)
 			continue;
 		if (now - k->checked_at >= interval_ms * 1000)
 		{
@@ -684,8 +691,8 @@ slot_clear(KmsCacheSlot *s)
 	s->has_dec = s->has_enc = false;
 	s->has_header = false;
 	s->header_len = 0;
-	key_name_unref(s->key_id_ref);
-	key_name_unref(s->key_req_ref);
+	key_name_unref(s->key_id_ref, true);
+	key_name_unref(s->key_req_ref, false);
 	s->key_id_ref = s->key_req_ref = KMS_NO_KEY;
 	s->key_unknown = false;
 	s->filler_pid = 0;
@@ -1359,15 +1366,15 @@ slot_set_key(KmsCacheSlot *s, uint8 provider, const char *key_id, int key_id_len
 {
 	s->key_provider = provider;
 	s->key_unknown = false;
-	key_name_unref(s->key_id_ref);
-	key_name_unref(s->key_req_ref);
-	s->key_id_ref = key_name_ref(provider, key_id, key_id_len);
+	key_name_unref(s->key_id_ref, true);
+	key_name_unref(s->key_req_ref, false);
+	s->key_id_ref = key_name_ref(provider, key_id, key_id_len, true);
 	if (s->key_id_ref == KMS_NO_KEY)
 		s->key_unknown = true;
 	s->key_req_ref = KMS_NO_KEY;
 	if (key_req != NULL)
 	{
-		s->key_req_ref = key_name_ref(provider, key_req, strlen(key_req));
+		s->key_req_ref = key_name_ref(provider, key_req, strlen(key_req), false);
 		if (s->key_req_ref == KMS_NO_KEY)
 			s->key_unknown = true;
 	}
