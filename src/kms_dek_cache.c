@@ -5,25 +5,51 @@
  *
  * Two levels:
  *	- The shared level: kms_pg.cache_entries slots in shared memory, each
- *	  holding one plaintext DEK, found through a shared hash table by
- *	  SHA-256 identities: the decrypt identity is (provider, key id,
- *	  wrapped DEK) and the encrypt identity is (provider, requested key,
- *	  canonical provider context).  A DEK made for encryption carries both.
+ *	  holding one plaintext DEK, found through a partitioned shared hash
+ *	  index by SHA-256 identities: the decrypt identity is (provider, key
+ *	  id, provider-context names, wrapped DEK) and the encrypt identity is
+ *	  (provider, requested key, canonical provider context).  A DEK made
+ *	  for encryption carries both.
  *	- The local level: each backend keeps keyed OpenSSL contexts for the
  *	  DEKs it uses, found by a 64-bit hash of the same identities, and
  *	  validated on every use against the slot's generation (bumped
  *	  whenever the slot is wiped) with one atomic read and no lock.
  *
- * Locking protocol: one LWLock ("kms_pg dek cache") protects the hash
- * table and every slot field except the atomics (generation, counters,
- * last use, statistics).  Lookups that only read take it shared; fills,
- * evictions, expiry sweeps and flushes take it exclusive.  The lock is
- * never held across a provider call: a missing DEK is marked FILLING by
- * the one backend that will ask the provider, others wait on the slot's
- * condition variable without the lock and then find it READY (or FAILED
- * with the filler's error).  A filler that errors marks the slot FAILED
- * (or frees it when it was cancelled), and a before_shmem_exit callback
- * frees a slot whose filler exits, so no waiter is left behind.
+ * Shape (PostgreSQL's buffer manager is the model: buf_table.c, freelist.c):
+ *	- The index is a shared dynahash with HASH_PARTITION: an identity's
+ *	  hash picks one of KMS_CACHE_PARTITIONS partitions, each with its own
+ *	  LWLock.  An entry maps an identity to a slot.
+ *	- Slots are protected by KMS_SLOT_LOCKS striped LWLocks (slot i uses
+ *	  stripe i % KMS_SLOT_LOCKS).  A slot records its identities, so a
+ *	  lookup releases the partition lock before it locks the slot and then
+ *	  checks that the slot still holds the identity (else it looks again).
+ *	- Eviction is a clock sweep: an atomic hand, a usage count per slot
+ *	  (raised on use, up to KMS_MAX_USAGE, lowered by the passing hand); a
+ *	  slot is taken when its count is zero, or when it has expired.  Expiry
+ *	  is checked lazily: on access and by the hand, never by a scan.
+ *	- v1 envelope headers (needed only to encrypt) live in a byte ring
+ *	  beside the slots; a slot records where its header starts.  A header
+ *	  the ring has overwritten makes that slot decrypt-only.  Key names
+ *	  (for forgetting one key's DEKs and for key state checks) live in a
+ *	  small table of distinct names, fill errors in a small ring keyed by
+ *	  slot and generation, so that a slot stays within 256 bytes.
+ *
+ * Locking protocol: slot stripe lock before partition lock before the misc
+ * lock (key names, key checks, fill errors); never two stripes or two
+ * partitions at once.  An index entry is added or removed only by a holder
+ * of its slot's stripe lock, exclusively, together with the slot's record
+ * of the identity, so "slot holds id" and "index maps id to slot" change
+ * together.  Hits take one partition lock and one stripe lock, shared; a
+ * miss also takes a few stripes conditionally (the clock hand skips busy
+ * ones) and its partition exclusively.  Flush, forget-key and stats walk
+ * the slots one stripe acquisition at a time.  No lock is held across a
+ * provider call: a missing DEK is marked FILLING by the one backend that
+ * will ask the provider (the insertion into the index under the partition
+ * lock decides who), others wait on the slot's condition variable without
+ * a lock and then find it READY (or FAILED with the filler's error).  A
+ * filler that errors marks the slot FAILED (or frees it when it was
+ * cancelled), and a before_shmem_exit callback frees a slot whose filler
+ * exits, so no waiter is left behind.
  *
  * Limits: a DEK seals values until its age, value count or byte count
  * limit is reached (kms_pg.dek_max_*; 2^32 values is the hard ceiling for
@@ -50,6 +76,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -71,48 +98,81 @@
 #define KMS_L1_MAX			256
 #define KMS_STAT_FLUSH_EVERY 1024
 
+#define KMS_CACHE_PARTITIONS 128	/* index partitions (power of 2) */
+#define KMS_SLOT_LOCKS		128		/* slot lock stripes */
+#define KMS_MAX_USAGE		3		/* clock sweep usage count ceiling */
+#define KMS_HEADER_RING_PER_SLOT 128	/* header ring bytes per slot */
+#define KMS_KEY_NAMES		1024	/* distinct key names recorded */
+#define KMS_FAIL_RING		32		/* recent fill errors */
+#define KMS_NO_KEY			0xFFFF	/* key name reference: none */
+
 typedef struct KmsCacheSlot
 {
-	int			state;
-	pg_atomic_uint32 generation;
-	int			filler_pid;
-	ConditionVariable cv;
+	uint8		state;
+	uint8		key_provider;
 	bool		has_dec;
 	bool		has_enc;
-	uint8		dec_id[KMS_ID_LEN];
-	uint8		enc_id[KMS_ID_LEN];
+	bool		key_unknown;	/* a name was not recorded: any key matches */
+	bool		has_header;
+	uint16		key_id_ref;		/* wrapping key id as recorded in values */
+	uint16		key_req_ref;	/* the key as requested for encryption */
+	int32		filler_pid;
+	int32		fail_sqlstate;
+	int32		header_len;
+	pg_atomic_uint32 generation;
+	pg_atomic_uint32 usage;
+	ConditionVariable cv;
+	uint64		header_pos;		/* in the header ring */
 	TimestampTz expires;
 	pg_atomic_uint64 messages;
 	pg_atomic_uint64 bytes;
-	pg_atomic_uint64 last_used;
 	uint64		max_messages;
 	uint64		max_bytes;
-	int			fail_sqlstate;
-	char		fail_message[256];
-	int			header_len;
-	uint8		header[KMS_SLOT_HEADER_MAX];
+	uint8		dec_id[KMS_ID_LEN];
+	uint8		enc_id[KMS_ID_LEN];
 	uint8		dek[KMS_DEK_LEN];
-	/* the key that wraps the DEK, for flushing one key's DEKs */
-	uint8		key_provider;
-	bool		key_unknown;	/* a name was too long to record: any key matches */
-	char		key_id[KMS_SLOT_KEY_MAX];	/* wrapping key id as recorded in values */
-	char		key_req[KMS_SLOT_KEY_MAX];	/* the key as requested for encryption */
 } KmsCacheSlot;
 
-/* When the state of a KMS key was last asked (kms_pg.key_state_check_interval). */
-#define KMS_KEY_CHECKS		64
-typedef struct KmsKeyCheck
+StaticAssertDecl(sizeof(KmsCacheSlot) <= 256, "a cache slot must stay within 256 bytes");
+
+/* A key name that cached DEKs refer to (refs > 0), and its last state check. */
+typedef struct KmsKeyName
 {
-	char		key_id[KMS_SLOT_KEY_MAX];	/* "" when unused */
+	uint32		refs;
+	uint32		id_refs;		/* of refs: as the wrapping key id (state-checked) */
+	uint32		hash;
+	uint8		provider;
+	bool		used;			/* ever used (probe chains continue past it) */
 	TimestampTz checked_at;
-} KmsKeyCheck;
+	char		name[KMS_SLOT_KEY_MAX];
+} KmsKeyName;
+
+/* The error of a failed fill, for the waiters of that fill. */
+typedef struct KmsFailRecord
+{
+	int			slot;
+	uint32		generation;
+	char		message[256];
+} KmsFailRecord;
 
 typedef struct KmsCacheShared
 {
-	LWLock	   *lock;
-	KmsKeyCheck key_checks[KMS_KEY_CHECKS];
+	LWLockPadded *part_locks;	/* KMS_CACHE_PARTITIONS */
+	LWLockPadded *slot_locks;	/* KMS_SLOT_LOCKS */
+	LWLock	   *misc_lock;		/* key names, fail ring */
 	int			nslots;
 	KmsCacheSlot *slots;		/* page-aligned, MADV_DONTDUMP */
+	char	   *ring;			/* v1 headers */
+	uint64		ring_size;
+	pg_atomic_uint64 ring_reserved;
+	pg_atomic_uint64 clock_hand;
+	KmsKeyName	key_names[KMS_KEY_NAMES];
+	KmsFailRecord fails[KMS_FAIL_RING];
+	int			fail_next;
+	/* thrash detection: valid evictions per kms_pg.cache_thrash_warning */
+	pg_atomic_uint64 thrash_window_start;
+	pg_atomic_uint64 thrash_window_evictions;
+	pg_atomic_uint64 thrash_last_warning;
 	pg_atomic_uint64 stat_hits;
 	pg_atomic_uint64 stat_local_hits;
 	pg_atomic_uint64 stat_misses;
@@ -123,6 +183,7 @@ typedef struct KmsCacheShared
 	pg_atomic_uint64 stat_expirations;
 	pg_atomic_uint64 stat_rotations;
 	pg_atomic_uint64 stat_flushes;
+	pg_atomic_uint64 stat_thrash_warnings;
 } KmsCacheShared;
 
 typedef struct KmsIndexEntry
@@ -135,6 +196,9 @@ static KmsCacheShared *kms_cache = NULL;
 static HTAB *kms_cache_index = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+#define SLOT_LOCK(i)	(&kms_cache->slot_locks[(i) % KMS_SLOT_LOCKS].lock)
+#define PART_LOCK(h)	(&kms_cache->part_locks[(h) % KMS_CACHE_PARTITIONS].lock)
 
 /* ---- backend-local level ---- */
 
@@ -185,10 +249,35 @@ rewrap_memo_clear(void)
 	kms_rewrap_memo = NULL;
 }
 
+/* Index entries: two identities per slot at most, plus one claim per partition in flight. */
+static long
+kms_cache_index_size(void)
+{
+	return 2L * kms_guc_cache_entries + KMS_CACHE_PARTITIONS;
+}
+
 static Size
 kms_cache_slots_size(void)
 {
 	return add_size(mul_size(sizeof(KmsCacheSlot), kms_guc_cache_entries), 2 * (Size) BLCKSZ * 2);
+}
+
+static Size
+kms_cache_ring_size(void)
+{
+	return Max(mul_size(KMS_HEADER_RING_PER_SLOT, kms_guc_cache_entries), (Size) 65536);
+}
+
+/* Shared memory of the whole cache (what kms_cache_stats reports). */
+static Size
+kms_cache_memory_size(void)
+{
+	Size		sz = MAXALIGN(sizeof(KmsCacheShared));
+
+	sz = add_size(sz, kms_cache_slots_size());
+	sz = add_size(sz, kms_cache_ring_size());
+	sz = add_size(sz, hash_estimate_size(kms_cache_index_size(), sizeof(KmsIndexEntry)));
+	return sz;
 }
 
 static void
@@ -198,8 +287,9 @@ kms_cache_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(KmsCacheShared)));
 	RequestAddinShmemSpace(kms_cache_slots_size());
-	RequestAddinShmemSpace(hash_estimate_size(2 * kms_guc_cache_entries, sizeof(KmsIndexEntry)));
-	RequestNamedLWLockTranche("kms_pg dek cache", 1);
+	RequestAddinShmemSpace(kms_cache_ring_size());
+	RequestAddinShmemSpace(hash_estimate_size(kms_cache_index_size(), sizeof(KmsIndexEntry)));
+	RequestNamedLWLockTranche("kms_pg dek cache", KMS_CACHE_PARTITIONS + KMS_SLOT_LOCKS + 1);
 }
 
 static void
@@ -207,8 +297,10 @@ kms_cache_shmem_startup(void)
 {
 	bool		found;
 	bool		found_slots;
+	bool		found_ring;
 	HASHCTL		info;
 	char	   *raw;
+	char	   *ring;
 	Size		page = (Size) sysconf(_SC_PAGESIZE);
 
 	if (prev_shmem_startup_hook)
@@ -217,27 +309,39 @@ kms_cache_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	kms_cache = ShmemInitStruct("kms_pg dek cache", sizeof(KmsCacheShared), &found);
 	raw = ShmemInitStruct("kms_pg dek cache slots", kms_cache_slots_size(), &found_slots);
+	ring = ShmemInitStruct("kms_pg dek cache headers", kms_cache_ring_size(), &found_ring);
 	if (!found)
 	{
 		Size		len = mul_size(sizeof(KmsCacheSlot), kms_guc_cache_entries);
 		char	   *aligned = (char *) TYPEALIGN(page, raw);
+		LWLockPadded *locks = GetNamedLWLockTranche("kms_pg dek cache");
 
 		memset(kms_cache, 0, sizeof(KmsCacheShared));
-		kms_cache->lock = &(GetNamedLWLockTranche("kms_pg dek cache"))->lock;
+		kms_cache->part_locks = locks;
+		kms_cache->slot_locks = locks + KMS_CACHE_PARTITIONS;
+		kms_cache->misc_lock = &locks[KMS_CACHE_PARTITIONS + KMS_SLOT_LOCKS].lock;
 		kms_cache->nslots = kms_guc_cache_entries;
 		kms_cache->slots = (KmsCacheSlot *) aligned;
+		kms_cache->ring = ring;
+		kms_cache->ring_size = kms_cache_ring_size();
+		pg_atomic_init_u64(&kms_cache->ring_reserved, 0);
+		pg_atomic_init_u64(&kms_cache->clock_hand, 0);
 		memset(aligned, 0, len);
 		for (int i = 0; i < kms_cache->nslots; i++)
 		{
 			KmsCacheSlot *s = &kms_cache->slots[i];
 
 			s->state = SLOT_FREE;
+			s->key_id_ref = s->key_req_ref = KMS_NO_KEY;
 			pg_atomic_init_u32(&s->generation, 1);
+			pg_atomic_init_u32(&s->usage, 0);
 			pg_atomic_init_u64(&s->messages, 0);
 			pg_atomic_init_u64(&s->bytes, 0);
-			pg_atomic_init_u64(&s->last_used, 0);
 			ConditionVariableInit(&s->cv);
 		}
+		pg_atomic_init_u64(&kms_cache->thrash_window_start, 0);
+		pg_atomic_init_u64(&kms_cache->thrash_window_evictions, 0);
+		pg_atomic_init_u64(&kms_cache->thrash_last_warning, 0);
 		pg_atomic_init_u64(&kms_cache->stat_hits, 0);
 		pg_atomic_init_u64(&kms_cache->stat_local_hits, 0);
 		pg_atomic_init_u64(&kms_cache->stat_misses, 0);
@@ -249,6 +353,7 @@ kms_cache_shmem_startup(void)
 		pg_atomic_init_u64(&kms_cache->stat_expirations, 0);
 		pg_atomic_init_u64(&kms_cache->stat_rotations, 0);
 		pg_atomic_init_u64(&kms_cache->stat_flushes, 0);
+		pg_atomic_init_u64(&kms_cache->stat_thrash_warnings, 0);
 
 		/* Plaintext DEKs must not end up in core dumps. */
 		if (madvise(aligned, TYPEALIGN(page, len), MADV_DONTDUMP) != 0)
@@ -260,9 +365,10 @@ kms_cache_shmem_startup(void)
 	memset(&info, 0, sizeof(info));
 	info.keysize = KMS_ID_LEN;
 	info.entrysize = sizeof(KmsIndexEntry);
+	info.num_partitions = KMS_CACHE_PARTITIONS;
 	kms_cache_index = ShmemInitHash("kms_pg dek cache index",
-									2 * kms_guc_cache_entries, 2 * kms_guc_cache_entries,
-									&info, HASH_ELEM | HASH_BLOBS);
+									kms_cache_index_size(), kms_cache_index_size(),
+									&info, HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -319,6 +425,81 @@ kms_stats_count_call(KmsStatOp op, bool failed)
 		pg_atomic_fetch_add_u64(&kms_cache->stat_call_errors, 1);
 }
 
+/* ---- key names (misc lock) ---- */
+
+/*
+ * A reference to name in the key name table, counted; KMS_NO_KEY when the
+ * table is full or the name too long (the slot then matches any key when
+ * one is forgotten: safe, merely broader).  Caller holds no misc lock.
+ */
+static uint16
+key_name_ref(uint8 provider, const char *name, int len, bool as_id)
+{
+	uint32		h;
+	int			cand = -1;
+	uint16		ref = KMS_NO_KEY;
+
+	if (len <= 0 || len >= KMS_SLOT_KEY_MAX)
+		return KMS_NO_KEY;
+	h = hash_bytes((const unsigned char *) name, len) ^ provider;
+	LWLockAcquire(kms_cache->misc_lock, LW_EXCLUSIVE);
+	for (int p = 0; p < KMS_KEY_NAMES; p++)
+	{
+		int			i = (h + p) % KMS_KEY_NAMES;
+		KmsKeyName *k = &kms_cache->key_names[i];
+
+		if (!k->used)
+		{
+			if (cand < 0)
+				cand = i;
+			break;
+		}
+		if (k->hash == h && k->provider == provider && strncmp(k->name, name, len) == 0 &&
+			k->name[len] == '\0')
+		{
+			if (as_id && k->id_refs == 0)
+				k->checked_at = GetCurrentTimestamp();
+			k->refs++;
+			if (as_id)
+				k->id_refs++;
+			ref = (uint16) i;
+			break;
+		}
+		if (k->refs == 0 && cand < 0)
+			cand = i;
+	}
+	if (ref == KMS_NO_KEY && cand >= 0)
+	{
+		KmsKeyName *k = &kms_cache->key_names[cand];
+
+		k->used = true;
+		k->hash = h;
+		k->provider = provider;
+		memcpy(k->name, name, len);
+		k->name[len] = '\0';
+		k->refs = 1;
+		k->id_refs = as_id ? 1 : 0;
+		/* first seen: its DEK came from KMS moments ago */
+		k->checked_at = GetCurrentTimestamp();
+		ref = (uint16) cand;
+	}
+	LWLockRelease(kms_cache->misc_lock);
+	return ref;
+}
+
+static void
+key_name_unref(uint16 ref, bool as_id)
+{
+	if (ref == KMS_NO_KEY)
+		return;
+	LWLockAcquire(kms_cache->misc_lock, LW_EXCLUSIVE);
+	if (kms_cache->key_names[ref].refs > 0)
+		kms_cache->key_names[ref].refs--;
+	if (as_id && kms_cache->key_names[ref].id_refs > 0)
+		kms_cache->key_names[ref].id_refs--;
+	LWLockRelease(kms_cache->misc_lock);
+}
+
 /* ---- key state re-check (kms_pg.key_state_check_interval) ---- */
 
 static TimestampTz next_key_check = 0;
@@ -330,6 +511,7 @@ static TimestampTz next_key_check = 0;
  * interval, whatever the number of DEKs or backends.  A key that is not
  * Enabled loses its cached DEKs in every backend.  A failed check (KMS
  * unreachable) leaves the DEKs alone; it is tried again an interval later.
+ * This walks the table of key names (a few), never the slots.
  */
 static void
 key_state_check(TimestampTz now)
@@ -338,44 +520,23 @@ key_state_check(TimestampTz now)
 	List	   *volatile due = NIL;
 	ListCell   *lc;
 
-	/* each backend looks 4 times per interval (a lock and a slot scan) */
+	/* each backend looks 4 times per interval */
 	next_key_check = TimestampTzPlusMilliseconds(now, Max(interval_ms / 4, 100));
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < kms_cache->nslots; i++)
+	LWLockAcquire(kms_cache->misc_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < KMS_KEY_NAMES; i++)
 	{
-		KmsCacheSlot *s = &kms_cache->slots[i];
-		KmsKeyCheck *rec = NULL;
-		KmsKeyCheck *oldest = &kms_cache->key_checks[0];
+		KmsKeyName *k = &kms_cache->key_names[i];
 
-		if (s->state != SLOT_READY || s->key_provider != KMS_PROVIDER_AWS ||
-			s->key_unknown || s->key_id[0] == '\0')
+		/* the wrapping key ids (ARNs) only: an alias names the same key */
+		if (k->id_refs == 0 || k->provider != KMS_PROVIDER_AWS)
 			continue;
-		for (int k = 0; k < KMS_KEY_CHECKS; k++)
+		if (now - k->checked_at >= interval_ms * 1000)
 		{
-			KmsKeyCheck *c = &kms_cache->key_checks[k];
-
-			if (strcmp(c->key_id, s->key_id) == 0)
-			{
-				rec = c;
-				break;
-			}
-			if (c->key_id[0] == '\0' || c->checked_at < oldest->checked_at)
-				oldest = c;
-		}
-		if (rec == NULL)
-		{
-			/* first seen: its DEK came from KMS moments ago */
-			strlcpy(oldest->key_id, s->key_id, KMS_SLOT_KEY_MAX);
-			oldest->checked_at = now;
-			continue;
-		}
-		if (now - rec->checked_at >= interval_ms * 1000)
-		{
-			rec->checked_at = now;
-			due = lappend(due, pstrdup(rec->key_id));
+			k->checked_at = now;
+			due = lappend(due, pstrdup(k->name));
 		}
 	}
-	LWLockRelease(kms_cache->lock);
+	LWLockRelease(kms_cache->misc_lock);
 
 	foreach(lc, due)
 	{
@@ -417,13 +578,106 @@ key_state_check(TimestampTz now)
 	}
 }
 
-/* ---- slot management (caller holds the lock exclusively) ---- */
+/* ---- header ring (lock-free: reserve, write, validate after reading) ---- */
+
+/* Append a header; returns its position. */
+static uint64
+ring_write(const uint8 *data, int len)
+{
+	uint64		pos = pg_atomic_fetch_add_u64(&kms_cache->ring_reserved, (uint64) len);
+	uint64		off = pos % kms_cache->ring_size;
+	uint64		first = Min((uint64) len, kms_cache->ring_size - off);
+
+	memcpy(kms_cache->ring + off, data, first);
+	if (first < (uint64) len)
+		memcpy(kms_cache->ring, data + first, len - first);
+	pg_write_barrier();
+	return pos;
+}
+
+/* Copy a header out; false when the ring has since overwritten it. */
+static bool
+ring_read(uint64 pos, int len, uint8 *out)
+{
+	uint64		off;
+	uint64		first;
+
+	if (pg_atomic_read_u64(&kms_cache->ring_reserved) - pos > kms_cache->ring_size)
+		return false;
+	off = pos % kms_cache->ring_size;
+	first = Min((uint64) len, kms_cache->ring_size - off);
+	memcpy(out, kms_cache->ring + off, first);
+	if (first < (uint64) len)
+		memcpy(out + first, kms_cache->ring, len - first);
+	pg_read_barrier();
+	return pg_atomic_read_u64(&kms_cache->ring_reserved) - pos <= kms_cache->ring_size;
+}
+
+/* ---- the index (partition lock; caller holds the slot's stripe lock exclusively) ---- */
+
+static uint32
+index_hash(const uint8 *id)
+{
+	return get_hash_value(kms_cache_index, id);
+}
+
+/* Slot of id, or -1; takes the partition lock shared for the probe only. */
+static int
+index_lookup(const uint8 *id, uint32 h)
+{
+	KmsIndexEntry *e;
+	int			slot;
+
+	LWLockAcquire(PART_LOCK(h), LW_SHARED);
+	e = hash_search_with_hash_value(kms_cache_index, id, h, HASH_FIND, NULL);
+	slot = e ? e->slot : -1;
+	LWLockRelease(PART_LOCK(h));
+	return slot;
+}
 
 static void
 index_remove(const uint8 *id)
 {
-	hash_search(kms_cache_index, id, HASH_REMOVE, NULL);
+	uint32		h = index_hash(id);
+
+	LWLockAcquire(PART_LOCK(h), LW_EXCLUSIVE);
+	hash_search_with_hash_value(kms_cache_index, id, h, HASH_REMOVE, NULL);
+	LWLockRelease(PART_LOCK(h));
 }
+
+/*
+ * Map id to slot unless it is mapped already.  Returns the slot it maps
+ * to afterwards: slot (added), another slot, or -1 when the index is full.
+ */
+static int
+index_insert(const uint8 *id, uint32 h, int slot)
+{
+	bool		found;
+	KmsIndexEntry *e;
+	int			r;
+
+	LWLockAcquire(PART_LOCK(h), LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(kms_cache_index, id, h, HASH_ENTER_NULL, &found);
+	if (e == NULL)
+		r = -1;
+	else
+	{
+		if (!found)
+			e->slot = slot;
+		r = e->slot;
+	}
+	LWLockRelease(PART_LOCK(h));
+	return r;
+}
+
+static bool
+slot_holds(KmsCacheSlot *s, const uint8 *id)
+{
+	return (s->has_dec && memcmp(s->dec_id, id, KMS_ID_LEN) == 0) ||
+		(s->has_enc && memcmp(s->enc_id, id, KMS_ID_LEN) == 0);
+}
+
+/* ---- slot management (caller holds the slot's stripe lock exclusively) ---- */
 
 /* Wipe and free a slot; bumps its generation so local copies retire. */
 static void
@@ -434,13 +688,16 @@ slot_clear(KmsCacheSlot *s)
 	if (s->has_enc)
 		index_remove(s->enc_id);
 	explicit_bzero(s->dek, sizeof(s->dek));
-	explicit_bzero(s->header, sizeof(s->header));
 	s->has_dec = s->has_enc = false;
+	s->has_header = false;
 	s->header_len = 0;
-	s->key_id[0] = s->key_req[0] = '\0';
+	key_name_unref(s->key_id_ref, true);
+	key_name_unref(s->key_req_ref, false);
+	s->key_id_ref = s->key_req_ref = KMS_NO_KEY;
 	s->key_unknown = false;
 	s->filler_pid = 0;
 	s->state = SLOT_FREE;
+	pg_atomic_write_u32(&s->usage, 0);
 	pg_atomic_fetch_add_u32(&s->generation, 1);
 }
 
@@ -451,81 +708,163 @@ slot_retire_encrypt(KmsCacheSlot *s)
 	{
 		index_remove(s->enc_id);
 		s->has_enc = false;
+		s->has_header = false;
 		pg_atomic_fetch_add_u64(&kms_cache->stat_rotations, 1);
 	}
 }
 
-/* Wipe every READY slot past its expiry. */
-static void
-sweep_expired(TimestampTz now)
-{
-	for (int i = 0; i < kms_cache->nslots; i++)
-	{
-		KmsCacheSlot *s = &kms_cache->slots[i];
+/* Valid evictions in the current thrash window reached capacity: report it once per interval. */
+static int64 thrash_report_evictions = 0;
+static int	thrash_report_secs = 0;
 
-		if (s->state == SLOT_READY && now >= s->expires)
-		{
-			slot_clear(s);
-			pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
-		}
+static void
+thrash_count(TimestampTz now)
+{
+	int64		interval_us = (int64) kms_guc_cache_thrash_warning * USECS_PER_SEC;
+	uint64		start = pg_atomic_read_u64(&kms_cache->thrash_window_start);
+	uint64		n;
+	uint64		last;
+
+	if (interval_us <= 0)
+		return;
+	if (start == 0 || now - (TimestampTz) start >= interval_us)
+	{
+		/* a new window; whoever swaps the start resets the count */
+		if (pg_atomic_compare_exchange_u64(&kms_cache->thrash_window_start, &start, (uint64) now))
+			pg_atomic_write_u64(&kms_cache->thrash_window_evictions, 0);
+		start = pg_atomic_read_u64(&kms_cache->thrash_window_start);
 	}
+	n = pg_atomic_add_fetch_u64(&kms_cache->thrash_window_evictions, 1);
+	if (n < (uint64) kms_cache->nslots)
+		return;
+	last = pg_atomic_read_u64(&kms_cache->thrash_last_warning);
+	if (last != 0 && now - (TimestampTz) last < interval_us)
+		return;
+	if (!pg_atomic_compare_exchange_u64(&kms_cache->thrash_last_warning, &last, (uint64) now))
+		return;
+	thrash_report_evictions = (int64) n;
+	thrash_report_secs = (int) Max((now - (TimestampTz) start) / USECS_PER_SEC, 1);
 }
 
-/* A free slot, evicting the least recently used READY one if needed; -1 if none. */
+/* After the locks are released: the thrash message, if this backend owes it. */
+static void
+thrash_report(void)
+{
+	int64		fit;
+	int64		want;
+
+	if (thrash_report_evictions == 0)
+		return;
+	/* the working set is at least the capacity plus what it pushed out */
+	want = (int64) kms_cache->nslots + thrash_report_evictions;
+	fit = 16;
+	while (fit < want && fit < 1048576)
+		fit *= 2;
+	pg_atomic_fetch_add_u64(&kms_cache->stat_thrash_warnings, 1);
+	ereport(LOG,
+			(errmsg("kms_pg: the data key cache evicted %lld valid data keys within %d seconds",
+					(long long) thrash_report_evictions, thrash_report_secs),
+			 errdetail("Data keys are evicted before they expire, so they are fetched from the key provider again; kms_pg.cache_entries is %d.",
+					   kms_cache->nslots),
+			 errhint("Consider increasing the configuration parameter \"kms_pg.cache_entries\" to %lld.",
+					 (long long) fit)));
+	thrash_report_evictions = 0;
+}
+
+/*
+ * A free slot, by the clock sweep; returned with its stripe lock held
+ * exclusively, or -1 when every slot is busy filling.  Amortized O(1): the
+ * hand passes each slot at most KMS_MAX_USAGE + 1 times before it is taken.
+ */
 static int
 slot_allocate(TimestampTz now)
 {
-	int			victim = -1;
-	uint64		oldest = PG_UINT64_MAX;
+	uint64		tries = (uint64) kms_cache->nslots * (KMS_MAX_USAGE + 2);
 
-	sweep_expired(now);
-	for (int i = 0; i < kms_cache->nslots; i++)
+	for (uint64 t = 0; t < tries; t++)
 	{
+		int			i = (int) (pg_atomic_fetch_add_u64(&kms_cache->clock_hand, 1) % kms_cache->nslots);
 		KmsCacheSlot *s = &kms_cache->slots[i];
+		uint32		u = pg_atomic_read_u32(&s->usage);
 
-		if (s->state == SLOT_FREE)
-			return i;
-		if (s->state == SLOT_FAILED && s->filler_pid == 0)
+		/* a used, unexpired READY slot: lower its count and pass (no lock) */
+		if (u > 0 && s->state == SLOT_READY && now < s->expires)
 		{
-			slot_clear(s);
-			return i;
+			pg_atomic_compare_exchange_u32(&s->usage, &u, u - 1);
+			continue;
 		}
-		if (s->state == SLOT_READY)
+		if (s->state == SLOT_FILLING)
+			continue;
+		if (!LWLockConditionalAcquire(SLOT_LOCK(i), LW_EXCLUSIVE))
+			continue;
+		switch (s->state)
 		{
-			uint64		lu = pg_atomic_read_u64(&s->last_used);
-
-			if (lu < oldest)
-			{
-				oldest = lu;
-				victim = i;
-			}
+			case SLOT_FREE:
+				return i;
+			case SLOT_FAILED:
+				if (s->filler_pid == 0)
+				{
+					slot_clear(s);
+					return i;
+				}
+				break;
+			case SLOT_READY:
+				if (now >= s->expires)
+				{
+					slot_clear(s);
+					pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
+					return i;
+				}
+				if (pg_atomic_read_u32(&s->usage) == 0)
+				{
+					slot_clear(s);
+					pg_atomic_fetch_add_u64(&kms_cache->stat_evictions, 1);
+					thrash_count(now);
+					return i;
+				}
+				break;
+			default:
+				break;
 		}
+		LWLockRelease(SLOT_LOCK(i));
 	}
-	if (victim >= 0)
-	{
-		slot_clear(&kms_cache->slots[victim]);
-		pg_atomic_fetch_add_u64(&kms_cache->stat_evictions, 1);
-	}
-	return victim;
+	return -1;
 }
 
-static int
-index_lookup(const uint8 *id)
-{
-	KmsIndexEntry *e = hash_search(kms_cache_index, id, HASH_FIND, NULL);
-
-	return e ? e->slot : -1;
-}
-
+/* Record a fill error for the waiters of (slot, generation). */
 static void
-index_insert(const uint8 *id, int slot)
+fail_record(int slot, uint32 gen, const char *message)
 {
-	bool		found;
-	KmsIndexEntry *e = hash_search(kms_cache_index, id, HASH_ENTER_NULL, &found);
+	KmsFailRecord *f;
 
-	if (e == NULL)
-		elog(ERROR, "kms_pg dek cache index is full");
-	e->slot = slot;
+	LWLockAcquire(kms_cache->misc_lock, LW_EXCLUSIVE);
+	f = &kms_cache->fails[kms_cache->fail_next];
+	kms_cache->fail_next = (kms_cache->fail_next + 1) % KMS_FAIL_RING;
+	f->slot = slot;
+	f->generation = gen;
+	strlcpy(f->message, message ? message : "", sizeof(f->message));
+	LWLockRelease(kms_cache->misc_lock);
+}
+
+static bool
+fail_lookup(int slot, uint32 gen, char *out, Size outlen)
+{
+	bool		found = false;
+
+	LWLockAcquire(kms_cache->misc_lock, LW_SHARED);
+	for (int i = 0; i < KMS_FAIL_RING; i++)
+	{
+		KmsFailRecord *f = &kms_cache->fails[i];
+
+		if (f->slot == slot && f->generation == gen && f->message[0] != '\0')
+		{
+			strlcpy(out, f->message, outlen);
+			found = true;
+			break;
+		}
+	}
+	LWLockRelease(kms_cache->misc_lock);
+	return found;
 }
 
 /* A filler leaving without an answer frees its slot so waiters retry. */
@@ -533,11 +872,12 @@ static void
 release_filling_slot(bool keep_error, int sqlstate, const char *message)
 {
 	KmsCacheSlot *s;
+	int			idx = kms_filling_slot;
 
-	if (kms_filling_slot < 0 || kms_cache == NULL)
+	if (idx < 0 || kms_cache == NULL)
 		return;
-	s = &kms_cache->slots[kms_filling_slot];
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	s = &kms_cache->slots[idx];
+	LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
 	if (s->state == SLOT_FILLING && s->filler_pid == MyProcPid &&
 		pg_atomic_read_u32(&s->generation) == kms_filling_gen)
 	{
@@ -552,12 +892,12 @@ release_filling_slot(bool keep_error, int sqlstate, const char *message)
 			s->state = SLOT_FAILED;
 			s->filler_pid = 0;
 			s->fail_sqlstate = sqlstate;
-			strlcpy(s->fail_message, message, sizeof(s->fail_message));
+			fail_record(idx, kms_filling_gen, message);
 		}
 		else
 			slot_clear(s);
 	}
-	LWLockRelease(kms_cache->lock);
+	LWLockRelease(SLOT_LOCK(idx));
 	ConditionVariableBroadcast(&s->cv);
 	kms_filling_slot = -1;
 }
@@ -566,6 +906,16 @@ static void
 kms_cache_before_exit(int code, Datum arg)
 {
 	release_filling_slot(false, 0, NULL);
+}
+
+/* A use of a slot: raise its usage count for the clock sweep. */
+static inline void
+slot_touch(KmsCacheSlot *s)
+{
+	uint32		u = pg_atomic_read_u32(&s->usage);
+
+	if (u < KMS_MAX_USAGE)
+		pg_atomic_compare_exchange_u32(&s->usage, &u, u + 1);
 }
 
 /* ---- local level ---- */
@@ -760,7 +1110,7 @@ l1_take(KmsLocalDek *e, uint64 nbytes)
 		return false;
 	if (b + want_b > e->max_bytes)
 		want_b = e->max_bytes - b;
-	pg_atomic_write_u64(&s->last_used, (uint64) GetCurrentTimestamp());
+	slot_touch(s);
 	e->lease_messages = want_m - 1;
 	e->lease_bytes = want_b - nbytes;
 	return true;
@@ -835,6 +1185,16 @@ typedef enum FillOutcome
 	FILL_UNSHARED				/* no slot available: caller fills without sharing */
 } FillOutcome;
 
+static bool
+slot_usable(KmsCacheSlot *s, bool for_encrypt, TimestampTz now)
+{
+	return s->state == SLOT_READY && now < s->expires &&
+		(!for_encrypt ||
+		 (s->has_header &&
+		  pg_atomic_read_u64(&s->messages) < s->max_messages &&
+		  pg_atomic_read_u64(&s->bytes) < s->max_bytes));
+}
+
 /*
  * Find id in the shared table, or claim a FILLING slot for it, waiting
  * for another backend's fill when there is one.  On FILL_FOUND the DEK,
@@ -845,6 +1205,8 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
 					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
 {
+	uint32		h = index_hash(id);
+
 	for (;;)
 	{
 		int			idx;
@@ -852,38 +1214,46 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 		uint32		gen;
 		TimestampTz now = GetCurrentTimestamp();
 
-		LWLockAcquire(kms_cache->lock, LW_SHARED);
-		idx = index_lookup(id);
+		idx = index_lookup(id, h);
 		if (idx >= 0)
 		{
 			s = &kms_cache->slots[idx];
-			if (s->state == SLOT_READY && now < s->expires &&
-				(!for_encrypt ||
-				 (pg_atomic_read_u64(&s->messages) < s->max_messages &&
-				  pg_atomic_read_u64(&s->bytes) < s->max_bytes)))
+			LWLockAcquire(SLOT_LOCK(idx), LW_SHARED);
+			if (!slot_holds(s, id))
 			{
-				memcpy(dek_out, s->dek, KMS_DEK_LEN);
+				/* the slot was reused since the probe: look again */
+				LWLockRelease(SLOT_LOCK(idx));
+				continue;
+			}
+			if (slot_usable(s, for_encrypt, now))
+			{
+				bool		ok = true;
+
 				if (header_out)
+					ok = ring_read(s->header_pos, s->header_len, header_out);
+				if (ok)
 				{
-					memcpy(header_out, s->header, s->header_len);
-					*header_len_out = s->header_len;
+					memcpy(dek_out, s->dek, KMS_DEK_LEN);
+					if (header_out)
+						*header_len_out = s->header_len;
+					*slot_out = idx;
+					*gen_out = pg_atomic_read_u32(&s->generation);
+					*expires_out = s->expires;
+					*maxm_out = s->max_messages;
+					*maxb_out = s->max_bytes;
+					slot_touch(s);
+					LWLockRelease(SLOT_LOCK(idx));
+					pg_atomic_fetch_add_u64(&kms_cache->stat_hits, 1);
+					return FILL_FOUND;
 				}
-				*slot_out = idx;
-				*gen_out = pg_atomic_read_u32(&s->generation);
-				*expires_out = s->expires;
-				*maxm_out = s->max_messages;
-				*maxb_out = s->max_bytes;
-				pg_atomic_write_u64(&s->last_used, (uint64) now);
-				LWLockRelease(kms_cache->lock);
-				pg_atomic_fetch_add_u64(&kms_cache->stat_hits, 1);
-				return FILL_FOUND;
+				/* the header ring moved past it: decrypt-only from now on */
 			}
 			if (s->state == SLOT_FILLING)
 			{
 				int			filler = s->filler_pid;
 
 				gen = pg_atomic_read_u32(&s->generation);
-				LWLockRelease(kms_cache->lock);
+				LWLockRelease(SLOT_LOCK(idx));
 				pg_atomic_fetch_add_u64(&kms_cache->stat_coalesced, 1);
 
 				/* wait for the filler's answer or its departure */
@@ -893,10 +1263,10 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 					int			st;
 					uint32		g;
 
-					LWLockAcquire(kms_cache->lock, LW_SHARED);
+					LWLockAcquire(SLOT_LOCK(idx), LW_SHARED);
 					st = s->state;
 					g = pg_atomic_read_u32(&s->generation);
-					LWLockRelease(kms_cache->lock);
+					LWLockRelease(SLOT_LOCK(idx));
 					if (g != gen || st != SLOT_FILLING)
 						break;
 					if (filler > 0 && kill(filler, 0) != 0 && errno == ESRCH)
@@ -905,57 +1275,62 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 				}
 				ConditionVariableCancelSleep();
 
-				LWLockAcquire(kms_cache->lock, LW_SHARED);
+				LWLockAcquire(SLOT_LOCK(idx), LW_SHARED);
 				if (s->state == SLOT_FAILED && pg_atomic_read_u32(&s->generation) == gen)
 				{
 					int			code = s->fail_sqlstate;
 					char		msg[256];
 
-					strlcpy(msg, s->fail_message, sizeof(msg));
-					LWLockRelease(kms_cache->lock);
+					LWLockRelease(SLOT_LOCK(idx));
+					if (!fail_lookup(idx, gen, msg, sizeof(msg)))
+						strlcpy(msg, "the key provider failed to return the data key", sizeof(msg));
 					ereport(ERROR,
 							(errcode(code),
 							 errmsg("%s", msg),
 							 errdetail("Another session asked the key provider for this data key and failed.")));
 				}
-				LWLockRelease(kms_cache->lock);
+				LWLockRelease(SLOT_LOCK(idx));
 				continue;
 			}
-			/* READY but expired or exhausted, or FAILED: handled below */
-		}
-		LWLockRelease(kms_cache->lock);
+			LWLockRelease(SLOT_LOCK(idx));
 
-		/* claim under the exclusive lock, re-checking what we saw */
-		LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
-		idx = index_lookup(id);
-		if (idx >= 0)
-		{
-			s = &kms_cache->slots[idx];
-			if (s->state == SLOT_FILLING ||
-				(s->state == SLOT_READY && now < s->expires &&
-				 (!for_encrypt || (pg_atomic_read_u64(&s->messages) < s->max_messages &&
-								   pg_atomic_read_u64(&s->bytes) < s->max_bytes))))
+			/* READY but expired, exhausted or without header: fix it exclusively */
+			LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+			if (slot_holds(s, id) && s->state == SLOT_READY && !slot_usable(s, for_encrypt, now))
 			{
-				LWLockRelease(kms_cache->lock);
-				continue;		/* somebody else got there first */
+				if (now >= s->expires)
+				{
+					slot_clear(s);
+					pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
+				}
+				else
+					slot_retire_encrypt(s); /* limit reached: decrypt only from now on */
 			}
-			if (s->state == SLOT_READY && now >= s->expires)
-			{
-				slot_clear(s);
-				pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
-			}
-			else if (s->state == SLOT_READY)
-				slot_retire_encrypt(s); /* limit reached: decrypt only from now on */
-			else
-				index_remove(id);	/* stale FAILED mapping */
+			LWLockRelease(SLOT_LOCK(idx));
+			continue;
 		}
+
+		/* a miss: take a slot from the clock sweep and claim id for it */
 		idx = slot_allocate(now);
 		if (idx < 0)
 		{
-			LWLockRelease(kms_cache->lock);
+			thrash_report();
 			return FILL_UNSHARED;
 		}
 		s = &kms_cache->slots[idx];
+		{
+			int			mapped = index_insert(id, h, idx);
+
+			if (mapped != idx)
+			{
+				/* claimed by somebody else meanwhile (or index full): slot stays free */
+				LWLockRelease(SLOT_LOCK(idx));
+				thrash_report();
+				if (mapped < 0)
+					return FILL_UNSHARED;
+				continue;
+			}
+		}
 		s->state = SLOT_FILLING;
 		s->filler_pid = MyProcPid;
 		pg_atomic_fetch_add_u32(&s->generation, 1);
@@ -969,13 +1344,13 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 			memcpy(s->dec_id, id, KMS_ID_LEN);
 			s->has_dec = true;
 		}
-		index_insert(id, idx);
 		*slot_out = idx;
 		*gen_out = pg_atomic_read_u32(&s->generation);
 		kms_filling_slot = idx;
 		kms_filling_gen = *gen_out;
-		LWLockRelease(kms_cache->lock);
+		LWLockRelease(SLOT_LOCK(idx));
 		pg_atomic_fetch_add_u64(&kms_cache->stat_misses, 1);
+		thrash_report();
 		if (!kms_exit_cb_registered)
 		{
 			before_shmem_exit(kms_cache_before_exit, 0);
@@ -985,25 +1360,27 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 	}
 }
 
-/* Publish a filled slot.  Returns the generation local copies must match. */
+/* Record the key names of a filled slot. */
 static void
 slot_set_key(KmsCacheSlot *s, uint8 provider, const char *key_id, int key_id_len, const char *key_req)
 {
 	s->key_provider = provider;
 	s->key_unknown = false;
-	if (key_id_len < KMS_SLOT_KEY_MAX)
+	key_name_unref(s->key_id_ref, true);
+	key_name_unref(s->key_req_ref, false);
+	s->key_id_ref = key_name_ref(provider, key_id, key_id_len, true);
+	if (s->key_id_ref == KMS_NO_KEY)
+		s->key_unknown = true;
+	s->key_req_ref = KMS_NO_KEY;
+	if (key_req != NULL)
 	{
-		memcpy(s->key_id, key_id, key_id_len);
-		s->key_id[key_id_len] = '\0';
+		s->key_req_ref = key_name_ref(provider, key_req, strlen(key_req), false);
+		if (s->key_req_ref == KMS_NO_KEY)
+			s->key_unknown = true;
 	}
-	else
-		s->key_unknown = true;
-	if (key_req == NULL)
-		s->key_req[0] = '\0';
-	else if (strlcpy(s->key_req, key_req, KMS_SLOT_KEY_MAX) >= KMS_SLOT_KEY_MAX)
-		s->key_unknown = true;
 }
 
+/* Publish a filled slot.  Returns the generation local copies must match. */
 static uint32
 shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
 			   const uint8 *dec_id, TimestampTz expires, uint64 maxm, uint64 maxb,
@@ -1011,45 +1388,41 @@ shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
 {
 	KmsCacheSlot *s = &kms_cache->slots[idx];
 	uint32		gen;
+	uint64		pos = 0;
 
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+	if (header)
+		pos = ring_write(header, header_len);
+	LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
 	slot_set_key(s, provider, key_id, key_id_len, key_req);
 	memcpy(s->dek, dek, KMS_DEK_LEN);
 	if (header)
 	{
-		memcpy(s->header, header, header_len);
+		s->header_pos = pos;
 		s->header_len = header_len;
+		s->has_header = true;
 	}
 	if (dec_id && !s->has_dec)
 	{
-		int			other = index_lookup(dec_id);
+		uint32		h = index_hash(dec_id);
 
-		if (other < 0)
-		{
-			memcpy(s->dec_id, dec_id, KMS_ID_LEN);
-			s->has_dec = true;
-			index_insert(dec_id, idx);
-		}
+		memcpy(s->dec_id, dec_id, KMS_ID_LEN);
+		s->has_dec = index_insert(dec_id, h, idx) == idx;
 	}
 	s->expires = expires;
 	s->max_messages = maxm;
 	s->max_bytes = maxb;
 	pg_atomic_write_u64(&s->messages, 0);
 	pg_atomic_write_u64(&s->bytes, 0);
-	pg_atomic_write_u64(&s->last_used, (uint64) GetCurrentTimestamp());
+	pg_atomic_write_u32(&s->usage, 1);
 	s->filler_pid = 0;
 	s->state = SLOT_READY;
 	gen = pg_atomic_read_u32(&s->generation);
-	LWLockRelease(kms_cache->lock);
+	LWLockRelease(SLOT_LOCK(idx));
 	kms_filling_slot = -1;
 	ConditionVariableBroadcast(&s->cv);
 	return gen;
 }
 
-/*
- * Run fill() as the filler of a claimed slot: on error, waiters get the
- * same error, except for cancels and terminations, after which they retry.
- */
 typedef void (*fill_fn) (void *arg, uint8 *dek_out);
 
 static void
@@ -1228,9 +1601,9 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 					else
 					{
 						/* too large to share for encryption: keep it for decryption */
-						LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+						LWLockAcquire(SLOT_LOCK(slot), LW_EXCLUSIVE);
 						slot_retire_encrypt(&kms_cache->slots[slot]);
-						LWLockRelease(kms_cache->lock);
+						LWLockRelease(SLOT_LOCK(slot));
 						gen = shared_publish(slot, dek, NULL, 0, dec_id, expires, maxm, maxb,
 										 provider->id, g.wrapped.key_id, strlen(g.wrapped.key_id), key);
 						slot = -1;
@@ -1287,11 +1660,16 @@ kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const char *key,
 	if (e != NULL)
 		l1_remove(e);
 	sha256_id('E', ident, ident_len, id);
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
-	idx = index_lookup(id);
-	if (idx >= 0 && kms_cache->slots[idx].state == SLOT_READY)
-		slot_retire_encrypt(&kms_cache->slots[idx]);
-	LWLockRelease(kms_cache->lock);
+	idx = index_lookup(id, index_hash(id));
+	if (idx >= 0)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[idx];
+
+		LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+		if (s->state == SLOT_READY && s->has_enc && memcmp(s->enc_id, id, KMS_ID_LEN) == 0)
+			slot_retire_encrypt(s);
+		LWLockRelease(SLOT_LOCK(idx));
+	}
 }
 
 /* ---- decryption ---- */
@@ -1526,7 +1904,7 @@ kms_dek_rewrap(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 	*out = w;
 }
 
-/* ---- flush, forget, stats ---- */
+/* ---- flush, forget, stats (walk the slots one stripe acquisition at a time) ---- */
 
 int
 kms_dek_cache_flush(void)
@@ -1536,18 +1914,20 @@ kms_dek_cache_flush(void)
 	kms_dek_cache_require();
 	l1_clear();
 	rewrap_memo_clear();
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < kms_cache->nslots; i++)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[i];
 
+		if (s->state == SLOT_FREE)
+			continue;			/* unlocked pre-check; re-checked below */
+		LWLockAcquire(SLOT_LOCK(i), LW_EXCLUSIVE);
 		if (s->state == SLOT_READY || s->state == SLOT_FAILED)
 		{
 			n += s->state == SLOT_READY;
 			slot_clear(s);
 		}
+		LWLockRelease(SLOT_LOCK(i));
 	}
-	LWLockRelease(kms_cache->lock);
 	pg_atomic_fetch_add_u64(&kms_cache->stat_flushes, 1);
 	return n;
 }
@@ -1575,27 +1955,47 @@ int
 kms_dek_cache_forget_key(int provider, const char *key)
 {
 	int			n = 0;
+	bool	   *match;
+	bool		any = false;
 
 	kms_dek_cache_require();
 	/* this backend's copies: all of them (cheap, and covers local-only DEKs) */
 	l1_clear();
 	rewrap_memo_clear();
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
+
+	/* which recorded names match (the table of names, not the slots) */
+	match = palloc0(sizeof(bool) * KMS_KEY_NAMES);
+	LWLockAcquire(kms_cache->misc_lock, LW_SHARED);
+	for (int k = 0; k < KMS_KEY_NAMES; k++)
+	{
+		KmsKeyName *kn = &kms_cache->key_names[k];
+
+		if (kn->refs > 0 && key_name_matches(kn->name, key))
+			match[k] = any = true;
+	}
+	LWLockRelease(kms_cache->misc_lock);
+
 	for (int i = 0; i < kms_cache->nslots; i++)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[i];
 
 		if (s->state != SLOT_READY && s->state != SLOT_FAILED)
+			continue;			/* unlocked pre-check; re-checked below */
+		if (!any && !s->key_unknown)
 			continue;
-		if (provider >= 0 && s->key_provider != (uint8) provider && !s->key_unknown)
-			continue;
-		if (s->key_unknown || key_name_matches(s->key_id, key) || key_name_matches(s->key_req, key))
+		LWLockAcquire(SLOT_LOCK(i), LW_EXCLUSIVE);
+		if ((s->state == SLOT_READY || s->state == SLOT_FAILED) &&
+			(provider < 0 || s->key_provider == (uint8) provider || s->key_unknown) &&
+			(s->key_unknown ||
+			 (s->key_id_ref != KMS_NO_KEY && match[s->key_id_ref]) ||
+			 (s->key_req_ref != KMS_NO_KEY && match[s->key_req_ref])))
 		{
 			n += s->state == SLOT_READY;
 			slot_clear(s);		/* generation bump: other backends' copies retire */
 		}
+		LWLockRelease(SLOT_LOCK(i));
 	}
-	LWLockRelease(kms_cache->lock);
+	pfree(match);
 	pg_atomic_fetch_add_u64(&kms_cache->stat_flushes, 1);
 	return n;
 }
@@ -1608,20 +2008,26 @@ kms_dek_cache_stats(KmsCacheStats *out)
 	kms_dek_cache_require();
 	flush_pending_stats();
 	memset(out, 0, sizeof(*out));
-	LWLockAcquire(kms_cache->lock, LW_EXCLUSIVE);
-	sweep_expired(now);
 	for (int i = 0; i < kms_cache->nslots; i++)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[i];
 
-		if (s->state == SLOT_READY)
+		if (s->state != SLOT_READY)
+			continue;			/* unlocked pre-check; re-checked below */
+		LWLockAcquire(SLOT_LOCK(i), LW_EXCLUSIVE);
+		if (s->state == SLOT_READY && now >= s->expires)
+		{
+			slot_clear(s);
+			pg_atomic_fetch_add_u64(&kms_cache->stat_expirations, 1);
+		}
+		else if (s->state == SLOT_READY)
 		{
 			out->entries++;
 			if (s->has_enc)
 				out->entries_encrypting++;
 		}
+		LWLockRelease(SLOT_LOCK(i));
 	}
-	LWLockRelease(kms_cache->lock);
 	out->capacity = kms_cache->nslots;
 	out->hits = pg_atomic_read_u64(&kms_cache->stat_hits);
 	out->local_hits = pg_atomic_read_u64(&kms_cache->stat_local_hits);
@@ -1634,4 +2040,6 @@ kms_dek_cache_stats(KmsCacheStats *out)
 	out->expirations = pg_atomic_read_u64(&kms_cache->stat_expirations);
 	out->rotations = pg_atomic_read_u64(&kms_cache->stat_rotations);
 	out->flushes = pg_atomic_read_u64(&kms_cache->stat_flushes);
+	out->thrash_warnings = pg_atomic_read_u64(&kms_cache->stat_thrash_warnings);
+	out->memory_bytes = (int64) kms_cache_memory_size();
 }

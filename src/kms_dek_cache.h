@@ -96,6 +96,8 @@ typedef struct KmsCacheStats
 	int64		expirations;
 	int64		rotations;		/* DEKs retired by a limit */
 	int64		flushes;
+	int64		thrash_warnings;	/* thrash messages logged */
+	int64		memory_bytes;	/* shared memory of the cache */
 } KmsCacheStats;
 
 extern void kms_dek_cache_stats(KmsCacheStats *out);

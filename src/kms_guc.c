@@ -36,7 +36,8 @@ char	   *kms_guc_keyring_file = NULL;
 int			kms_guc_dek_max_age = 300;
 int			kms_guc_dek_max_messages = 10000000;
 int			kms_guc_dek_max_bytes_mb = 65536;
-int			kms_guc_cache_entries = 1024;
+int			kms_guc_cache_entries = 65536;
+int			kms_guc_cache_thrash_warning = 60;
 int			kms_guc_key_state_check_interval = 0;
 char	   *kms_guc_region = NULL;
 char	   *kms_guc_endpoint = NULL;
@@ -278,8 +279,14 @@ kms_guc_init(void)
 
 	DefineCustomIntVariable("kms_pg.cache_entries",
 							"Data keys held in the shared-memory cache.",
-							NULL, &kms_guc_cache_entries, 1024, 16, 1048576,
+							NULL, &kms_guc_cache_entries, 65536, 16, 1048576,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kms_pg.cache_thrash_warning",
+							"Log when the data key cache evicts as many valid data keys as it holds within this time (0: never).",
+							"At most one message per interval; its hint names the kms_pg.cache_entries that would fit.",
+							&kms_guc_cache_thrash_warning, 60, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kms_pg.key_state_check_interval",
 							"How often the state of AWS KMS keys with cached data keys is re-checked (0: never).",

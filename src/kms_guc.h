@@ -27,6 +27,7 @@ extern int	kms_guc_dek_max_age;		/* seconds */
 extern int	kms_guc_dek_max_messages;	/* values sealed per DEK */
 extern int	kms_guc_dek_max_bytes_mb;	/* MB sealed per DEK */
 extern int	kms_guc_cache_entries;		/* shared cache slots (postmaster) */
+extern int	kms_guc_cache_thrash_warning;	/* seconds, 0 = never */
 extern int	kms_guc_key_state_check_interval;	/* seconds, 0 = never */
 
 /* AWS provider */

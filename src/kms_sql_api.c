@@ -742,7 +742,11 @@ kms_cache_flush_key(PG_FUNCTION_ARGS)
  *		OUT hits bigint, OUT local_hits bigint, OUT misses bigint,
  *		OUT generate_calls bigint, OUT decrypt_calls bigint, OUT rewrap_calls bigint,
  *		OUT describe_calls bigint, OUT call_errors bigint, OUT coalesced_waits bigint,
- *		OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint)
+ *		OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint,
+ *		OUT hit_ratio double precision, OUT thrash_warnings bigint, OUT shared_memory_bytes bigint)
+ *
+ * hit_ratio: the share of data key lookups served from a cache (local or
+ * shared level) rather than the key provider; NULL before the first lookup.
  */
 PG_FUNCTION_INFO_V1(kms_cache_stats);
 Datum
@@ -750,9 +754,10 @@ kms_cache_stats(PG_FUNCTION_ARGS)
 {
 	KmsCacheStats st;
 	TupleDesc	tupdesc;
-	Datum		values[16];
-	bool		nulls[16] = {0};
+	Datum		values[19];
+	bool		nulls[19] = {0};
 	int			i = 0;
+	int64		lookups;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -773,6 +778,16 @@ kms_cache_stats(PG_FUNCTION_ARGS)
 	values[i++] = Int64GetDatum(st.expirations);
 	values[i++] = Int64GetDatum(st.rotations);
 	values[i++] = Int64GetDatum(st.flushes);
+	lookups = st.hits + st.local_hits + st.misses;
+	if (lookups > 0)
+		values[i++] = Float8GetDatum((double) (st.hits + st.local_hits) / (double) lookups);
+	else
+	{
+		nulls[i] = true;
+		values[i++] = (Datum) 0;
+	}
+	values[i++] = Int64GetDatum(st.thrash_warnings);
+	values[i++] = Int64GetDatum(st.memory_bytes);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

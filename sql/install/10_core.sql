@@ -137,7 +137,8 @@ CREATE FUNCTION kms_cache_stats(
     OUT hits bigint, OUT local_hits bigint, OUT misses bigint,
     OUT generate_calls bigint, OUT decrypt_calls bigint, OUT rewrap_calls bigint,
     OUT describe_calls bigint, OUT call_errors bigint, OUT coalesced_waits bigint,
-    OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint)
+    OUT evictions bigint, OUT expirations bigint, OUT dek_rotations bigint, OUT flushes bigint,
+    OUT hit_ratio double precision, OUT thrash_warnings bigint, OUT shared_memory_bytes bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'kms_cache_stats'
 LANGUAGE C VOLATILE PARALLEL SAFE;
