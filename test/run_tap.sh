@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # TAP tests in t/ with PostgreSQL::Test::Cluster (Debian ships the Perl
 # modules but PGXS TAP support is disabled, so run prove directly).
+# KMS_TAP_TESTS="t/050_cache_aws.pl ..." runs only those.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PGXS_DIR=$(dirname "$(dirname "$(dirname "$(pg_config --pgxs)")")")
@@ -9,4 +10,4 @@ export PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress"
 export PATH="$(pg_config --bindir):$PATH"
 export TESTDIR="$PWD" TESTDATADIR="$PWD/tmp_check/tap"
 mkdir -p tmp_check/tap
-prove ${PROVE_FLAGS:--v} t/*.pl
+prove ${PROVE_FLAGS:--v} ${KMS_TAP_TESTS:-t/*.pl}
