@@ -12,6 +12,8 @@
 # (build, regress, TAP, application drivers, interop): the others do not depend on the
 # PostgreSQL version and run once, on the host.  Ends with one line
 # "N passed, M failed"; exits non-zero on any failure.
+# KMS_SUITE_ONLY="regress tap" runs only the named steps (a developer's
+# shortcut; KMS_TAP_TESTS="t/050_cache_aws.pl ..." narrows the TAP step).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 KMS_SUITE_STEPS="${KMS_SUITE_STEPS:-all}"
@@ -48,33 +50,35 @@ run_step() {
 }
 
 host_step() { [ "$KMS_SUITE_STEPS" = all ]; }
+# The step is wanted unless KMS_SUITE_ONLY names others.
+want() { [ -z "${KMS_SUITE_ONLY:-}" ] || [[ " $KMS_SUITE_ONLY " == *" $1 "* ]]; }
 
-host_step && run_step unit "make -s -C test/unit check KMS_SIGV4_VECTORS='$KMS_SIGV4_VECTORS'"
+host_step && want unit && run_step unit "make -s -C test/unit check KMS_SIGV4_VECTORS='$KMS_SIGV4_VECTORS'"
 
-if [ -f "$WORK/src/test/run_regress.sh" ]; then
+if want regress && [ -f "$WORK/src/test/run_regress.sh" ]; then
     run_step regress "bash test/run_regress.sh"
 fi
 
-if ls "$WORK"/src/t/*.pl >/dev/null 2>&1; then
+if want tap && ls "$WORK"/src/t/*.pl >/dev/null 2>&1; then
     run_step tap "bash test/run_tap.sh"
 fi
 
-if host_step && [ -f "$WORK/src/test/clients/test_boto3.py" ]; then
+if host_step && want emulator-boto3 && [ -f "$WORK/src/test/clients/test_boto3.py" ]; then
     run_step emulator-boto3 "$KMS_PYTHON test/clients/test_boto3.py"
 fi
-if host_step && [ -f "$WORK/src/test/clients/js/package.json" ]; then
+if host_step && want emulator-js && [ -f "$WORK/src/test/clients/js/package.json" ]; then
     run_step emulator-js "cd test/clients/js && npm ci --silent --no-audit --no-fund && node --test"
 fi
-if [ -f "$WORK/src/test/clients/drivers/test_drivers.py" ]; then
+if want drivers && [ -f "$WORK/src/test/clients/drivers/test_drivers.py" ]; then
     run_step drivers "cd test/clients/drivers/js && npm ci --silent --no-audit --no-fund && cd .. && $KMS_PYTHON test_drivers.py"
 fi
-if [ -f "$WORK/src/test/interop/run.sh" ]; then
+if want interop && [ -f "$WORK/src/test/interop/run.sh" ]; then
     run_step interop "bash test/interop/run.sh"
 fi
-if host_step && [ -f "$WORK/src/fuzz/Makefile" ]; then
+if host_step && want fuzz && [ -f "$WORK/src/fuzz/Makefile" ]; then
     run_step fuzz "make -s -C fuzz run-short BIN='$WORK/fuzzbin'"
 fi
-if host_step && [ -f "$WORK/src/test/docs_check.py" ]; then
+if host_step && want docs && [ -f "$WORK/src/test/docs_check.py" ]; then
     run_step docs "$KMS_PYTHON test/docs_check.py"
 fi
 
