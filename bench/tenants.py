@@ -34,8 +34,61 @@ import tempfile
 import time
 
 
+class Emulator:
+    """The project's KMS emulator (test/emulator) on 127.0.0.1 over HTTPS, for
+    the AWS series: kms_pg signs real SigV4 requests, the emulator counts them."""
+    AKID = "AKIAKMSPGBENCH000001"
+    SECRET = "kms-pg-bench-secret/0123456789abcdefABCDEF"
+
+    def __init__(self):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.dir = tempfile.mkdtemp(prefix="kms_tenants_emu_")
+        certs = os.path.join(self.dir, "certs")
+        os.makedirs(certs)
+        subprocess.run(["sh", os.path.join(root, "test/emulator/make_certs.sh"), certs],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ca = os.path.join(certs, "ca.pem")
+        portfile = os.path.join(self.dir, "port")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", os.path.join(root, "test/emulator/kms_emulator.py"),
+             "--port", "0", "--port-file", portfile,
+             "--tls-cert", os.path.join(certs, "server.pem"),
+             "--tls-key", os.path.join(certs, "server.key"), "--region", "us-east-1",
+             "--cred", f"{self.AKID}:{self.SECRET}", "--seed-alias", "alias/bench",
+             "--quiet", "--die-with-parent"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "w"))
+        for _ in range(200):
+            if os.path.exists(portfile) and open(portfile).read().strip():
+                break
+            time.sleep(0.05)
+        self.url = "https://127.0.0.1:" + open(portfile).read().strip()
+
+    def counters(self):
+        import ssl
+        import urllib.request
+        ctx = ssl.create_default_context(cafile=self.ca)
+        with urllib.request.urlopen(self.url + "/__emulator/counters", context=ctx) as r:
+            return json.load(r)
+
+    def conf(self):
+        return (f"kms_pg.provider = 'aws'\nkms_pg.endpoint = '{self.url}'\n"
+                f"kms_pg.region = 'us-east-1'\nkms_pg.ca_file = '{self.ca}'\n"
+                "kms_pg.credential_sources = 'env'\n")
+
+    def env(self):
+        e = dict(os.environ)
+        e.update(AWS_ACCESS_KEY_ID=self.AKID, AWS_SECRET_ACCESS_KEY=self.SECRET)
+        return e
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Cluster:
-    def __init__(self, pgroot, entries, port):
+    def __init__(self, pgroot, entries, port, emulator=None):
+        self.emulator = emulator
         self.bin = os.path.join(pgroot, "usr/lib/postgresql/15/bin")
         self.dir = tempfile.mkdtemp(prefix="kms_tenants_")
         self.data = os.path.join(self.dir, "data")
@@ -65,10 +118,13 @@ jit = off
 max_parallel_workers_per_gather = 0
 max_wal_size = 8GB
 """)
+            if emulator:
+                f.write(emulator.conf())
         subprocess.run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l",
                         os.path.join(self.dir, "log"), "-w", "start"], check=True,
-                       stdout=subprocess.DEVNULL)
-        self.sql("CREATE EXTENSION kms_pg; SELECT kms_create_key('alias/bench');")
+                       stdout=subprocess.DEVNULL, env=emulator.env() if emulator else None)
+        self.sql("CREATE EXTENSION kms_pg;" +
+                 ("" if emulator else " SELECT kms_create_key('alias/bench');"))
 
     def sql(self, script):
         r = subprocess.run([os.path.join(self.bin, "psql"), "-h", self.dir, "-p", str(self.port),
@@ -94,6 +150,11 @@ max_wal_size = 8GB
             # before issue 19: the named allocations and the index estimate are not reported
             s["shared_memory_bytes"] = int(self.sql(
                 "SELECT sum(allocated_size) FROM pg_shmem_allocations WHERE name LIKE 'kms_pg%'"))
+        if self.emulator:
+            c = self.emulator.counters()
+            s["kms_generate"] = c.get("GenerateDataKey", 0)
+            s["kms_decrypt"] = c.get("Decrypt", 0)
+            s["kms_total"] = c.get("total", 0)
         return s
 
     def stop(self):
@@ -117,15 +178,23 @@ def tenant_case(cl, tenants, rows, order):
     s1 = cl.stats()
     res["encrypt"] = {"ms": ms, "us_per_row": 1000.0 * ms / rows,
                       "calls": s1["generate_calls"] - s0["generate_calls"]}
+    if cl.emulator:
+        res["encrypt"]["kms_requests"] = s1["kms_total"] - s0["kms_total"]
+        res["encrypt"]["kms_generate"] = s1["kms_generate"] - s0["kms_generate"]
     read = f"SELECT count(kms_decrypt_text(c, {ctx})) FROM ct"
     ms = cl.timed(read, pre="SELECT kms_cache_flush();")
     s2 = cl.stats()
     res["cold_read"] = {"ms": ms, "us_per_row": 1000.0 * ms / rows,
                         "calls": s2["decrypt_calls"] - s1["decrypt_calls"]}
+    if cl.emulator:
+        res["cold_read"]["kms_requests"] = s2["kms_total"] - s1["kms_total"]
+        res["cold_read"]["kms_decrypt"] = s2["kms_decrypt"] - s1["kms_decrypt"]
     ms = cl.timed(read)
     s3 = cl.stats()
     res["warm_read"] = {"ms": ms, "us_per_row": 1000.0 * ms / rows,
                         "calls": s3["decrypt_calls"] - s2["decrypt_calls"]}
+    if cl.emulator:
+        res["warm_read"]["kms_requests"] = s3["kms_total"] - s2["kms_total"]
     res["evictions"] = s3["evictions"] - s0["evictions"]
     res["entries"] = s3["entries"]
     res["capacity"] = s3["capacity"]
@@ -149,13 +218,24 @@ def cold_misses(cl, n, capacity):
 
 
 def run(a):
-    out = {"label": a.label, "pgroot": a.pgroot, "cases": [], "cold_misses": [],
-           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {"label": a.label, "pgroot": a.pgroot, "provider": a.provider, "cases": [],
+           "cold_misses": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     port = a.port
+    emu = Emulator() if a.provider == "aws" else None
+    try:
+        run_configs(a, out, port, emu)
+    finally:
+        if emu:
+            emu.stop()
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+def run_configs(a, out, port, emu):
     for spec in a.configs:
         entries, tl = spec.split(":")
         entries = int(entries)
-        cl = Cluster(a.pgroot, entries, port)
+        cl = Cluster(a.pgroot, entries, port, emu)
         try:
             for t in [int(x) for x in tl.split(",")]:
                 for order in a.orders.split(","):
@@ -169,7 +249,7 @@ def run(a):
         finally:
             cl.stop()
     for c in [int(x) for x in a.capacities.split(",") if x]:
-        cl = Cluster(a.pgroot, c, port)
+        cl = Cluster(a.pgroot, c, port, emu)
         try:
             log(f"{a.label}: {a.cold_misses} cold misses at capacity {c}")
             r = cold_misses(cl, a.cold_misses, c)
@@ -177,8 +257,6 @@ def run(a):
             out["cold_misses"].append(r)
         finally:
             cl.stop()
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
 
 
 def svg_plot(runs, path):
@@ -253,20 +331,26 @@ def svg_plot(runs, path):
 
 
 def table(runs):
-    lines = ["| run | capacity | tenants | order | rows | encrypt µs/row | GenerateDataKey | cold read µs/row | unwraps | warm read µs/row | warm unwraps | evictions | shared memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | provider | capacity | tenants | order | rows | encrypt µs/row | GenerateDataKey | cold read µs/row | unwraps | warm read µs/row | warm unwraps | KMS requests (encrypt / cold / warm) | evictions | shared memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def kms(c):
+        if "kms_requests" not in c["encrypt"]:
+            return "-"
+        return (f"{c['encrypt']['kms_requests']:,} / {c['cold_read']['kms_requests']:,} / "
+                f"{c['warm_read']['kms_requests']:,}")
     for run in runs:
         for c in run["cases"]:
-            lines.append(f"| {run['label']} | {c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
+            lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
                          f"{c['encrypt']['us_per_row']:.1f} | {c['encrypt']['calls']:,} | "
                          f"{c['cold_read']['us_per_row']:.1f} | {c['cold_read']['calls']:,} | "
                          f"{c['warm_read']['us_per_row']:.1f} | {c['warm_read']['calls']:,} | "
-                         f"{c['evictions']:,} | {c['shared_memory_bytes'] / 1048576:.1f} MiB |")
-    lines += ["", "| run | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
-              "|---|---|---|---|---|---|---|---|"]
+                         f"{kms(c)} | {c['evictions']:,} | {c['shared_memory_bytes'] / 1048576:.1f} MiB |")
+    lines += ["", "| run | provider | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for c in run["cold_misses"]:
-            lines.append(f"| {run['label']} | {c['capacity']:,} | {c['misses']:,} | {c['prefilled']:,} | "
+            lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c['capacity']:,} | {c['misses']:,} | {c['prefilled']:,} | "
                          f"{c['ms']:.0f} | {c['us_per_miss']:.1f} | {c['calls']:,} | "
                          f"{c['shared_memory_bytes'] / 1048576:.1f} MiB |")
     return "\n".join(lines)
@@ -283,6 +367,9 @@ def main():
     ap.add_argument("--configs", nargs="*", default=["65536:1,1000,10000,100000", "1048576:1000000"],
                     help="capacity:tenants,tenants,...  one cluster each")
     ap.add_argument("--capacities", default="65536,1048576")
+    ap.add_argument("--provider", choices=["local", "aws"], default="local",
+                    help="aws: kms_pg.provider = 'aws' against the project's KMS emulator, "
+                         "whose request counters are reported beside kms_cache_stats")
     ap.add_argument("--cold-misses", type=int, default=2000)
     ap.add_argument("--plot", nargs="*", help="result files to plot and tabulate")
     ap.add_argument("--svg")
