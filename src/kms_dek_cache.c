@@ -1123,9 +1123,18 @@ sha256_id(char type, const char *ident, int len, uint8 *out)
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned int outl;
+	Oid			db = MyDatabaseId;
 
+	/*
+	 * The shared level is shared by every database of the cluster, but key
+	 * names, local keys and the provider settings (ALTER DATABASE ... SET)
+	 * belong to one database: the database is part of every identity, so
+	 * an alias of one database never finds another database's DEK, and a
+	 * value copied from another database never opens from its warm cache.
+	 */
 	if (md == NULL ||
 		EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+		EVP_DigestUpdate(md, &db, sizeof(db)) != 1 ||
 		EVP_DigestUpdate(md, &type, 1) != 1 ||
 		EVP_DigestUpdate(md, ident, len) != 1 ||
 		EVP_DigestFinal_ex(md, out, &outl) != 1)
