@@ -202,6 +202,53 @@ SELECT pg_temp.try(format($$SELECT kms_rewrap(%L::bytea, 'alias/regress_kg_a')$$
 RESET ROLE;
 SELECT kms_grant_key('alias/regress_kg_a', 'public', '{encrypt}');
 
+-- 7b. kms_key_usage() counts a key's values only for a role holding rewrap
+-- or admin on that key (the counts serve rotation and the decision to
+-- disable or delete it); decrypt is not enough.  A value under a key the
+-- role holds neither on refuses the whole call: no counts at all.
+CREATE FUNCTION pg_temp.denied_key(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE stmt;
+  RETURN 'ok';
+EXCEPTION WHEN insufficient_privilege THEN
+  RETURN substring(SQLERRM from 'kms_pg key "([^"]+)"');
+END $$;
+CREATE TABLE kg_usage (id int PRIMARY KEY, v bytea);
+INSERT INTO kg_usage VALUES (1, :'a_t1'), (2, :'a_t2'), (3, :'a_t1_eu'), (4, 'not a ciphertext');
+CREATE TABLE kg_usage_ab (id int PRIMARY KEY, v bytea);
+INSERT INTO kg_usage_ab VALUES (1, :'a_t1'), (2, :'b');
+-- (kms_key_columns() reads every table: SELECT on all of them, kg_rot under B included)
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO regress_kg_app;
+GRANT EXECUTE ON FUNCTION kms_key_columns(text) TO regress_kg_app;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{decrypt}');
+SET ROLE regress_kg_app;
+SELECT pg_temp.try_verbose($$SELECT * FROM kms_key_usage('kg_usage', 'v')$$) AS usage_with_decrypt_only,
+       pg_temp.try($$SELECT * FROM kms_key_usage_entry(kms_encrypt_text('x', '{}', 'alias/regress_kg_a'))$$) AS entry_with_decrypt_only;
+RESET ROLE;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{rewrap}');
+SET ROLE regress_kg_app;
+SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage', 'v');
+-- rewrap on A, nothing but PUBLIC encrypt on B: the value under B refuses the call, naming B
+SELECT pg_temp.denied_key($$SELECT * FROM kms_key_usage('kg_usage_ab', 'v')$$) = :'key_b' AS names_key_b;
+-- kms_key_columns() counts only its key's values: B's do not get in the way of A ...
+SELECT tbl, col, "values" FROM kms_key_columns(:'key_a') WHERE tbl::text LIKE 'kg_usage%' ORDER BY 1;
+-- ... and it is gated the same way for B
+SELECT pg_temp.denied_key(format('SELECT * FROM kms_key_columns(%L)', :'key_b')) = :'key_b' AS columns_of_b;
+RESET ROLE;
+-- admin serves as well as rewrap
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app', '{rewrap}'),
+       kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{admin}'),
+       kms_grant_key('alias/regress_kg_b', 'regress_kg_app', '{admin}');
+SET ROLE regress_kg_app;
+SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage_ab', 'v');
+RESET ROLE;
+-- superusers bypass
+SELECT count(*) AS keys FROM kms_key_usage('kg_usage_ab', 'v');
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app'), kms_revoke_key('alias/regress_kg_b', 'regress_kg_app');
+REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM regress_kg_app;
+REVOKE ALL ON FUNCTION kms_key_columns(text) FROM regress_kg_app;
+DROP TABLE kg_usage, kg_usage_ab;
+
 -- 8. admin: granted admin lets a role grant and disable; superusers bypass.
 SELECT kms_grant_key('alias/regress_kg_b', 'regress_kg_app', '{admin}');
 SET ROLE regress_kg_app;

@@ -546,6 +546,8 @@ priv_label(int privmask)
 {
 	if (privmask == (KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT))
 		return "rewrap or encrypt";
+	if (privmask == (KMS_PRIV_REWRAP | KMS_PRIV_ADMIN))
+		return "rewrap or admin";
 	for (int b = 0; b < 4; b++)
 		if (privmask == (1 << b))
 			return priv_names[b];
