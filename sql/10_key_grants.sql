@@ -240,7 +240,7 @@ SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app', '{rewrap}'),
        kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{admin}'),
        kms_grant_key('alias/regress_kg_b', 'regress_kg_app', '{admin}');
 SET ROLE regress_kg_app;
-SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage_ab', 'v');
+SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage_ab', 'v') ORDER BY 2;
 RESET ROLE;
 -- superusers bypass
 SELECT count(*) AS keys FROM kms_key_usage('kg_usage_ab', 'v');
@@ -267,11 +267,45 @@ SET ROLE regress_kg_app;
 SELECT pg_temp.try($$SELECT kms_encrypt_text('x', '{}', 'alias/regress_kg_b')$$) AS no_rows_no_encrypt;
 RESET ROLE;
 
+-- 9. Dropped and renamed roles.  DROP ROLE and DROP OWNED BY delete the
+-- role's rows in this database (as PostgreSQL drops its privileges); a row
+-- whose oid no longer belongs to a role of the recorded name grants nothing.
+CREATE ROLE regress_kg_gone;
+CREATE ROLE regress_kg_owned;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_gone'),
+       kms_grant_key('alias/regress_kg_b', 'regress_kg_gone', '{decrypt,rewrap}'),
+       kms_grant_key('alias/regress_kg_a', 'regress_kg_owned');
+SELECT grantee, count(*) AS keys, bool_and(grantee_valid) AS valid FROM kms_key_grants
+WHERE grantee LIKE 'regress_kg_gone' OR grantee LIKE 'regress_kg_owned' GROUP BY 1 ORDER BY 1;
+DROP ROLE regress_kg_gone;
+DROP OWNED BY regress_kg_owned;
+SELECT count(*) AS rows_left FROM kms_key_grant WHERE grantee_name IN ('regress_kg_gone', 'regress_kg_owned');
+DROP ROLE regress_kg_owned;
+-- A row another database's DROP ROLE left behind, now carrying the oid of
+-- a live role (written by hand here; t/087 reuses a dropped role's oid):
+-- it grants nothing, the view says so, and revoking the old name removes it.
+INSERT INTO kms_key_grant (provider, key_id, grantee, grantee_name, privileges, condition, grantor, granted)
+VALUES ('local', :'key_a', 'regress_kg_app'::regrole, 'regress_kg_dropped', '{decrypt,rewrap,admin}', NULL, 'someone', now());
+SELECT grantee, privileges, grantee_valid FROM kms_key_grants WHERE key_id = :'key_a' AND grantee = 'regress_kg_dropped';
+SET ROLE regress_kg_app;
+SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS stale_row_decrypt,
+       pg_temp.try($$SELECT kms_disable_key('alias/regress_kg_a')$$) AS stale_row_admin;
+RESET ROLE;
+-- granting to the role that now has the oid replaces the row, never merges it
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{encrypt}');
+SELECT grantee, privileges, grantee_valid FROM kms_key_grants
+WHERE key_id = :'key_a' AND grantee IN ('regress_kg_dropped', 'regress_kg_app');
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app');
+INSERT INTO kms_key_grant (provider, key_id, grantee, grantee_name, privileges, condition, grantor, granted)
+VALUES ('local', :'key_a', 'regress_kg_app'::regrole, 'regress_kg_dropped', '{decrypt}', NULL, 'someone', now());
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_dropped') AS removed_stale_row,
+       pg_temp.try($$SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_dropped')$$) AS again;
+
 -- The grants table is the owner's: no direct reads or writes.
 SET ROLE regress_kg_app;
 SELECT pg_temp.try('SELECT * FROM kms_key_grant') AS read_table,
        pg_temp.try('SELECT * FROM kms_key_grants') AS read_view,
-       pg_temp.try($$INSERT INTO kms_key_grant VALUES ('local', 'x', NULL, '{decrypt}', NULL, 'regress_kg_app', now())$$) AS write_table;
+       pg_temp.try($$INSERT INTO kms_key_grant (provider, key_id, privileges, grantor, granted) VALUES ('local', 'x', '{decrypt}', 'regress_kg_app', now())$$) AS write_table;
 RESET ROLE;
 
 DROP TABLE kg_rot;
