@@ -278,6 +278,9 @@ SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_gone'),
 SELECT grantee, count(*) AS keys, bool_and(grantee_valid) AS valid FROM kms_key_grants
 WHERE grantee LIKE 'regress_kg_gone' OR grantee LIKE 'regress_kg_owned' GROUP BY 1 ORDER BY 1;
 DROP ROLE regress_kg_gone;
+-- grants are privileges, not ownership: REASSIGN OWNED keeps them, DROP OWNED removes them
+REASSIGN OWNED BY regress_kg_owned TO CURRENT_USER;
+SELECT count(*) AS after_reassign FROM kms_key_grant WHERE grantee_name = 'regress_kg_owned';
 DROP OWNED BY regress_kg_owned;
 SELECT count(*) AS rows_left FROM kms_key_grant WHERE grantee_name IN ('regress_kg_gone', 'regress_kg_owned');
 DROP ROLE regress_kg_owned;
