@@ -132,6 +132,12 @@ SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t2"}
        pg_temp.try(format($$SELECT kms_decrypt_text_pairs(%L::bytea, 'tenant', 't2')$$, :'a_t2')) AS other_tenant_pairs;
 -- lying about the context does not help: the context is the AAD
 SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t2')) AS forged_context;
+-- the setting is read once per statement (as current_setting() is STABLE):
+-- a set_config() within the statement counts from the next one
+SELECT kms_decrypt_text(:'a_t1'::bytea, '{"tenant": "t1"}') AS first,
+       set_config('app.tenant', 't2', false) AS changed,
+       kms_decrypt_text(:'a_t1'::bytea, '{"tenant": "t1"}') AS same_statement;
+SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS next_statement;
 SET app.tenant = 't2';
 SELECT kms_decrypt_text(:'a_t2'::bytea, '{"tenant": "t2"}') AS switched_tenant;
 SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS previous_tenant;
