@@ -611,6 +611,8 @@ priv_label(int privmask)
 		return "rewrap or encrypt";
 	if (privmask == (KMS_PRIV_REWRAP | KMS_PRIV_ADMIN))
 		return "rewrap or admin";
+	if (privmask == (KMS_PRIV_ENCRYPT | KMS_PRIV_DECRYPT))
+		return "encrypt or decrypt";
 	for (int b = 0; b < 4; b++)
 		if (privmask == (1 << b))
 			return priv_names[b];
