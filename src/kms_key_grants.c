@@ -957,8 +957,8 @@ delete_rows(OwnerSpi *o, const char *cond, int nargs, Oid *types, Datum *values,
 	}
 	if (naws > 0)
 		owner_exec(psprintf("INSERT INTO %1$s (provider, key_id, grantee, grantee_name, privileges, condition, grantor, granted)"
-							" SELECT DISTINCT 'aws', k, NULL, NULL, '{}', NULL, $2, pg_catalog.now()"
-							" FROM pg_catalog.unnest($1) k WHERE NOT EXISTS (SELECT 1 FROM %1$s x"
+							" SELECT 'aws', k, NULL, NULL, '{}', NULL, $2, pg_catalog.now()"
+							" FROM (SELECT DISTINCT u FROM pg_catalog.unnest($1) u) d(k) WHERE NOT EXISTS (SELECT 1 FROM %1$s x"
 							" WHERE x.provider OPERATOR(pg_catalog.=) 'aws' AND x.key_id OPERATOR(pg_catalog.=) k)", o->tbl),
 				   2, (Oid[]) {TEXTARRAYOID, TEXTOID},
 				   (Datum[]) {PointerGetDatum(construct_array(aws, naws, TEXTOID, -1, false, TYPALIGN_INT)),
