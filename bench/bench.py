@@ -137,6 +137,22 @@ class Cluster:
         _, out, _ = self.psql(s)
         return float(out[-1])
 
+    def timed_cpu(self, query, setup, role, warm):
+        """(wall ms, backend CPU ms) of one execution of query as role: wall
+        time from bench_run(), CPU time from the backend's own
+        /proc/self/schedstat (nanoseconds on a CPU) read just before and
+        after, as the superuser the session starts as.  On a loaded machine
+        CPU time is the steadier measure: waiting for a core is not in it."""
+        s = setup + "SET ROLE %s;\n" % role
+        if warm:
+            s += "\\o /dev/null\n%s;\n\\o\n" % warm
+        read = "RESET ROLE;\nSELECT 'cpu=' || split_part(pg_read_file('/proc/self/schedstat'), ' ', 1);\n"
+        s += read + "SET ROLE %s;\nCALL bench_run($bq$%s$bq$, NULL);\n" % (role, query) + read
+        _, out, _ = self.psql(s)
+        cpu = [int(l[4:]) for l in out if l.startswith("cpu=")]
+        wall = [float(l) for l in out if not l.startswith("cpu=")]
+        return wall[-1], (cpu[1] - cpu[0]) / 1e6
+
     def stats(self):
         line = self.value("SELECT generate_calls || ',' || decrypt_calls || ',' || rewrap_calls"
                           " || ',' || coalesced_waits || ',' || call_errors FROM kms_cache_stats")
@@ -509,6 +525,65 @@ CREATE TABLE ct_pgp_aes AS SELECT i, pgp_sym_encrypt_bytea(data, {p}, 'cipher-al
                         ratio("kms_%s_dec_pairs" % pv, "pgc_aes_dec"), "<=", 0.7, why)
             self.target("pgp_sym_encrypt_bytea default / kms_encrypt_pairs (%s), per row" % pv,
                         ratio("pgp_def_enc", "kms_%s_enc_pairs" % pv), ">=", 100.0, why)
+
+    # -- case 11: key privileges (issue 20) ---------------------------------
+
+    def key_grants(self):
+        """kms_decrypt_pairs of N rows by roles holding decrypt through a key
+        grant (plain, and under a condition) against the same by a superuser
+        (who bypasses the check).  Interleaved like cases 1-3."""
+        n = self.n
+        log("== case 11: key privileges, pairs decrypt by granted roles (%d interleaved repetitions)" % self.reps)
+        roles = "bench_granted, bench_cond_in, bench_cond_setting"
+        self.cl.psql("""
+SET kms_pg.provider = local;
+CREATE TABLE ct_kms_t0 AS SELECT i, kms_encrypt(data, jsonb_build_object('id', i, 'tenant', 0), 'alias/bench') c FROM src;
+VACUUM ANALYZE ct_kms_t0;
+CREATE ROLE bench_granted;
+CREATE ROLE bench_cond_in;
+CREATE ROLE bench_cond_setting;
+GRANT SELECT ON ct_kms_local, ct_kms_t0 TO %(r)s;
+GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any") TO %(r)s;
+SELECT kms_grant_key('alias/bench', 'bench_granted');
+SELECT kms_grant_key('alias/bench', 'bench_cond_in', '{decrypt}', '{"tenant": {"in": [0, 1]}}');
+SELECT kms_grant_key('alias/bench', 'bench_cond_setting', '{decrypt}', '{"tenant": {"setting": "app.tenant"}}');
+""" % {"r": roles})
+        st = self.kms_setup("local")
+        q_all = "SELECT sum(length(kms_decrypt_pairs(c, %s))) FROM ct_kms_local" % PAIRS
+        w_all = "SELECT kms_decrypt_pairs(c, %s) FROM ct_kms_local WHERE i = 1" % PAIRS
+        q_t0 = "SELECT sum(length(kms_decrypt_pairs(c, 'id', i, 'tenant', 0))) FROM ct_kms_t0"
+        w_t0 = "SELECT kms_decrypt_pairs(c, 'id', i, 'tenant', 0) FROM ct_kms_t0 WHERE i = 1"
+        su = self.cl.value("SELECT current_user")
+        items = [
+            ("grants_su", "kms_decrypt_pairs, superuser (bypasses the check)", q_all, su, w_all),
+            ("grants_plain", "kms_decrypt_pairs, role granted decrypt", q_all, "bench_granted", w_all),
+            ("grants_cond_in", "kms_decrypt_pairs, role granted decrypt if tenant in [0, 1]", q_all,
+             "bench_cond_in", w_all),
+            ("grants_su_t0", "kms_decrypt_pairs, superuser, rows of tenant 0", q_t0, su, w_t0),
+            ("grants_cond_setting", "kms_decrypt_pairs, role granted decrypt if tenant = app.tenant ('0')", q_t0,
+             "bench_cond_setting", w_t0),
+        ]
+        setup = st + "SET app.tenant = '0';\n"
+        wall = {it[0]: [] for it in items}
+        cpu = {it[0]: [] for it in items}
+        for r in range(self.reps):
+            for (cid, _, q, role, warm) in items:
+                w, c = self.cl.timed_cpu(q, setup, role, warm)
+                wall[cid].append(w)
+                cpu[cid].append(c)
+            log("   rep %d/%d done (%.0f s)" % (r + 1, self.reps, time.time() - self.t0))
+        for (cid, label, _, _, _) in items:
+            sc = summary(cpu[cid])
+            self.add_case(11, cid, label, n, wall[cid], cpu_ms_median=round(sc["median"], 2),
+                          cpu_ms_min=round(sc["min"], 2), cpu_ms_max=round(sc["max"], 2),
+                          cpu_ms_reps=[round(x, 2) for x in cpu[cid]])
+        for cid, base, what in (("grants_plain", "grants_su", "a grant"),
+                                ("grants_cond_in", "grants_su", "a condition grant (in)"),
+                                ("grants_cond_setting", "grants_su_t0", "a condition grant (setting)")):
+            a, b = self.case(cid), self.case(base)
+            self.target("kms_decrypt_pairs by a role with %s / by a superuser, backend CPU time" % what,
+                        a["cpu_ms_median"] / b["cpu_ms_median"], "<=", 1.10,
+                        "wall-clock medians: %.1f / %.1f ms" % (a["ms_median"], b["ms_median"]))
 
     # -- case 4: a million rows ---------------------------------------------
 
@@ -963,6 +1038,8 @@ VACUUM ANALYZE col_src;
                 self.storage()
             if self.want(10):
                 self.columns()
+            if self.want(11):
+                self.key_grants()
             if self.args.profile:
                 log("== profiles (perf record on the backend)")
                 self.profile()

@@ -132,6 +132,12 @@ SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t2"}
        pg_temp.try(format($$SELECT kms_decrypt_text_pairs(%L::bytea, 'tenant', 't2')$$, :'a_t2')) AS other_tenant_pairs;
 -- lying about the context does not help: the context is the AAD
 SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t2')) AS forged_context;
+-- the setting is read once per statement (as current_setting() is STABLE):
+-- a set_config() within the statement counts from the next one
+SELECT kms_decrypt_text(:'a_t1'::bytea, '{"tenant": "t1"}') AS first,
+       set_config('app.tenant', 't2', false) AS changed,
+       kms_decrypt_text(:'a_t1'::bytea, '{"tenant": "t1"}') AS same_statement;
+SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS next_statement;
 SET app.tenant = 't2';
 SELECT kms_decrypt_text(:'a_t2'::bytea, '{"tenant": "t2"}') AS switched_tenant;
 SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS previous_tenant;
@@ -199,8 +205,62 @@ RESET ROLE;
 SELECT kms_revoke_key('alias/regress_kg_a', 'public', '{encrypt}');
 SET ROLE regress_kg_rot;
 SELECT pg_temp.try(format($$SELECT kms_rewrap(%L::bytea, 'alias/regress_kg_a')$$, :'b')) AS rewrap_to_ungranted;
+-- kms_rotate_column, too (it commits, so it runs at top level: SQLSTATE only)
+SET client_min_messages = warning;
+\set VERBOSITY sqlstate
+CALL kms_rotate_column('kg_rot', 'v', 'alias/regress_kg_a');
+\set VERBOSITY default
+RESET client_min_messages;
 RESET ROLE;
+SELECT count(*) FILTER (WHERE kms_ciphertext_key_id(v) = :'key_b') AS still_under_b FROM kg_rot;
 SELECT kms_grant_key('alias/regress_kg_a', 'public', '{encrypt}');
+
+-- 7b. kms_key_usage() counts a key's values only for a role holding rewrap
+-- or admin on that key (the counts serve rotation and the decision to
+-- disable or delete it); decrypt is not enough.  A value under a key the
+-- role holds neither on refuses the whole call: no counts at all.
+CREATE FUNCTION pg_temp.denied_key(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE stmt;
+  RETURN 'ok';
+EXCEPTION WHEN insufficient_privilege THEN
+  RETURN substring(SQLERRM from 'kms_pg key "([^"]+)"');
+END $$;
+CREATE TABLE kg_usage (id int PRIMARY KEY, v bytea);
+INSERT INTO kg_usage VALUES (1, :'a_t1'), (2, :'a_t2'), (3, :'a_t1_eu'), (4, 'not a ciphertext');
+CREATE TABLE kg_usage_ab (id int PRIMARY KEY, v bytea);
+INSERT INTO kg_usage_ab VALUES (1, :'a_t1'), (2, :'b');
+-- (kms_key_columns() reads every table: SELECT on all of them, kg_rot under B included)
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO regress_kg_app;
+GRANT EXECUTE ON FUNCTION kms_key_columns(text) TO regress_kg_app;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{decrypt}');
+SET ROLE regress_kg_app;
+SELECT pg_temp.try_verbose($$SELECT * FROM kms_key_usage('kg_usage', 'v')$$) AS usage_with_decrypt_only,
+       pg_temp.try($$SELECT * FROM kms_key_usage_entry(kms_encrypt_text('x', '{}', 'alias/regress_kg_a'))$$) AS entry_with_decrypt_only;
+RESET ROLE;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{rewrap}');
+SET ROLE regress_kg_app;
+SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage', 'v');
+-- rewrap on A, nothing but PUBLIC encrypt on B: the value under B refuses the call, naming B
+SELECT pg_temp.denied_key($$SELECT * FROM kms_key_usage('kg_usage_ab', 'v')$$) = :'key_b' AS names_key_b;
+-- kms_key_columns() counts only its key's values: B's do not get in the way of A ...
+SELECT tbl, col, "values" FROM kms_key_columns(:'key_a') WHERE tbl::text LIKE 'kg_usage%' ORDER BY 1;
+-- ... and it is gated the same way for B
+SELECT pg_temp.denied_key(format('SELECT * FROM kms_key_columns(%L)', :'key_b')) = :'key_b' AS columns_of_b;
+RESET ROLE;
+-- admin serves as well as rewrap
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app', '{rewrap}'),
+       kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{admin}'),
+       kms_grant_key('alias/regress_kg_b', 'regress_kg_app', '{admin}');
+SET ROLE regress_kg_app;
+SELECT provider, key_id = :'key_a' AS key_a, "values", deks FROM kms_key_usage('kg_usage_ab', 'v') ORDER BY 2;
+RESET ROLE;
+-- superusers bypass
+SELECT count(*) AS keys FROM kms_key_usage('kg_usage_ab', 'v');
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app'), kms_revoke_key('alias/regress_kg_b', 'regress_kg_app');
+REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM regress_kg_app;
+REVOKE ALL ON FUNCTION kms_key_columns(text) FROM regress_kg_app;
+DROP TABLE kg_usage, kg_usage_ab;
 
 -- 8. admin: granted admin lets a role grant and disable; superusers bypass.
 SELECT kms_grant_key('alias/regress_kg_b', 'regress_kg_app', '{admin}');
@@ -217,14 +277,112 @@ FROM unnest(ARRAY['public', 'regress_kg_app', 'regress_kg_rot', current_user]) g
 SELECT kms_decrypt_text(:'b'::bytea) AS superuser_without_rows;
 SELECT count(*) AS rows_left FROM kms_key_grants WHERE key_id = :'key_b';
 SET ROLE regress_kg_app;
-SELECT pg_temp.try($$SELECT kms_encrypt_text('x', '{}', 'alias/regress_kg_b')$$) AS no_rows_no_encrypt;
+SELECT f, pg_temp.try(q) AS no_rows_no_encrypt FROM (VALUES
+  ('kms_encrypt', $$SELECT kms_encrypt('\x00', '{}', 'alias/regress_kg_b')$$),
+  ('kms_encrypt_text', $$SELECT kms_encrypt_text('x', '{}', 'alias/regress_kg_b')$$),
+  ('kms_encrypt_pairs', $$SELECT kms_encrypt_pairs('\x00', 'alias/regress_kg_b', 'tenant', 't1')$$),
+  ('kms_encrypt_text_pairs', $$SELECT kms_encrypt_text_pairs('x', 'alias/regress_kg_b', 'tenant', 't1')$$)
+) AS t(f, q);
 RESET ROLE;
+
+-- 10. Protected columns: the view decrypts as the reader (decrypt on the
+-- column's key, conditions included: the row's context is the AAD), the
+-- trigger seals and re-seals as the writer (encrypt on the column's key), the
+-- blind index needs encrypt or decrypt.
+SELECT kms_create_key('alias/regress_kg_col') AS key_col \gset
+CREATE TABLE kg_col (id int PRIMARY KEY, tenant text NOT NULL, email text);
+INSERT INTO kg_col VALUES (1, 't1', 'one@t1'), (2, 't2', 'two@t2');
+SET client_min_messages = warning;
+CALL kms_protect_column('kg_col', 'email', '{id,tenant}', key_id => 'alias/regress_kg_col', blind_index => true);
+RESET client_min_messages;
+SELECT kms_revoke_key('alias/regress_kg_col', 'public') AS no_public_encrypt;
+CREATE ROLE regress_kg_colr;
+CREATE ROLE regress_kg_colw;
+GRANT SELECT ON kg_col, kg_col_decrypted TO regress_kg_colr;
+GRANT EXECUTE ON FUNCTION kms_decrypt_pairs(bytea, "any"), kms_blind_index(regclass, name, text) TO regress_kg_colr;
+GRANT SELECT, INSERT, UPDATE ON kg_col TO regress_kg_colw;
+SET ROLE regress_kg_colr;
+SELECT pg_temp.try('SELECT email FROM kg_col_decrypted WHERE id = 1') AS view_without_decrypt,
+       pg_temp.try($$SELECT kms_blind_index('kg_col', 'email', 'one@t1')$$) AS blind_index_without_key;
+RESET ROLE;
+SELECT kms_grant_key('alias/regress_kg_col', 'regress_kg_colr', '{decrypt}', '{"tenant": {"setting": "app.tenant"}}');
+SET ROLE regress_kg_colr;
+SET app.tenant = 't1';
+SELECT id, email FROM kg_col_decrypted WHERE tenant = 't1';
+SELECT pg_temp.try('SELECT email FROM kg_col_decrypted WHERE id = 2') AS view_other_tenant;
+-- the blind-index key's context is the column's, with no tenant in it: a
+-- condition on the tenant never admits it (searching needs a grant without one)
+SELECT pg_temp.try_verbose($$SELECT kms_blind_index('kg_col', 'email', 'one@t1')$$) AS blind_index_conditional;
+RESET app.tenant;
+RESET ROLE;
+SELECT kms_grant_key('alias/regress_kg_col', 'regress_kg_colr', '{decrypt}');
+SET ROLE regress_kg_colr;
+SELECT id FROM kg_col WHERE email_bidx = kms_blind_index('kg_col', 'email', 'one@t1');
+RESET ROLE;
+SET ROLE regress_kg_colw;
+SELECT pg_temp.try($$INSERT INTO kg_col VALUES (3, 't1', 'three@t1')$$) AS insert_without_encrypt;
+RESET ROLE;
+SELECT kms_grant_key('alias/regress_kg_col', 'regress_kg_colw', '{encrypt}');
+SET ROLE regress_kg_colw;
+INSERT INTO kg_col VALUES (3, 't1', 'three@t1');
+UPDATE kg_col SET tenant = 't3' WHERE id = 3;                 -- re-sealed under the new context
+RESET ROLE;
+SELECT kms_revoke_key('alias/regress_kg_col', 'regress_kg_colw');
+SET ROLE regress_kg_colw;
+SELECT pg_temp.try($$UPDATE kg_col SET tenant = 't4' WHERE id = 3$$) AS reseal_without_encrypt,
+       pg_temp.try($$UPDATE kg_col SET email = 'new@t3' WHERE id = 3$$) AS write_without_encrypt;
+RESET ROLE;
+SELECT id, tenant, email FROM kg_col_decrypted ORDER BY id;
+SET client_min_messages = warning;
+DROP TABLE kg_col CASCADE;
+RESET client_min_messages;
+DROP OWNED BY regress_kg_colr, regress_kg_colw;
+SELECT count(*) AS col_grants_left FROM kms_key_grant WHERE key_id = :'key_col' AND grantee IS NOT NULL
+  AND grantee_name <> current_user;
+DROP ROLE regress_kg_colr, regress_kg_colw;
+
+-- 9. Dropped and renamed roles.  DROP ROLE and DROP OWNED BY delete the
+-- role's rows in this database (as PostgreSQL drops its privileges); a row
+-- whose oid no longer belongs to a role of the recorded name grants nothing.
+CREATE ROLE regress_kg_gone;
+CREATE ROLE regress_kg_owned;
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_gone'),
+       kms_grant_key('alias/regress_kg_b', 'regress_kg_gone', '{decrypt,rewrap}'),
+       kms_grant_key('alias/regress_kg_a', 'regress_kg_owned');
+SELECT grantee, count(*) AS keys, bool_and(grantee_valid) AS valid FROM kms_key_grants
+WHERE grantee LIKE 'regress_kg_gone' OR grantee LIKE 'regress_kg_owned' GROUP BY 1 ORDER BY 1;
+DROP ROLE regress_kg_gone;
+-- grants are privileges, not ownership: REASSIGN OWNED keeps them, DROP OWNED removes them
+REASSIGN OWNED BY regress_kg_owned TO CURRENT_USER;
+SELECT count(*) AS after_reassign FROM kms_key_grant WHERE grantee_name = 'regress_kg_owned';
+DROP OWNED BY regress_kg_owned;
+SELECT count(*) AS rows_left FROM kms_key_grant WHERE grantee_name IN ('regress_kg_gone', 'regress_kg_owned');
+DROP ROLE regress_kg_owned;
+-- A row another database's DROP ROLE left behind, now carrying the oid of
+-- a live role (written by hand here; t/087 reuses a dropped role's oid):
+-- it grants nothing, the view says so, and revoking the old name removes it.
+INSERT INTO kms_key_grant (provider, key_id, grantee, grantee_name, privileges, condition, grantor, granted)
+VALUES ('local', :'key_a', 'regress_kg_app'::regrole, 'regress_kg_dropped', '{decrypt,rewrap,admin}', NULL, 'someone', now());
+SELECT grantee, privileges, grantee_valid FROM kms_key_grants WHERE key_id = :'key_a' AND grantee = 'regress_kg_dropped';
+SET ROLE regress_kg_app;
+SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'a_t1')) AS stale_row_decrypt,
+       pg_temp.try($$SELECT kms_disable_key('alias/regress_kg_a')$$) AS stale_row_admin;
+RESET ROLE;
+-- granting to the role that now has the oid replaces the row, never merges it
+SELECT kms_grant_key('alias/regress_kg_a', 'regress_kg_app', '{encrypt}');
+SELECT grantee, privileges, grantee_valid FROM kms_key_grants
+WHERE key_id = :'key_a' AND grantee IN ('regress_kg_dropped', 'regress_kg_app');
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_app');
+INSERT INTO kms_key_grant (provider, key_id, grantee, grantee_name, privileges, condition, grantor, granted)
+VALUES ('local', :'key_a', 'regress_kg_app'::regrole, 'regress_kg_dropped', '{decrypt}', NULL, 'someone', now());
+SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_dropped') AS removed_stale_row,
+       pg_temp.try($$SELECT kms_revoke_key('alias/regress_kg_a', 'regress_kg_dropped')$$) AS again;
 
 -- The grants table is the owner's: no direct reads or writes.
 SET ROLE regress_kg_app;
 SELECT pg_temp.try('SELECT * FROM kms_key_grant') AS read_table,
        pg_temp.try('SELECT * FROM kms_key_grants') AS read_view,
-       pg_temp.try($$INSERT INTO kms_key_grant VALUES ('local', 'x', NULL, '{decrypt}', NULL, 'regress_kg_app', now())$$) AS write_table;
+       pg_temp.try($$INSERT INTO kms_key_grant (provider, key_id, privileges, grantor, granted) VALUES ('local', 'x', '{decrypt}', 'regress_kg_app', now())$$) AS write_table;
 RESET ROLE;
 
 DROP TABLE kg_rot;

@@ -51,6 +51,18 @@ SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}
 RESET ROLE;
 SELECT kms_decrypt_text(:'ct', '{"tenant": "t1"}') AS superuser;
 
+-- DROP ROLE deletes the role's rows; an AWS key left without any row gets an
+-- empty PUBLIC row, so it stays governed (no row would make it ungoverned).
+CREATE ROLE regress_kg_aws3;
+SELECT kms_grant_key('alias/kms-pg-other', 'regress_kg_aws3');
+SELECT kms_revoke_key('alias/kms-pg-other', 'public') AS public_rows;
+SELECT grantee, privileges FROM kms_key_grants WHERE provider = 'aws';
+DROP ROLE regress_kg_aws3;
+SELECT grantee, privileges FROM kms_key_grants WHERE provider = 'aws';
+SET ROLE regress_kg_aws;
+SELECT pg_temp.try(format($$SELECT kms_decrypt_text(%L::bytea, '{"tenant": "t1"}')$$, :'ct')) AS after_drop_role;
+RESET ROLE;
+
 DELETE FROM kms_key_grant WHERE provider = 'aws';
 REVOKE ALL ON FUNCTION kms_decrypt_text(bytea, jsonb) FROM regress_kg_aws, regress_kg_aws2;
 DROP ROLE regress_kg_aws, regress_kg_aws2;

@@ -39,4 +39,10 @@ extern char *kms_key_check_local_admin(const char *key, Oid fn_oid);
 /* A new local key: its creator gets every privilege, PUBLIC encrypt. */
 extern void kms_key_grants_seed_new(uint8 provider, const char *key_id);
 
+/*
+ * Hooks: DROP ROLE and DROP OWNED BY delete the role's rows in the current
+ * database, ALTER ROLE ... RENAME renames them.
+ */
+extern void kms_key_grants_init(void);
+
 #endif							/* KMS_KEY_GRANTS_H */

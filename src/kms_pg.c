@@ -5,6 +5,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_pg.h"
+#include "kms_key_grants.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -25,4 +26,5 @@ _PG_init(void)
 	kms_guc_init();
 	kms_dek_cache_init();
 	kms_http_init();
+	kms_key_grants_init();
 }

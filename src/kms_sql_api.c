@@ -445,6 +445,52 @@ kms_ciphertext_info(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
+/*
+ * SQL: kms_key_usage_entry(ciphertext bytea, OUT provider text, OUT key_id text, OUT dek_id text)
+ *
+ * The per-value step of kms_key_usage() and kms_key_columns(): a value's
+ * provider, key and data key id, for a caller holding rewrap or admin on
+ * that key (usage counts serve rotation and the decision to disable or
+ * delete a key).  No condition can admit it: the check has an empty
+ * context.  A value that is not a kms_pg ciphertext gives a row of NULLs.
+ */
+PG_FUNCTION_INFO_V1(kms_key_usage_entry);
+Datum
+kms_key_usage_entry(PG_FUNCTION_ARGS)
+{
+	bytea	   *ct = PG_GETARG_BYTEA_PP(0);
+	KmsEnvelope env;
+	KmsContext	empty;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {0};
+	char		dek_id[33];
+	const KmsProviderRoutine *provider;
+
+	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
+		PG_RETURN_NULL();
+	kms_context_init_empty(&empty);
+	kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP | KMS_PRIV_ADMIN,
+				  &empty, fcinfo->flinfo->fn_oid);
+	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (tupdesc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
+	provider = kms_provider_by_id(env.provider);
+	kms_envelope_dek_id(env.wrapped, env.wrapped_len, dek_id);
+	values[0] = CStringGetTextDatum(provider ? provider->name : "unknown");
+	values[1] = PointerGetDatum(cstring_to_text_with_len(env.key_id, env.key_id_len));
+	values[2] = CStringGetTextDatum(dek_id);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
 /* SQL: kms_is_ciphertext(value bytea) RETURNS boolean */
 PG_FUNCTION_INFO_V1(kms_is_ciphertext);
 Datum

@@ -12,6 +12,13 @@
 #  - Keys that exist at ALTER EXTENSION kms_pg UPDATE keep 1.0's behaviour
 #    (PUBLIC holds every privilege): roles that read before read after;
 #    keys created afterwards give PUBLIC only encrypt.
+#  - Dropped roles: DROP ROLE deletes the role's rows in the database it
+#    runs in; the rows another database keeps grant nothing, even to a new
+#    role given the dropped role's oid (forced with pg_resetwal -o), and
+#    kms_key_grants shows them as not valid.  A rename from another
+#    database makes that database's rows inert too, until granted again.
+#  - kms_key_usage(): a role without rewrap or admin on a counted key gets
+#    42501 and one LOG line, no counts.
 use strict;
 use warnings;
 
@@ -166,5 +173,80 @@ $node->safe_psql('postgres', q{SELECT kms_revoke_key('alias/up-a', 'public', '{d
 is( $node->safe_psql('postgres',
 		q{SET ROLE reader; SELECT count(*) FROM vals WHERE id <> 22 AND kms_decrypt_text(ct, jsonb_build_object('id', id)) = 'v' || id}),
 	'21', 'tightened: the granted reader reads');
+
+# ---- dropped roles, and a new role given a dropped role's oid ----
+my $rn = PostgreSQL::Test::Cluster->new('roles');
+$rn->init;
+$rn->append_conf('postgresql.conf', "shared_preload_libraries = 'kms_pg'\n" . master_key_conf('a'));
+$rn->start;
+$rn->safe_psql('postgres', q{CREATE DATABASE other; CREATE ROLE gone LOGIN; CREATE ROLE renamed LOGIN});
+# (encrypting by key id: the shared DEK cache does not tell databases apart,
+# so the alias alone could pick up the other database's key of that alias)
+for my $db ('postgres', 'other')
+{
+	$rn->safe_psql(
+		$db, q{
+CREATE EXTENSION kms_pg;
+SELECT kms_create_key('alias/roles');
+CREATE TABLE vals (id int PRIMARY KEY, ct bytea);
+INSERT INTO vals SELECT i, kms_encrypt_text('v' || i, '{}', (SELECT key_id FROM kms_keys WHERE alias = 'alias/roles')) FROM generate_series(1, 5) i;
+-- table and function access through PUBLIC, so that DROP ROLE is not
+-- refused for them: only the key grants name the roles
+GRANT SELECT ON vals TO PUBLIC;
+GRANT EXECUTE ON FUNCTION kms_decrypt_text(bytea, jsonb) TO PUBLIC;
+SELECT kms_grant_key('alias/roles', 'gone', '{decrypt,rewrap}');
+SELECT kms_grant_key('alias/roles', 'renamed', '{decrypt}');
+});
+}
+my $okey = $rn->safe_psql('other', q{SELECT key_id FROM kms_keys WHERE alias = 'alias/roles'});
+my $read5 = q{SELECT count(*) FROM vals WHERE kms_decrypt_text(ct) LIKE 'v%'};
+is($rn->safe_psql('other', "SET ROLE gone; $read5"), '5', 'other: gone reads under its grant');
+my $gone_oid = $rn->safe_psql('postgres', q{SELECT oid FROM pg_roles WHERE rolname = 'gone'});
+my $shown = q{SELECT string_agg(grantee || ' ' || privileges::text || ' ' || grantee_valid, ', ' ORDER BY grantee)
+  FROM kms_key_grants WHERE grantee IN ('gone', 'renamed', 'renamed2', 'newcomer')};
+$rn->safe_psql('postgres', q{DROP ROLE gone; ALTER ROLE renamed RENAME TO renamed2});
+is($rn->safe_psql('postgres', $shown), 'renamed2 {decrypt} true',
+	'the database DROP ROLE and RENAME ran in: the rows are deleted, and renamed');
+is($rn->safe_psql('other', $shown), 'gone {decrypt,rewrap} false, renamed {decrypt} false',
+	'another database: the rows stay, shown as not valid');
+fails_like($rn, "SET ROLE renamed2; $read5", qr/permission denied for kms_pg key "\Q$okey\E"/,
+	'another database: a role renamed elsewhere holds nothing there', 'other');
+$rn->safe_psql('other', q{SELECT kms_grant_key('alias/roles', 'renamed2')});
+is($rn->safe_psql('other', "SET ROLE renamed2; $read5"), '5', 'until granted again under its new name');
+
+# the next role created gets the dropped role's oid (once VACUUM removed the
+# dead pg_authid row: new oids skip those of dead rows too)
+$rn->safe_psql('postgres', 'VACUUM pg_catalog.pg_authid');
+$rn->stop;
+command_ok([ 'pg_resetwal', '-o', $gone_oid, $rn->data_dir ], 'pg_resetwal -o: the next oid is the dropped role\'s');
+$rn->start;
+$rn->safe_psql('postgres', q{CREATE ROLE newcomer LOGIN});
+is($rn->safe_psql('postgres', q{SELECT oid FROM pg_roles WHERE rolname = 'newcomer'}), $gone_oid,
+	'the new role has the dropped role\'s oid');
+is($rn->safe_psql('other', q{SELECT grantee::regrole::text FROM kms_key_grant WHERE grantee_name = 'gone'}), 'newcomer',
+	'the row left in the other database carries that oid');
+$log_offset = -s $rn->logfile;
+fails_like($rn, "SET ROLE newcomer; $read5", qr/permission denied for kms_pg key "\Q$okey\E"/,
+	'the new role inherits nothing from the dropped one', 'other');
+is($rn->safe_psql('other', $shown), 'gone {decrypt,rewrap} false, renamed2 {decrypt} true',
+	'kms_key_grants still shows the old row as the dropped role\'s, not valid');
+
+# kms_key_usage: rewrap or admin on each counted key, or 42501 and one LOG line
+fails_like($rn, q{SET ROLE newcomer; SELECT * FROM kms_key_usage('vals', 'ct')},
+	qr/permission denied for kms_pg key "\Q$okey\E".*\n.*Role "newcomer" has no rewrap or admin privilege on the key/,
+	'kms_key_usage: no rewrap or admin, no counts', 'other');
+$log = slurp_file($rn->logfile, $log_offset);
+like($log, qr/LOG:  kms_pg key privilege denied: role "newcomer", key "\Q$okey\E", privilege rewrap or admin, function kms_key_usage_entry/,
+	'kms_key_usage: the denial is logged');
+@lines = ($log =~ /kms_pg key privilege denied: role "newcomer", key "[^"]+", privilege rewrap or admin/g);
+is(scalar(@lines), 1, 'kms_key_usage: one LOG line for the denial');
+
+# the old name removes the dead row; granting the newcomer starts afresh
+is($rn->safe_psql('other', q{SELECT kms_revoke_key('alias/roles', 'gone')}), '1', 'revoking the dropped role\'s name removes its row');
+$rn->safe_psql('other', q{SELECT kms_grant_key('alias/roles', 'newcomer', '{rewrap}')});
+is($rn->safe_psql('other', q{SET ROLE newcomer; SELECT "values" FROM kms_key_usage('vals', 'ct')}), '5',
+	'kms_key_usage: counts with rewrap');
+fails_like($rn, "SET ROLE newcomer; $read5", qr/permission denied for kms_pg key/,
+	'the newcomer holds only what it was granted', 'other');
 
 done_testing();

@@ -63,8 +63,12 @@ BEGIN
                                 (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'kms_pg'))
         ORDER BY 1, 2
     LOOP
-        SELECT u."values" INTO n FROM @extschema@.kms_key_usage(r.t, r.c) u
-        WHERE u.provider OPERATOR(pg_catalog.=) 'local' AND u.key_id OPERATOR(pg_catalog.=) kms_key_columns.key_id;
+        -- only this key's values, each checked (rewrap or admin) as in kms_key_usage()
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.count(@extschema@.kms_key_usage_entry(t.%1$I)) FROM %2$s t'
+            ' WHERE @extschema@.kms_ciphertext_provider(t.%1$I) OPERATOR(pg_catalog.=) ''local'''
+            '   AND @extschema@.kms_ciphertext_key_id(t.%1$I) OPERATOR(pg_catalog.=) $1', r.c, r.t)
+            INTO n USING kms_key_columns.key_id;
         IF n OPERATOR(pg_catalog.>) 0 THEN
             tbl := r.t; col := r.c; "values" := n;
             RETURN NEXT;

@@ -60,6 +60,16 @@ FROM kms_rotation_progress p;
 COMMENT ON VIEW kms_rotation_status IS
   'kms_rotate_column() runs with state (running, stopped, finished), percent done and time left';
 
+-- The per-value step of kms_key_usage() and kms_key_columns(), in C: the
+-- value's provider, key and data key id for a caller holding rewrap or
+-- admin on that key (42501 otherwise); NULLs for a value that is not a
+-- kms_pg ciphertext.
+CREATE FUNCTION kms_key_usage_entry(ciphertext bytea,
+    OUT provider text, OUT key_id text, OUT dek_id text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kms_key_usage_entry'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
 -- Per provider and key id: how many values of tbl.col it protects and
 -- through how many distinct data keys.  Values that are not kms_pg
 -- ciphertexts are counted in a row with provider and key_id NULL.
@@ -77,8 +87,7 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE format(
         'SELECT i.provider, i.key_id, count(*), count(DISTINCT i.dek_id)'
-        ' FROM %2$s t LEFT JOIN LATERAL @extschema@.kms_ciphertext_info('
-        '     CASE WHEN @extschema@.kms_is_ciphertext(t.%1$I) THEN t.%1$I END) i ON true'
+        ' FROM %2$s t LEFT JOIN LATERAL @extschema@.kms_key_usage_entry(t.%1$I) i ON true'
         ' WHERE t.%1$I IS NOT NULL'
         ' GROUP BY 1, 2 ORDER BY 1, 2', col, tbl);
 END

@@ -3,6 +3,16 @@
 -- Generated from sql/install/25_rotation.sql: every function whose text
 -- changed is replaced.
 
+-- The per-value step of kms_key_usage() and kms_key_columns(), in C: the
+-- value's provider, key and data key id for a caller holding rewrap or
+-- admin on that key (42501 otherwise); NULLs for a value that is not a
+-- kms_pg ciphertext.
+CREATE FUNCTION kms_key_usage_entry(ciphertext bytea,
+    OUT provider text, OUT key_id text, OUT dek_id text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kms_key_usage_entry'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
 CREATE OR REPLACE FUNCTION kms_key_usage(tbl regclass, col name)
 RETURNS TABLE (provider text, key_id text, "values" bigint, deks bigint)
 LANGUAGE plpgsql STABLE
@@ -17,8 +27,7 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE format(
         'SELECT i.provider, i.key_id, count(*), count(DISTINCT i.dek_id)'
-        ' FROM %2$s t LEFT JOIN LATERAL @extschema@.kms_ciphertext_info('
-        '     CASE WHEN @extschema@.kms_is_ciphertext(t.%1$I) THEN t.%1$I END) i ON true'
+        ' FROM %2$s t LEFT JOIN LATERAL @extschema@.kms_key_usage_entry(t.%1$I) i ON true'
         ' WHERE t.%1$I IS NOT NULL'
         ' GROUP BY 1, 2 ORDER BY 1, 2', col, tbl);
 END
