@@ -436,8 +436,7 @@ kms_dek_registry_fill(KmsEnvelope *env)
 		if (!found)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("data key reference %llu of a format 2 value is not in the kms_pg registry",
-							(unsigned long long) env->dek_ref),
+					 errmsg("the data key of a format 2 value is not in the kms_pg registry"),
 					 errdetail("A format 2 value can be decrypted only where the kms_dek_registry row of its data key exists."),
 					 errhint("Restore the registry with the data (pg_dump dumps it with the extension), or move values between databases in format 1 (kms_pg.format = 1, kms_reencrypt).")));
 		/* a row of this transaction may still roll back: do not remember it */
