@@ -731,7 +731,7 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("key_id must not be NULL")));
+				 errmsg("%s must not be NULL", "key_id")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	key = text_to_cstring(PG_GETARG_TEXT_PP(0));
