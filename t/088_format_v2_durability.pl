@@ -123,12 +123,18 @@ is(gen_calls() - $g, 1, 'the open transaction called the KMS for a new DEK');
 $g = gen_calls();
 $node->safe_psql('postgres', ins(91, 100));
 is(gen_calls(), $g, 'a committed session sealed with that DEK');
+my $pm_pid = $node->{_pid};
 $node->kill9;
 eval { $victim->quit; 1 };
-# the orphaned backends exit when they notice the postmaster is gone
+# The orphaned backends exit when they notice the postmaster is gone.  A
+# killed postmaster that nobody reaps stays a zombie, which the lock file
+# check takes for a live one: its postmaster.pid is stale then.
 my $started = 0;
 for (my $i = 0; $i < 120 && !$started; $i++)
 {
+	my $status = -e "/proc/$pm_pid/status" ? slurp_file("/proc/$pm_pid/status") : '';
+	unlink($node->data_dir . '/postmaster.pid') if $status =~ /^State:\s+Z/m;
+	$node->{_pid} = undef;	# a failed start reads the stale pid file
 	$started = $node->start(fail_ok => 1);
 	sleep 1 unless $started;
 }
