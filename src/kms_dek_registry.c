@@ -71,6 +71,7 @@
 #define ANUM_NAMES		4
 #define ANUM_WRAPPED	5
 #define KMS_REG_MEMO_MAX	8192
+#define KMS_ENS_MAX			65536	/* registered DEKs remembered per backend */
 
 /* ---- the table ---- */
 
@@ -644,6 +645,17 @@ kms_dek_registry_ensure(KmsDek *dek)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("could not register a data key in the kms_pg registry")));
+	}
+	if (hash_get_num_entries(ens_map) >= KMS_ENS_MAX)
+	{
+		/* forget committed rows (found again by wrapped DEK), never open ones */
+		HASH_SEQ_STATUS st;
+		EnsureEntry *x;
+
+		hash_seq_init(&st, ens_map);
+		while ((x = hash_seq_search(&st)) != NULL)
+			if (x->state == ENS_COMMITTED)
+				hash_search(ens_map, &x->hkey, HASH_REMOVE, NULL);
 	}
 	e = hash_search(ens_map, &hkey, HASH_ENTER, NULL);
 	e->ref = got.ref;
