@@ -117,6 +117,7 @@ typedef struct EnsureEntry
 
 static HTAB *ens_map = NULL;
 static uint64 ens_epoch = 1;
+static bool ens_any_open = false;	/* an ENS_INSERTED entry may exist: walk at (sub)xact end */
 
 static void registry_init(void);
 
@@ -207,8 +208,9 @@ registry_xact_cb(XactEvent event, void *arg)
 			return;
 	}
 	ens_epoch++;
-	if (ens_map == NULL)
+	if (ens_map == NULL || !ens_any_open)
 		return;
+	ens_any_open = false;
 	hash_seq_init(&st, ens_map);
 	while ((e = hash_seq_search(&st)) != NULL)
 	{
@@ -239,7 +241,7 @@ registry_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		ens_epoch++;
-	if (ens_map == NULL)
+	if (ens_map == NULL || !ens_any_open)
 		return;
 	hash_seq_init(&st, ens_map);
 	while ((e = hash_seq_search(&st)) != NULL)
@@ -660,6 +662,8 @@ kms_dek_registry_ensure(KmsDek *dek)
 	e = hash_search(ens_map, &hkey, HASH_ENTER, NULL);
 	e->ref = got.ref;
 	e->state = got.own ? ENS_INSERTED : ENS_COMMITTED;
+	if (got.own)
+		ens_any_open = true;
 	e->subid = GetCurrentSubTransactionId();
 	dek->dek_ref = got.ref;
 	dek->ensured_epoch = ens_epoch;
