@@ -499,6 +499,9 @@ kms_key_usage_entry(PG_FUNCTION_ARGS)
 
 	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
 		PG_RETURN_NULL();
+	/* format 2: the key id and wrapped DEK are in the registry */
+	if (env.version == KMS_ENVELOPE_V2)
+		kms_dek_registry_fill(&env);
 	kms_context_init_empty(&empty);
 	kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP | KMS_PRIV_ADMIN,
 				  &empty, fcinfo->flinfo->fn_oid);
