@@ -30,6 +30,7 @@
 #include "kms_secure_mem.h"
 #include "kms_key_grants.h"
 #include "kms_sql_api.h"
+#include "kms_compat.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -37,12 +38,15 @@
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
+#include "rewrite/rewriteHandler.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "libpq/pqformat.h"
@@ -59,6 +63,8 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
 #include <openssl/hmac.h>
@@ -964,6 +970,28 @@ typedef struct KmsView
 	List	   *updates;
 	SPIPlanPtr	delete;
 	MemoryContextCallback freeplans;
+	bool		covers_table;	/* every table column is a view column */
+
+	/*
+	 * Direct writes (view_direct_*): the table's own executor routines on
+	 * an executor state kept for the statement, instead of a statement
+	 * through SPI per row.
+	 */
+	int			direct[2];		/* INSERT, UPDATE: 0 not decided, 1 direct, -1 SPI */
+	EState	   *estate;
+	ResultRelInfo *rri;
+	Relation	rel;			/* open (and its indexes) until the statement ends */
+	ResourceOwner owner;		/* that opened them */
+	KmsPermInfo *perm;
+	TupleTableSlot *slot;		/* the row written */
+	TupleTableSlot *oldslot;	/* UPDATE: the row found by primary key */
+	TupleTableSlot *keyslot;	/* UPDATE: the key searched */
+	ExprState **defexpr;		/* per table column, prepared on first use */
+	Oid			pkindex;
+	EPQState	epq;
+	Bitmapset  *checked;		/* columns of the last permission check */
+	AclMode		checked_mode;
+	MemoryContextCallback closerel;
 } KmsView;
 
 /* The plans of a statement go with it (its function's memory context). */
@@ -1052,9 +1080,17 @@ load_view(FunctionCallInfo fcinfo, Relation view)
 	v->pkcol = palloc0(sizeof(int) * Max(vdesc->natts, 1));
 	/* The view lists the table's columns in order. */
 	j = 0;
-	for (int i = 0; i < tdesc->natts && j < vdesc->natts; i++)
+	v->covers_table = true;
+	for (int i = 0; i < tdesc->natts; i++)
 	{
 		Form_pg_attribute ta = TupleDescAttr(tdesc, i);
+
+		if (j >= vdesc->natts)
+		{
+			if (!ta->attisdropped)
+				v->covers_table = false;	/* added to the table after the view */
+			continue;
+		}
 
 		if (ta->attisdropped)
 			continue;
@@ -1201,6 +1237,339 @@ view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, Tup
 	return res;
 }
 
+/* ---------- direct writes through the decrypting views ---------- */
+
+/*
+ * A statement through SPI per row pays for parsing-free but complete
+ * executor start-up and shut-down, the table's CHECK constraints read
+ * from the catalog again, its trigger's catalog row loaded again, for
+ * every row.  The direct path instead keeps one executor state for the
+ * statement (the table and its indexes open, constraint expressions and
+ * trigger state prepared once) and writes each row with the executor's
+ * own routines for a single row (ExecSimpleRelationInsert/Update, as
+ * logical replication applies rows): BEFORE and AFTER row triggers (the
+ * table's encrypting trigger among them), generated columns, NOT NULL,
+ * CHECK and partition constraints, unique and exclusion indexes, as for
+ * an INSERT or UPDATE of the table.  It runs as the caller: the caller's
+ * privileges on the table are checked as the executor checks them (same
+ * columns, same errors); defaults are evaluated as the caller.  AFTER row
+ * triggers (foreign keys) fire after each row, as with SPI.
+ *
+ * Whatever the direct path would not do exactly as an INSERT or UPDATE
+ * statement does stays on SPI: tables with row-level security, rules,
+ * statement-level triggers or transition tables, partitioned tables,
+ * tables with columns the view lacks, UPDATE under REPEATABLE READ or
+ * SERIALIZABLE (the row is looked up by primary key with the latest
+ * snapshot, as READ COMMITTED does), and a row that writes a GENERATED
+ * ALWAYS identity column (SPI raises the usual error).
+ *
+ * The table stays open until the statement's memory goes
+ * (view_direct_close); on an error the resource owner releases it.
+ */
+
+static void
+view_direct_close(void *arg)
+{
+	KmsView    *v = (KmsView *) arg;
+	ResourceOwner save;
+
+	/* after an error the transaction's resource owner has released them */
+	if (v->rel == NULL || !IsTransactionState())
+		return;
+	save = CurrentResourceOwner;
+	CurrentResourceOwner = v->owner;
+	/* the slots hold a reference to the table's tuple descriptor */
+	ExecDropSingleTupleTableSlot(v->slot);
+	if (v->oldslot != NULL)
+		ExecDropSingleTupleTableSlot(v->oldslot);
+	if (v->keyslot != NULL)
+		ExecDropSingleTupleTableSlot(v->keyslot);
+	/* and so do the executor's own (the triggers' old and new rows) */
+	ExecResetTupleTable(v->estate->es_tupleTable, false);
+	ExecCloseIndices(v->rri);
+	table_close(v->rel, NoLock);
+	CurrentResourceOwner = save;
+	v->rel = NULL;
+}
+
+/* Whether the direct path does exactly what the SPI statement would. */
+static bool
+view_direct_usable(KmsView *v, bool update)
+{
+	Relation	rel;
+	bool		ok;
+	TriggerDesc *td;
+
+	if (!v->covers_table || (update && (v->npk == 0 || IsolationUsesXactSnapshot())))
+		return false;
+	rel = table_open(v->relid, RowExclusiveLock);
+	td = rel->trigdesc;
+	ok = rel->rd_rel->relkind == RELKIND_RELATION &&
+		!rel->rd_rel->relrowsecurity &&
+		rel->rd_rules == NULL;
+	if (ok && td != NULL)
+	{
+		if (update)
+			ok = !td->trig_update_before_statement && !td->trig_update_after_statement &&
+				!td->trig_update_old_table && !td->trig_update_new_table;
+		else
+			ok = !td->trig_insert_before_statement && !td->trig_insert_after_statement &&
+				!td->trig_insert_new_table;
+	}
+	if (ok && update)
+		ok = OidIsValid(kms_relation_pkey_index(rel));
+	table_close(rel, NoLock);
+	return ok;
+}
+
+/* The executor state of the statement, made on first use. */
+static void
+view_direct_open(KmsView *v, MemoryContext mcxt)
+{
+	MemoryContext old;
+	TriggerDesc *td;
+
+	if (v->estate != NULL)
+		return;
+	old = MemoryContextSwitchTo(mcxt);
+	v->estate = CreateExecutorState();
+	MemoryContextSwitchTo(v->estate->es_query_cxt);
+	v->owner = CurrentResourceOwner;
+	v->rel = table_open(v->relid, RowExclusiveLock);
+	v->closerel.func = view_direct_close;
+	v->closerel.arg = v;
+	MemoryContextRegisterResetCallback(v->estate->es_query_cxt, &v->closerel);
+	v->perm = kms_exec_init_rtable(v->estate, v->rel);
+	v->perm->checkAsUser = InvalidOid;
+	v->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(v->rri, v->rel, 1, NULL, 0);
+	ExecOpenIndices(v->rri, false);
+	/* trigger functions looked up here, so that their state lives as long */
+	td = v->rri->ri_TrigDesc;
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+		fmgr_info(td->triggers[i].tgfoid, &v->rri->ri_TrigFunctions[i]);
+	v->slot = MakeSingleTupleTableSlot(RelationGetDescr(v->rel), &TTSOpsVirtual);
+	v->defexpr = palloc0(sizeof(ExprState *) * RelationGetDescr(v->rel)->natts);
+	v->pkindex = kms_relation_pkey_index(v->rel);
+	if (OidIsValid(v->pkindex))
+	{
+		v->oldslot = table_slot_create(v->rel, NULL);
+		v->keyslot = MakeSingleTupleTableSlot(RelationGetDescr(v->rel), &TTSOpsVirtual);
+	}
+	kms_epq_init(&v->epq, v->estate);
+	MemoryContextSwitchTo(old);
+}
+
+/* The executor's permission check, again only when the columns change. */
+static void
+view_direct_check(KmsView *v, AclMode mode, Bitmapset *cols)
+{
+	MemoryContext old;
+
+	if (v->checked != NULL && v->checked_mode == mode && bms_equal(v->checked, cols))
+		return;
+	old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+	v->perm->requiredPerms = mode;
+	v->perm->insertedCols = mode & ACL_INSERT ? bms_copy(cols) : NULL;
+	v->perm->updatedCols = mode & ACL_UPDATE ? bms_copy(cols) : NULL;
+	v->perm->selectedCols = NULL;
+	if (mode & ACL_UPDATE)
+	{
+		/* WHERE <primary key> = ...: SELECT on those columns */
+		v->perm->requiredPerms |= ACL_SELECT;
+		for (int k = 0; k < v->npk; k++)
+			v->perm->selectedCols = bms_add_member(v->perm->selectedCols,
+												   v->tabatt[v->pkcol[k]] - FirstLowInvalidHeapAttributeNumber);
+	}
+	MemoryContextSwitchTo(old);
+	kms_exec_check_perms(v->estate);
+	old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+	bms_free(v->checked);
+	v->checked = bms_copy(cols);
+	v->checked_mode = mode;
+	MemoryContextSwitchTo(old);
+}
+
+/* A column default, evaluated as the caller. */
+static Datum
+view_direct_default(KmsView *v, AttrNumber attnum, bool *isnull)
+{
+	if (v->defexpr[attnum - 1] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+		Node	   *expr = build_column_default(v->rel, attnum);
+
+		if (expr == NULL)
+			expr = (Node *) makeNullConst(TupleDescAttr(RelationGetDescr(v->rel), attnum - 1)->atttypid,
+										  -1, InvalidOid);
+		v->defexpr[attnum - 1] = ExecPrepareExpr((Expr *) expr, v->estate);
+		MemoryContextSwitchTo(old);
+	}
+	return ExecEvalExprSwitchContext(v->defexpr[attnum - 1], GetPerTupleExprContext(v->estate), isnull);
+}
+
+static bool
+identity_always(KmsView *v, int c)
+{
+	return TupleDescAttr(RelationGetDescr(v->rel), v->tabatt[c] - 1)->attidentity == ATTRIBUTE_IDENTITY_ALWAYS;
+}
+
+/*
+ * INSERT of the view's row newtup; false when this row must go through
+ * SPI instead.  *inserted: whether the table's triggers let it through.
+ */
+static bool
+view_direct_insert(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext mcxt, bool *inserted)
+{
+	TupleTableSlot *slot;
+	Bitmapset  *cols = NULL;
+
+	view_direct_open(v, mcxt);
+	slot = v->slot;
+	ExecClearTuple(slot);
+	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
+		slot->tts_isnull[a] = true;
+	for (int c = 0; c < v->nviewcols; c++)
+	{
+		bool		isnull;
+		Datum		d;
+		AttrNumber	att = v->tabatt[c];
+
+		if (!v->writable[c])
+			continue;
+		d = heap_getattr(newtup, c + 1, vdesc, &isnull);
+		if (isnull && v->defaulted[c])
+		{
+			slot->tts_values[att - 1] = view_direct_default(v, att, &slot->tts_isnull[att - 1]);
+			continue;
+		}
+		if (!isnull && identity_always(v, c))
+			return false;
+		cols = bms_add_member(cols, att - FirstLowInvalidHeapAttributeNumber);
+		slot->tts_values[att - 1] = isnull ? (Datum) 0 : view_to_table(v, c, d);
+		slot->tts_isnull[att - 1] = isnull;
+	}
+	view_direct_check(v, ACL_INSERT, cols);
+	ExecStoreVirtualTuple(slot);
+	ItemPointerSetInvalid(&slot->tts_tid);
+	v->estate->es_snapshot = GetActiveSnapshot();
+	v->estate->es_output_cid = GetCurrentCommandId(true);
+	AfterTriggerBeginQuery();
+	ExecSimpleRelationInsert(v->rri, v->estate, slot);
+	AfterTriggerEndQuery(v->estate);
+	*inserted = ItemPointerIsValid(&slot->tts_tid);
+	return true;
+}
+
+/*
+ * UPDATE of the table row with the view row's primary key: the view
+ * columns in cols (bits: view column numbers) take their values from
+ * newtup.  False when this row must go through SPI instead.
+ */
+static bool
+view_direct_update(KmsView *v, TupleDesc vdesc, HeapTuple oldtup, HeapTuple newtup,
+				   Bitmapset *vcols, MemoryContext mcxt, bool *updated)
+{
+	TupleTableSlot *slot;
+	TupleTableSlot *key;
+	Bitmapset  *cols = NULL;
+	int			c = -1;
+	int			natts;
+	bool		found;
+
+	view_direct_open(v, mcxt);
+	while ((c = bms_next_member(vcols, c)) >= 0)
+	{
+		if (identity_always(v, c))
+			return false;
+		cols = bms_add_member(cols, v->tabatt[c] - FirstLowInvalidHeapAttributeNumber);
+	}
+	view_direct_check(v, ACL_UPDATE, cols);
+	natts = RelationGetDescr(v->rel)->natts;
+
+	key = v->keyslot;
+	ExecClearTuple(key);
+	for (int a = 0; a < natts; a++)
+		key->tts_isnull[a] = true;
+	for (int k = 0; k < v->npk; k++)
+	{
+		AttrNumber	att = v->tabatt[v->pkcol[k]];
+
+		key->tts_values[att - 1] = heap_getattr(oldtup, v->pkcol[k] + 1, vdesc, &key->tts_isnull[att - 1]);
+	}
+	ExecStoreVirtualTuple(key);
+
+	v->estate->es_snapshot = GetActiveSnapshot();
+	v->estate->es_output_cid = GetCurrentCommandId(true);
+	found = RelationFindReplTupleByIndex(v->rel, v->pkindex, ExecUpdateLockMode(v->estate, v->rri),
+										 key, v->oldslot);
+	*updated = false;
+	if (found)
+	{
+		slot = v->slot;
+		ExecClearTuple(slot);
+		slot_getallattrs(v->oldslot);
+		memcpy(slot->tts_values, v->oldslot->tts_values, sizeof(Datum) * natts);
+		memcpy(slot->tts_isnull, v->oldslot->tts_isnull, sizeof(bool) * natts);
+		c = -1;
+		while ((c = bms_next_member(vcols, c)) >= 0)
+		{
+			AttrNumber	att = v->tabatt[c];
+			bool		isnull;
+			Datum		d = heap_getattr(newtup, c + 1, vdesc, &isnull);
+
+			slot->tts_values[att - 1] = isnull ? (Datum) 0 : view_to_table(v, c, d);
+			slot->tts_isnull[att - 1] = isnull;
+		}
+		ExecStoreVirtualTuple(slot);
+		ItemPointerSetInvalid(&slot->tts_tid);
+		AfterTriggerBeginQuery();
+		ExecSimpleRelationUpdate(v->rri, v->estate, &v->epq, v->oldslot, slot);
+		AfterTriggerEndQuery(v->estate);
+		*updated = ItemPointerIsValid(&slot->tts_tid) &&
+			!ItemPointerEquals(&slot->tts_tid, &v->oldslot->tts_tid);
+	}
+	return true;
+}
+
+/* The row handed back for a direct write: as view_result, from the table's row in slot. */
+static HeapTuple
+view_direct_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext cxt)
+{
+	Datum	   *values = palloc(sizeof(Datum) * v->nviewcols);
+	bool	   *nulls = palloc(sizeof(bool) * v->nviewcols);
+	MemoryContext old;
+	HeapTuple	res;
+
+	for (int c = 0; c < v->nviewcols; c++)
+	{
+		if (v->prot[c] >= 0)
+		{
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
+			if (!v->may_decrypt)
+				nulls[c] = true;
+		}
+		else if (v->may_select)
+			values[c] = slot_getattr(v->slot, v->tabatt[c], &nulls[c]);
+		else
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
+	}
+	old = MemoryContextSwitchTo(cxt);
+	res = heap_form_tuple(vdesc, values, nulls);
+	MemoryContextSwitchTo(old);
+	return res;
+}
+
+/* End of a row: per-row memory and buffer pins go. */
+static void
+view_direct_row_done(KmsView *v)
+{
+	if (v->oldslot != NULL)
+		ExecClearTuple(v->oldslot);
+	ExecClearTuple(v->slot);
+	ResetPerTupleExprContext(v->estate);
+}
+
 /*
  * SQL: kms_protected_view_trigger() RETURNS trigger
  * INSTEAD OF INSERT OR UPDATE OR DELETE on a decrypting view: the same
@@ -1252,6 +1621,53 @@ kms_protected_view_trigger(PG_FUNCTION_ARGS)
 						get_namespace_name(RelationGetNamespace(view)), RelationGetRelationName(view),
 						v->relname),
 				 errhint("Add a primary key, or write to the table directly.")));
+
+	/* The direct path (view_direct_*) where it does what SPI would. */
+	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		bool		upd = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
+		bool		done = false;
+
+		if (v->direct[upd] == 0)
+			v->direct[upd] = view_direct_usable(v, upd) ? 1 : -1;
+		if (v->direct[upd] > 0 && !upd &&
+			view_direct_insert(v, vdesc, td->tg_trigtuple, fcinfo->flinfo->fn_mcxt, &done))
+		{
+			result = done ? view_direct_result(v, vdesc, td->tg_trigtuple, callercxt) : NULL;
+			view_direct_row_done(v);
+			return PointerGetDatum(result);
+		}
+		if (v->direct[upd] > 0 && upd)
+		{
+			Bitmapset  *vcols = NULL;
+
+			for (int c = 0; c < v->nviewcols; c++)
+			{
+				bool		nnull;
+				bool		onull;
+				Datum		nd;
+				Datum		od;
+				Form_pg_attribute a = TupleDescAttr(vdesc, c);
+
+				if (!v->writable[c])
+					continue;
+				nd = heap_getattr(td->tg_newtuple, c + 1, vdesc, &nnull);
+				od = heap_getattr(td->tg_trigtuple, c + 1, vdesc, &onull);
+				if (nnull == onull && (nnull || datumIsEqual(nd, od, a->attbyval, a->attlen)))
+					continue;
+				vcols = bms_add_member(vcols, c);
+			}
+			if (vcols == NULL)
+				return PointerGetDatum(td->tg_newtuple);
+			if (view_direct_update(v, vdesc, td->tg_trigtuple, td->tg_newtuple, vcols,
+								   fcinfo->flinfo->fn_mcxt, &done))
+			{
+				result = done ? view_direct_result(v, vdesc, td->tg_newtuple, callercxt) : NULL;
+				view_direct_row_done(v);
+				return PointerGetDatum(result);
+			}
+		}
+	}
 
 	args = palloc(sizeof(Datum) * (v->nviewcols + v->npk));
 	argnulls = palloc(v->nviewcols + v->npk);
