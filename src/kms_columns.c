@@ -38,6 +38,7 @@
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
@@ -223,7 +224,8 @@ kms_sealed_from_bytea(PG_FUNCTION_ARGS)
 bool
 kms_context_value_from_datum(Datum value, Oid typid, KmsContextPair *p)
 {
-	Oid			base = getBaseType(typid);
+	/* built-in types are never domains: no catalog lookup per value */
+	Oid			base = typid < FirstGenbkiObjectId ? typid : getBaseType(typid);
 	char	   *s;
 
 	switch (base)
@@ -852,6 +854,150 @@ kms_pc_view_decrypt(PG_FUNCTION_ARGS)
 	if (!*allowed || PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	return kms_decrypt_pairs(fcinfo);
+}
+
+/*
+ * The call-site state of kms_pc_view_decrypt_text(): the decision whether
+ * the caller may decrypt (once per query, as kms_pc_view_decrypt), and the
+ * context pairs whose key and value are constants in the view's
+ * definition, converted once.  Only the context columns of the row are
+ * converted per row.
+ */
+typedef struct KmsViewDecrypt
+{
+	bool		allowed;
+	bool		generic;		/* not the generated form: kms_decrypt_pairs() */
+	int			npairs;
+	KmsContextPair *pairs;		/* constants filled in, in argument order */
+	bool	   *varying;		/* pair i's value comes from the row */
+	Oid		   *valtypes;
+} KmsViewDecrypt;
+
+static bool
+pc_view_may_decrypt(FunctionCallInfo fcinfo)
+{
+	Oid			nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+	Oid			argtypes[2] = {BYTEAOID, ANYOID};
+	Oid			fn = LookupFuncName(list_make2(makeString(get_namespace_name(nsp)),
+											   makeString("kms_decrypt_pairs")),
+									2, argtypes, false);
+
+	return DatumGetBool(DirectFunctionCall2(has_function_privilege_id,
+											ObjectIdGetDatum(fn),
+											CStringGetTextDatum("EXECUTE")));
+}
+
+static KmsViewDecrypt *
+pc_view_decrypt_state(FunctionCallInfo fcinfo)
+{
+	FmgrInfo   *fl = fcinfo->flinfo;
+	KmsViewDecrypt *st = (KmsViewDecrypt *) fl->fn_extra;
+	MemoryContext old;
+	int			nargs = PG_NARGS() - 1;
+
+	if (st != NULL)
+		return st;
+	old = MemoryContextSwitchTo(fl->fn_mcxt);
+	st = palloc0(sizeof(KmsViewDecrypt));
+	st->allowed = pc_view_may_decrypt(fcinfo);
+	st->generic = get_fn_expr_variadic(fl) || nargs <= 0 || nargs % 2 != 0;
+	if (!st->generic)
+	{
+		st->npairs = nargs / 2;
+		st->pairs = palloc0(sizeof(KmsContextPair) * st->npairs);
+		st->varying = palloc0(sizeof(bool) * st->npairs);
+		st->valtypes = palloc0(sizeof(Oid) * st->npairs);
+		for (int i = 0; i < st->npairs && !st->generic; i++)
+		{
+			int			ka = 1 + 2 * i;
+			int			va = ka + 1;
+			Oid			kt = get_fn_expr_argtype(fl, ka);
+			Oid			vt = get_fn_expr_argtype(fl, va);
+			KmsContextPair *p = &st->pairs[i];
+
+			/* keys: text constants; anything else takes the generic path */
+			if (kt != TEXTOID || !get_fn_expr_arg_stable(fl, ka) || PG_ARGISNULL(ka))
+			{
+				st->generic = true;
+				break;
+			}
+			p->key = text_to_cstring(PG_GETARG_TEXT_PP(ka));
+			p->keylen = strlen(p->key);
+			st->valtypes[i] = vt;
+			st->varying[i] = !get_fn_expr_arg_stable(fl, va);
+			if (!st->varying[i])
+			{
+				if (PG_ARGISNULL(va) || !kms_context_value_from_datum(PG_GETARG_DATUM(va), vt, p))
+					st->generic = true;
+			}
+		}
+	}
+	MemoryContextSwitchTo(old);
+	fl->fn_extra = st;
+	return st;
+}
+
+/*
+ * SQL: kms_pc_view_decrypt_text(ciphertext bytea, VARIADIC context "any") RETURNS text
+ * What the views call for a protected column of any type but bytea: the
+ * plaintext (UTF-8, as the trigger sealed it) in the database encoding, or
+ * NULL for a role that may not execute kms_decrypt_pairs().  The context
+ * is built as the trigger builds it, constants once per query.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_view_decrypt_text);
+Datum
+kms_pc_view_decrypt_text(PG_FUNCTION_ARGS)
+{
+	KmsViewDecrypt *st;
+	bytea	   *pt;
+	char	   *conv;
+	int			len;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	st = pc_view_decrypt_state(fcinfo);
+	if (!st->allowed)
+		PG_RETURN_NULL();
+	if (st->generic)
+		pt = DatumGetByteaPP(kms_decrypt_pairs(fcinfo));
+	else
+	{
+		KmsContextPair *pairs = palloc(sizeof(KmsContextPair) * st->npairs);
+		KmsContext	ctx;
+		char	   *detail;
+		KmsError	err;
+
+		memcpy(pairs, st->pairs, sizeof(KmsContextPair) * st->npairs);
+		for (int i = 0; i < st->npairs; i++)
+		{
+			int			va = 2 + 2 * i;
+
+			if (!st->varying[i])
+				continue;
+			if (PG_ARGISNULL(va))
+				kms_report_error(KMS_ERR_CTX_BAD_VALUE,
+								 psprintf("The value of key \"%.*s\" is null.",
+										  Min(pairs[i].keylen, 64), pairs[i].key));
+			if (!kms_context_value_from_datum(PG_GETARG_DATUM(va), st->valtypes[i], &pairs[i]))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("encryption context values must be text, integer, numeric or boolean"),
+						 errdetail("The value of key \"%.*s\" is of type %s.",
+								   Min(pairs[i].keylen, 64), pairs[i].key,
+								   format_type_be(st->valtypes[i]))));
+		}
+		err = kms_context_from_pairs(pairs, st->npairs, &ctx, &detail);
+		if (err != KMS_OK)
+			kms_report_error(err, detail);
+		pt = kms_open_ext(PG_GETARG_BYTEA_PP(0), &ctx, false, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid);
+	}
+	len = VARSIZE_ANY_EXHDR(pt);
+	conv = pg_any_to_server(VARDATA_ANY(pt), len, PG_UTF8);
+	if (conv != VARDATA_ANY(pt))
+		PG_RETURN_TEXT_P(cstring_to_text(conv));	/* converted */
+	if (!VARATT_IS_SHORT(pt))
+		PG_RETURN_TEXT_P((text *) pt);	/* already valid in this encoding */
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(conv, len));
 }
 
 /* ---------- kms_blind_index ---------- */
