@@ -1334,6 +1334,7 @@ view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs,
 	ListCell   *lc;
 	KmsViewPlan *p;
 	MemoryContext old;
+	SPIPlanPtr	plan;
 
 	foreach(lc, *plans)
 	{
@@ -1341,16 +1342,18 @@ view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs,
 		if (bms_equal(p->cols, cols))
 			return p->plan;
 	}
-	p = MemoryContextAlloc(GetMemoryChunkContext(v), sizeof(KmsViewPlan));
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	/* listed only once prepared: the list is freed with the statement, also after an error */
 	old = MemoryContextSwitchTo(GetMemoryChunkContext(v));
+	p = palloc(sizeof(KmsViewPlan));
 	p->cols = bms_copy(cols);
+	p->plan = plan;
 	*plans = lappend(*plans, p);
 	MemoryContextSwitchTo(old);
-	p->plan = SPI_prepare(sql, nargs, argtypes);
-	if (p->plan == NULL)
-		elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(p->plan);
-	return p->plan;
+	return plan;
 }
 
 /* The row handed back to the executor (RETURNING): the table's row, with
@@ -1489,6 +1492,8 @@ view_direct_open(KmsView *v, MemoryContext mcxt)
 	v->perm->checkAsUser = InvalidOid;
 	v->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(v->rri, v->rel, 1, NULL, 0);
+	/* AFTER row triggers find it here, instead of opening the table again */
+	v->estate->es_opened_result_relations = lappend(v->estate->es_opened_result_relations, v->rri);
 	ExecOpenIndices(v->rri, false);
 	/* trigger functions looked up here, so that their state lives as long */
 	td = v->rri->ri_TrigDesc;
