@@ -59,6 +59,8 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -486,6 +488,188 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 	return true;
 }
 
+/*
+ * The catalog rows of protected columns, cached per backend: a statement
+ * that writes a protected column (one row through a view, or one row of an
+ * OLTP INSERT) does not scan kms_protected_columns again.  An entry is
+ * what load_column() read for (table, trigger); statements get a copy
+ * (column_copy), and the unwrapped blind-index key and every privilege
+ * decision stay per statement.
+ *
+ * Invalidation, through the relcache callback, drops every entry when
+ *	 - the table of an entry changes (ALTER TABLE, a trigger created or
+ *	   dropped: kms_protect_column, kms_unprotect_column, renames, type
+ *	   changes, ATTACH/DETACH PARTITION), or
+ *	 - kms_protected_columns changes in any session: its statement trigger
+ *	   (kms_pc_catalog_changed, ENABLE ALWAYS) sends a relcache
+ *	   invalidation of the catalog table at commit (key moves by
+ *	   kms_rotate_column, protect, unprotect, DROP, restore), or
+ *	 - the relcache is reset (InvalidOid).
+ * An entry built while an invalidation arrived is used for that statement
+ * only, never cached.
+ */
+typedef struct KmsColumnCacheKey
+{
+	Oid			relid;
+	Oid			tgoid;
+} KmsColumnCacheKey;
+
+typedef struct KmsColumnCacheEntry
+{
+	KmsColumnCacheKey key;
+	MemoryContext cxt;			/* holds col's allocations */
+	KmsColumn	col;
+} KmsColumnCacheEntry;
+
+static HTAB *column_cache = NULL;
+static Oid	column_cache_catalog = InvalidOid;
+static uint64 column_cache_invals = 0;
+
+static void
+column_cache_flush(void)
+{
+	HASH_SEQ_STATUS st;
+	KmsColumnCacheEntry *e;
+
+	hash_seq_init(&st, column_cache);
+	while ((e = hash_seq_search(&st)) != NULL)
+	{
+		MemoryContextDelete(e->cxt);
+		(void) hash_search(column_cache, &e->key, HASH_REMOVE, NULL);
+	}
+}
+
+static void
+column_cache_relcache_cb(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS st;
+	KmsColumnCacheEntry *e;
+	bool		hit = !OidIsValid(relid) || relid == column_cache_catalog;
+
+	column_cache_invals++;
+	if (column_cache == NULL)
+		return;
+	if (!hit)
+	{
+		hash_seq_init(&st, column_cache);
+		while ((e = hash_seq_search(&st)) != NULL)
+			if (e->key.relid == relid)
+				hit = true;		/* the scan runs to its end */
+	}
+	if (hit)
+		column_cache_flush();
+}
+
+/* A copy of src in mcxt for one statement (no blind-index key). */
+static void
+column_copy(KmsColumn *src, KmsColumn *dst, MemoryContext mcxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+
+	*dst = *src;
+	dst->tgname = pstrdup(src->tgname);
+	dst->column_id = pstrdup(src->column_id);
+	dst->key_id = pstrdup(src->key_id);
+	dst->ctx_keys = palloc(sizeof(char *) * Max(src->nctx, 1));
+	for (int i = 0; i < src->nctx; i++)
+		dst->ctx_keys[i] = pstrdup(src->ctx_keys[i]);
+	dst->ctx_attnums = palloc(sizeof(AttrNumber) * Max(src->nctx, 1));
+	memcpy(dst->ctx_attnums, src->ctx_attnums, sizeof(AttrNumber) * src->nctx);
+	dst->ctx_types = palloc(sizeof(Oid) * Max(src->nctx, 1));
+	memcpy(dst->ctx_types, src->ctx_types, sizeof(Oid) * src->nctx);
+	dst->bidx_key_ct = src->bidx_key_ct ? DatumGetByteaPCopy(PointerGetDatum(src->bidx_key_ct)) : NULL;
+	dst->bidx_key = NULL;
+	dst->bidx_key_len = 0;
+	if (OidIsValid(src->in_fn.fn_oid))
+		fmgr_info_copy(&dst->in_fn, &src->in_fn, mcxt);
+	if (OidIsValid(src->out_fn.fn_oid))
+		fmgr_info_copy(&dst->out_fn, &src->out_fn, mcxt);
+	MemoryContextSwitchTo(old);
+}
+
+/* load_column() through the backend's cache. */
+static bool
+load_column_cached(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext mcxt,
+				   KmsColumn *col)
+{
+	KmsColumnCacheKey key;
+	KmsColumnCacheEntry *e;
+	MemoryContext cxt;
+	KmsColumn	built;
+	uint64		invals;
+	bool		found;
+
+	if (column_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(KmsColumnCacheKey);
+		ctl.entrysize = sizeof(KmsColumnCacheEntry);
+		ctl.hcxt = CacheMemoryContext;
+		column_cache = hash_create("kms_pg protected columns", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(column_cache_relcache_cb, (Datum) 0);
+	}
+	memset(&key, 0, sizeof(key));
+	key.relid = RelationGetRelid(rel);
+	key.tgoid = trig->tgoid;
+	e = hash_search(column_cache, &key, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		column_copy(&e->col, col, mcxt);
+		return true;
+	}
+
+	invals = column_cache_invals;
+	cxt = AllocSetContextCreate(CacheMemoryContext, "kms_pg protected column", ALLOCSET_SMALL_SIZES);
+	PG_TRY();
+	{
+		column_cache_catalog = catalog_relid(fcinfo);
+		found = load_column(fcinfo, rel, trig, cxt, &built);
+	}
+	PG_CATCH();
+	{
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!found)
+	{
+		MemoryContextDelete(cxt);
+		return false;
+	}
+	column_copy(&built, col, mcxt);
+	if (invals != column_cache_invals)
+	{
+		MemoryContextDelete(cxt);	/* may be stale already: this statement only */
+		return true;
+	}
+	e = hash_search(column_cache, &key, HASH_ENTER, NULL);
+	e->cxt = cxt;
+	e->col = built;
+	return true;
+}
+
+/*
+ * SQL: kms_pc_catalog_changed() RETURNS trigger
+ * AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+ * FOR EACH STATEMENT: every backend drops its cached catalog rows when
+ * this transaction commits.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_catalog_changed);
+Datum
+kms_pc_catalog_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("kms_pc_catalog_changed must be called as a trigger")));
+	CacheInvalidateRelcache(td->tg_relation);
+	return PointerGetDatum(NULL);
+}
+
 /* ---------- per value ---------- */
 
 
@@ -703,7 +887,7 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 	if (col == NULL || col->tgoid != td->tg_trigger->tgoid || col->relid != RelationGetRelid(rel))
 	{
 		col = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(KmsColumn));
-		if (!load_column(fcinfo, rel, td->tg_trigger, fcinfo->flinfo->fn_mcxt, col))
+		if (!load_column_cached(fcinfo, rel, td->tg_trigger, fcinfo->flinfo->fn_mcxt, col))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("kms_pg: trigger \"%s\" on \"%s\" has no row in kms_protected_columns",

@@ -121,6 +121,18 @@ CREATE POLICY kms_protected_columns_owner ON kms_protected_columns FOR ALL
              (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relid), 'USAGE'));
 GRANT SELECT, INSERT, UPDATE, DELETE ON kms_protected_columns TO PUBLIC;
 
+-- Backends cache these rows (src/kms_columns.c); any change to them, by any
+-- path and in any session, drops those caches when it commits.  ALWAYS:
+-- also under session_replication_role = replica.
+CREATE FUNCTION kms_pc_catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_pc_catalog_changed'
+LANGUAGE C;
+CREATE TRIGGER kms_pc_catalog_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION kms_pc_catalog_changed();
+ALTER TABLE kms_protected_columns ENABLE ALWAYS TRIGGER kms_pc_catalog_changed;
+
 -- Column names of a generated trigger's column list, in order:
 -- {protected column, context columns..., blind index column}.
 CREATE FUNCTION kms_pc_attnames(rel oid, trg name)

@@ -109,6 +109,18 @@ RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
 LANGUAGE C STABLE PARALLEL SAFE;
 
+-- Backends cache these rows (src/kms_columns.c); any change to them, by any
+-- path and in any session, drops those caches when it commits.  ALWAYS:
+-- also under session_replication_role = replica.
+CREATE FUNCTION kms_pc_catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_pc_catalog_changed'
+LANGUAGE C;
+CREATE TRIGGER kms_pc_catalog_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION kms_pc_catalog_changed();
+ALTER TABLE kms_protected_columns ENABLE ALWAYS TRIGGER kms_pc_catalog_changed;
+
 CREATE FUNCTION kms_pc_view_decrypt_text(ciphertext bytea, VARIADIC context "any")
 RETURNS text
 AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt_text'
