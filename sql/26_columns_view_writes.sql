@@ -131,7 +131,17 @@ UPDATE vws_decrypted SET ssn = ssn || '!' WHERE id <= 2;
 COMMIT;
 SELECT id, ssn FROM vws_decrypted ORDER BY id;
 
-DROP TABLE vw, vwi, vws, vw_log, vws_count CASCADE;
+-- Foreign keys are checked for each row written through the view.
+CREATE TABLE vwp (id int PRIMARY KEY);
+INSERT INTO vwp VALUES (1);
+CREATE TABLE vwc (id int PRIMARY KEY, pid int NOT NULL REFERENCES vwp, ssn text);
+CALL kms_protect_column('vwc', 'ssn', '{id}');
+INSERT INTO vwc_decrypted VALUES (1, 1, 'a');
+INSERT INTO vwc_decrypted VALUES (2, 2, 'b');
+UPDATE vwc_decrypted SET pid = 3 WHERE id = 1;
+SELECT id, pid, ssn FROM vwc_decrypted;
+
+DROP TABLE vw, vwi, vws, vw_log, vws_count, vwc, vwp CASCADE;
 DROP FUNCTION vw_before(), vw_note_changed(), vws_stmt();
 DROP OWNED BY regress_col26_writer;
 DROP ROLE regress_col26_writer;

@@ -49,7 +49,7 @@ sub key_of
 	my ($id, $col) = @_;
 	$col //= 'ssn';
 	return $node->safe_psql('postgres',
-		"SELECT (kms_ciphertext_info($col::bytea)).key_id FROM p WHERE id = $id");
+		"SELECT (kms_ciphertext_info(${col}::bytea)).key_id FROM p WHERE id = $id");
 }
 
 sub writes
