@@ -41,7 +41,7 @@ my %key = map {
 my $a = $node->background_psql('postgres', on_error_stop => 0);
 $a->query_safe(q{SET kms_pg.provider = local});
 $a->query_safe(q{PREPARE ins(int, text, text) AS INSERT INTO p VALUES ($1, 1, $2, $3)});
-$a->query_safe(q{PREPARE insv(int, text, text) AS INSERT INTO p_decrypted (id, tenant, ssn, note) VALUES ($1, 1, $2, $3)});
+$a->query_safe(q{PREPARE insv(int, text, text) AS INSERT INTO p_decrypted VALUES ($1, 1, $2, $3)});
 
 # The key a row's protected value is sealed under, by id.
 sub key_of
