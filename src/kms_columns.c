@@ -1760,6 +1760,10 @@ view_direct_insert(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext 
 	Bitmapset  *cols = NULL;
 
 	view_direct_open(v, mcxt);
+	/* before any default is evaluated (SPI would evaluate them again) */
+	for (int c = 0; c < v->nviewcols; c++)
+		if (v->writable[c] && identity_always(v, c) && !heap_attisnull(newtup, c + 1, vdesc))
+			return false;
 	slot = v->slot;
 	ExecClearTuple(slot);
 	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
@@ -1778,8 +1782,6 @@ view_direct_insert(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext 
 			slot->tts_values[att - 1] = view_direct_default(v, att, &slot->tts_isnull[att - 1]);
 			continue;
 		}
-		if (!isnull && identity_always(v, c))
-			return false;
 		cols = bms_add_member(cols, att - FirstLowInvalidHeapAttributeNumber);
 		slot->tts_values[att - 1] = isnull ? (Datum) 0 : view_to_table(v, c, d);
 		slot->tts_isnull[att - 1] = isnull;
