@@ -307,9 +307,12 @@ LANGUAGE C;
 -- column_id unique, and it is the context of every value and key it opens).
 
 -- INSTEAD OF trigger of the decrypting views, in C (src/kms_columns.c):
--- the same INSERT, UPDATE or DELETE on the table, through a plan prepared
--- once per statement, as the caller (the caller's privileges on the table
--- decide; the table's trigger encrypts).  Plaintext goes to the table as
+-- the row written to the table as the caller (the caller's privileges on
+-- the table decide; the table's trigger encrypts): INSERT and UPDATE with
+-- one executor state per statement and the executor's single-row
+-- routines, or, where that would differ from an INSERT or UPDATE of the
+-- table (row security, rules, statement triggers...) and for DELETE, the
+-- same statement through a plan prepared once per statement.  Plaintext goes to the table as
 -- kms_sealed plaintext: bytea and text as they are, other types in their
 -- text form under the session's settings.  UPDATE and DELETE find the row
 -- by primary key.  RETURNING shows protected columns only to roles that
