@@ -30,6 +30,7 @@
 #include "kms_secure_mem.h"
 #include "kms_key_grants.h"
 #include "kms_sql_api.h"
+#include "kms_compat.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -37,12 +38,16 @@
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_func.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
+#include "rewrite/rewriteHandler.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "libpq/pqformat.h"
@@ -54,11 +59,15 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
 #include <openssl/hmac.h>
@@ -217,7 +226,8 @@ kms_sealed_from_bytea(PG_FUNCTION_ARGS)
 bool
 kms_context_value_from_datum(Datum value, Oid typid, KmsContextPair *p)
 {
-	Oid			base = getBaseType(typid);
+	/* built-in types are never domains: no catalog lookup per value */
+	Oid			base = typid < FirstGenbkiObjectId ? typid : getBaseType(typid);
 	char	   *s;
 
 	switch (base)
@@ -496,6 +506,188 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 	return true;
 }
 
+/*
+ * The catalog rows of protected columns, cached per backend: a statement
+ * that writes a protected column (one row through a view, or one row of an
+ * OLTP INSERT) does not scan kms_protected_columns again.  An entry is
+ * what load_column() read for (table, trigger); statements get a copy
+ * (column_copy), and the unwrapped blind-index key and every privilege
+ * decision stay per statement.
+ *
+ * Invalidation, through the relcache callback, drops every entry when
+ *	 - the table of an entry changes (ALTER TABLE, a trigger created or
+ *	   dropped: kms_protect_column, kms_unprotect_column, renames, type
+ *	   changes, ATTACH/DETACH PARTITION), or
+ *	 - kms_protected_columns changes in any session: its statement trigger
+ *	   (kms_pc_catalog_changed, ENABLE ALWAYS) sends a relcache
+ *	   invalidation of the catalog table at commit (key moves by
+ *	   kms_rotate_column, protect, unprotect, DROP, restore), or
+ *	 - the relcache is reset (InvalidOid).
+ * An entry built while an invalidation arrived is used for that statement
+ * only, never cached.
+ */
+typedef struct KmsColumnCacheKey
+{
+	Oid			relid;
+	Oid			tgoid;
+} KmsColumnCacheKey;
+
+typedef struct KmsColumnCacheEntry
+{
+	KmsColumnCacheKey key;
+	MemoryContext cxt;			/* holds col's allocations */
+	KmsColumn	col;
+} KmsColumnCacheEntry;
+
+static HTAB *column_cache = NULL;
+static Oid	column_cache_catalog = InvalidOid;
+static uint64 column_cache_invals = 0;
+
+static void
+column_cache_flush(void)
+{
+	HASH_SEQ_STATUS st;
+	KmsColumnCacheEntry *e;
+
+	hash_seq_init(&st, column_cache);
+	while ((e = hash_seq_search(&st)) != NULL)
+	{
+		MemoryContextDelete(e->cxt);
+		(void) hash_search(column_cache, &e->key, HASH_REMOVE, NULL);
+	}
+}
+
+static void
+column_cache_relcache_cb(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS st;
+	KmsColumnCacheEntry *e;
+	bool		hit = !OidIsValid(relid) || relid == column_cache_catalog;
+
+	column_cache_invals++;
+	if (column_cache == NULL)
+		return;
+	if (!hit)
+	{
+		hash_seq_init(&st, column_cache);
+		while ((e = hash_seq_search(&st)) != NULL)
+			if (e->key.relid == relid)
+				hit = true;		/* the scan runs to its end */
+	}
+	if (hit)
+		column_cache_flush();
+}
+
+/* A copy of src in mcxt for one statement (no blind-index key). */
+static void
+column_copy(KmsColumn *src, KmsColumn *dst, MemoryContext mcxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(mcxt);
+
+	*dst = *src;
+	dst->tgname = pstrdup(src->tgname);
+	dst->column_id = pstrdup(src->column_id);
+	dst->key_id = pstrdup(src->key_id);
+	dst->ctx_keys = palloc(sizeof(char *) * Max(src->nctx, 1));
+	for (int i = 0; i < src->nctx; i++)
+		dst->ctx_keys[i] = pstrdup(src->ctx_keys[i]);
+	dst->ctx_attnums = palloc(sizeof(AttrNumber) * Max(src->nctx, 1));
+	memcpy(dst->ctx_attnums, src->ctx_attnums, sizeof(AttrNumber) * src->nctx);
+	dst->ctx_types = palloc(sizeof(Oid) * Max(src->nctx, 1));
+	memcpy(dst->ctx_types, src->ctx_types, sizeof(Oid) * src->nctx);
+	dst->bidx_key_ct = src->bidx_key_ct ? DatumGetByteaPCopy(PointerGetDatum(src->bidx_key_ct)) : NULL;
+	dst->bidx_key = NULL;
+	dst->bidx_key_len = 0;
+	if (OidIsValid(src->in_fn.fn_oid))
+		fmgr_info_copy(&dst->in_fn, &src->in_fn, mcxt);
+	if (OidIsValid(src->out_fn.fn_oid))
+		fmgr_info_copy(&dst->out_fn, &src->out_fn, mcxt);
+	MemoryContextSwitchTo(old);
+}
+
+/* load_column() through the backend's cache. */
+static bool
+load_column_cached(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext mcxt,
+				   KmsColumn *col)
+{
+	KmsColumnCacheKey key;
+	KmsColumnCacheEntry *e;
+	MemoryContext cxt;
+	KmsColumn	built;
+	uint64		invals;
+	bool		found;
+
+	if (column_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(KmsColumnCacheKey);
+		ctl.entrysize = sizeof(KmsColumnCacheEntry);
+		ctl.hcxt = CacheMemoryContext;
+		column_cache = hash_create("kms_pg protected columns", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(column_cache_relcache_cb, (Datum) 0);
+	}
+	memset(&key, 0, sizeof(key));
+	key.relid = RelationGetRelid(rel);
+	key.tgoid = trig->tgoid;
+	e = hash_search(column_cache, &key, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		column_copy(&e->col, col, mcxt);
+		return true;
+	}
+
+	invals = column_cache_invals;
+	cxt = AllocSetContextCreate(CacheMemoryContext, "kms_pg protected column", ALLOCSET_SMALL_SIZES);
+	PG_TRY();
+	{
+		column_cache_catalog = catalog_relid(fcinfo);
+		found = load_column(fcinfo, rel, trig, cxt, &built);
+	}
+	PG_CATCH();
+	{
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!found)
+	{
+		MemoryContextDelete(cxt);
+		return false;
+	}
+	column_copy(&built, col, mcxt);
+	if (invals != column_cache_invals)
+	{
+		MemoryContextDelete(cxt);	/* may be stale already: this statement only */
+		return true;
+	}
+	e = hash_search(column_cache, &key, HASH_ENTER, NULL);
+	e->cxt = cxt;
+	e->col = built;
+	return true;
+}
+
+/*
+ * SQL: kms_pc_catalog_changed() RETURNS trigger
+ * AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+ * FOR EACH STATEMENT: every backend drops its cached catalog rows when
+ * this transaction commits.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_catalog_changed);
+Datum
+kms_pc_catalog_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("kms_pc_catalog_changed must be called as a trigger")));
+	CacheInvalidateRelcache(td->tg_relation);
+	return PointerGetDatum(NULL);
+}
+
 /* ---------- per value ---------- */
 
 
@@ -713,7 +905,7 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 	if (col == NULL || col->tgoid != td->tg_trigger->tgoid || col->relid != RelationGetRelid(rel))
 	{
 		col = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(KmsColumn));
-		if (!load_column(fcinfo, rel, td->tg_trigger, fcinfo->flinfo->fn_mcxt, col))
+		if (!load_column_cached(fcinfo, rel, td->tg_trigger, fcinfo->flinfo->fn_mcxt, col))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("kms_pg: trigger \"%s\" on \"%s\" has no row in kms_protected_columns",
@@ -866,6 +1058,150 @@ kms_pc_view_decrypt(PG_FUNCTION_ARGS)
 	return kms_decrypt_pairs(fcinfo);
 }
 
+/*
+ * The call-site state of kms_pc_view_decrypt_text(): the decision whether
+ * the caller may decrypt (once per query, as kms_pc_view_decrypt), and the
+ * context pairs whose key and value are constants in the view's
+ * definition, converted once.  Only the context columns of the row are
+ * converted per row.
+ */
+typedef struct KmsViewDecrypt
+{
+	bool		allowed;
+	bool		generic;		/* not the generated form: kms_decrypt_pairs() */
+	int			npairs;
+	KmsContextPair *pairs;		/* constants filled in, in argument order */
+	bool	   *varying;		/* pair i's value comes from the row */
+	Oid		   *valtypes;
+} KmsViewDecrypt;
+
+static bool
+pc_view_may_decrypt(FunctionCallInfo fcinfo)
+{
+	Oid			nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+	Oid			argtypes[2] = {BYTEAOID, ANYOID};
+	Oid			fn = LookupFuncName(list_make2(makeString(get_namespace_name(nsp)),
+											   makeString("kms_decrypt_pairs")),
+									2, argtypes, false);
+
+	return DatumGetBool(DirectFunctionCall2(has_function_privilege_id,
+											ObjectIdGetDatum(fn),
+											CStringGetTextDatum("EXECUTE")));
+}
+
+static KmsViewDecrypt *
+pc_view_decrypt_state(FunctionCallInfo fcinfo)
+{
+	FmgrInfo   *fl = fcinfo->flinfo;
+	KmsViewDecrypt *st = (KmsViewDecrypt *) fl->fn_extra;
+	MemoryContext old;
+	int			nargs = PG_NARGS() - 1;
+
+	if (st != NULL)
+		return st;
+	old = MemoryContextSwitchTo(fl->fn_mcxt);
+	st = palloc0(sizeof(KmsViewDecrypt));
+	st->allowed = pc_view_may_decrypt(fcinfo);
+	st->generic = get_fn_expr_variadic(fl) || nargs <= 0 || nargs % 2 != 0;
+	if (!st->generic)
+	{
+		st->npairs = nargs / 2;
+		st->pairs = palloc0(sizeof(KmsContextPair) * st->npairs);
+		st->varying = palloc0(sizeof(bool) * st->npairs);
+		st->valtypes = palloc0(sizeof(Oid) * st->npairs);
+		for (int i = 0; i < st->npairs && !st->generic; i++)
+		{
+			int			ka = 1 + 2 * i;
+			int			va = ka + 1;
+			Oid			kt = get_fn_expr_argtype(fl, ka);
+			Oid			vt = get_fn_expr_argtype(fl, va);
+			KmsContextPair *p = &st->pairs[i];
+
+			/* keys: text constants; anything else takes the generic path */
+			if (kt != TEXTOID || !get_fn_expr_arg_stable(fl, ka) || PG_ARGISNULL(ka))
+			{
+				st->generic = true;
+				break;
+			}
+			p->key = text_to_cstring(PG_GETARG_TEXT_PP(ka));
+			p->keylen = strlen(p->key);
+			st->valtypes[i] = vt;
+			st->varying[i] = !get_fn_expr_arg_stable(fl, va);
+			if (!st->varying[i])
+			{
+				if (PG_ARGISNULL(va) || !kms_context_value_from_datum(PG_GETARG_DATUM(va), vt, p))
+					st->generic = true;
+			}
+		}
+	}
+	MemoryContextSwitchTo(old);
+	fl->fn_extra = st;
+	return st;
+}
+
+/*
+ * SQL: kms_pc_view_decrypt_text(ciphertext bytea, VARIADIC context "any") RETURNS text
+ * What the views call for a protected column of any type but bytea: the
+ * plaintext (UTF-8, as the trigger sealed it) in the database encoding, or
+ * NULL for a role that may not execute kms_decrypt_pairs().  The context
+ * is built as the trigger builds it, constants once per query.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_view_decrypt_text);
+Datum
+kms_pc_view_decrypt_text(PG_FUNCTION_ARGS)
+{
+	KmsViewDecrypt *st;
+	bytea	   *pt;
+	char	   *conv;
+	int			len;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	st = pc_view_decrypt_state(fcinfo);
+	if (!st->allowed)
+		PG_RETURN_NULL();
+	if (st->generic)
+		pt = DatumGetByteaPP(kms_decrypt_pairs(fcinfo));
+	else
+	{
+		KmsContextPair *pairs = palloc(sizeof(KmsContextPair) * st->npairs);
+		KmsContext	ctx;
+		char	   *detail;
+		KmsError	err;
+
+		memcpy(pairs, st->pairs, sizeof(KmsContextPair) * st->npairs);
+		for (int i = 0; i < st->npairs; i++)
+		{
+			int			va = 2 + 2 * i;
+
+			if (!st->varying[i])
+				continue;
+			if (PG_ARGISNULL(va))
+				kms_report_error(KMS_ERR_CTX_BAD_VALUE,
+								 psprintf("The value of key \"%.*s\" is null.",
+										  Min(pairs[i].keylen, 64), pairs[i].key));
+			if (!kms_context_value_from_datum(PG_GETARG_DATUM(va), st->valtypes[i], &pairs[i]))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("encryption context values must be text, integer, numeric or boolean"),
+						 errdetail("The value of key \"%.*s\" is of type %s.",
+								   Min(pairs[i].keylen, 64), pairs[i].key,
+								   format_type_be(st->valtypes[i]))));
+		}
+		err = kms_context_from_pairs(pairs, st->npairs, &ctx, &detail);
+		if (err != KMS_OK)
+			kms_report_error(err, detail);
+		pt = kms_open_ext(PG_GETARG_BYTEA_PP(0), &ctx, false, KMS_PRIV_DECRYPT, fcinfo->flinfo->fn_oid);
+	}
+	len = VARSIZE_ANY_EXHDR(pt);
+	conv = pg_any_to_server(VARDATA_ANY(pt), len, PG_UTF8);
+	if (conv != VARDATA_ANY(pt))
+		PG_RETURN_TEXT_P(cstring_to_text(conv));	/* converted */
+	if (!VARATT_IS_SHORT(pt))
+		PG_RETURN_TEXT_P((text *) pt);	/* already valid in this encoding */
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(conv, len));
+}
+
 /* ---------- kms_blind_index ---------- */
 
 /* The catalog row of rel.colname (by the column's current name), or an error. */
@@ -982,6 +1318,28 @@ typedef struct KmsView
 	List	   *updates;
 	SPIPlanPtr	delete;
 	MemoryContextCallback freeplans;
+	bool		covers_table;	/* every table column is a view column */
+
+	/*
+	 * Direct writes (view_direct_*): the table's own executor routines on
+	 * an executor state kept for the statement, instead of a statement
+	 * through SPI per row.
+	 */
+	int			direct[2];		/* INSERT, UPDATE: 0 not decided, 1 direct, -1 SPI */
+	EState	   *estate;
+	ResultRelInfo *rri;
+	Relation	rel;			/* open (and its indexes) until the statement ends */
+	ResourceOwner owner;		/* that opened them */
+	KmsPermInfo *perm;
+	TupleTableSlot *slot;		/* the row written */
+	TupleTableSlot *oldslot;	/* UPDATE: the row found by primary key */
+	TupleTableSlot *keyslot;	/* UPDATE: the key searched */
+	ExprState **defexpr;		/* per table column, prepared on first use */
+	Oid			pkindex;
+	EPQState	epq;
+	Bitmapset  *checked;		/* columns of the last permission check */
+	AclMode		checked_mode;
+	MemoryContextCallback closerel;
 } KmsView;
 
 /* The plans of a statement go with it (its function's memory context). */
@@ -1070,9 +1428,17 @@ load_view(FunctionCallInfo fcinfo, Relation view)
 	v->pkcol = palloc0(sizeof(int) * Max(vdesc->natts, 1));
 	/* The view lists the table's columns in order. */
 	j = 0;
-	for (int i = 0; i < tdesc->natts && j < vdesc->natts; i++)
+	v->covers_table = true;
+	for (int i = 0; i < tdesc->natts; i++)
 	{
 		Form_pg_attribute ta = TupleDescAttr(tdesc, i);
+
+		if (j >= vdesc->natts)
+		{
+			if (!ta->attisdropped)
+				v->covers_table = false;	/* added to the table after the view */
+			continue;
+		}
 
 		if (ta->attisdropped)
 			continue;
@@ -1170,6 +1536,7 @@ view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs,
 	ListCell   *lc;
 	KmsViewPlan *p;
 	MemoryContext old;
+	SPIPlanPtr	plan;
 
 	foreach(lc, *plans)
 	{
@@ -1177,16 +1544,18 @@ view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs,
 		if (bms_equal(p->cols, cols))
 			return p->plan;
 	}
-	p = MemoryContextAlloc(GetMemoryChunkContext(v), sizeof(KmsViewPlan));
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	/* listed only once prepared: the list is freed with the statement, also after an error */
 	old = MemoryContextSwitchTo(GetMemoryChunkContext(v));
+	p = palloc(sizeof(KmsViewPlan));
 	p->cols = bms_copy(cols);
+	p->plan = plan;
 	*plans = lappend(*plans, p);
 	MemoryContextSwitchTo(old);
-	p->plan = SPI_prepare(sql, nargs, argtypes);
-	if (p->plan == NULL)
-		elog(ERROR, "kms_pg: SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(p->plan);
-	return p->plan;
+	return plan;
 }
 
 /* The row handed back to the executor (RETURNING): the table's row, with
@@ -1217,6 +1586,343 @@ view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, Tup
 	res = heap_form_tuple(vdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 	return res;
+}
+
+/* ---------- direct writes through the decrypting views ---------- */
+
+/*
+ * A statement through SPI per row pays for parsing-free but complete
+ * executor start-up and shut-down, the table's CHECK constraints read
+ * from the catalog again, its trigger's catalog row loaded again, for
+ * every row.  The direct path instead keeps one executor state for the
+ * statement (the table and its indexes open, constraint expressions and
+ * trigger state prepared once) and writes each row with the executor's
+ * own routines for a single row (ExecSimpleRelationInsert/Update, as
+ * logical replication applies rows): BEFORE and AFTER row triggers (the
+ * table's encrypting trigger among them), generated columns, NOT NULL,
+ * CHECK and partition constraints, unique and exclusion indexes, as for
+ * an INSERT or UPDATE of the table.  It runs as the caller: the caller's
+ * privileges on the table are checked as the executor checks them (same
+ * columns, same errors); defaults are evaluated as the caller.  AFTER row
+ * triggers (foreign keys) fire after each row, as with SPI.
+ *
+ * Whatever the direct path would not do exactly as an INSERT or UPDATE
+ * statement does stays on SPI: tables with row-level security, rules,
+ * statement-level triggers or transition tables, partitioned tables,
+ * tables with columns the view lacks, UPDATE under REPEATABLE READ or
+ * SERIALIZABLE (the row is looked up by primary key with the latest
+ * snapshot, as READ COMMITTED does), and a row that writes a GENERATED
+ * ALWAYS identity column (SPI raises the usual error).
+ *
+ * The table stays open until the statement's memory goes
+ * (view_direct_close); on an error the resource owner releases it.
+ */
+
+static void
+view_direct_close(void *arg)
+{
+	KmsView    *v = (KmsView *) arg;
+	ResourceOwner save;
+
+	/* after an error the transaction's resource owner has released them */
+	if (v->rel == NULL || !IsTransactionState())
+		return;
+	save = CurrentResourceOwner;
+	CurrentResourceOwner = v->owner;
+	/* the slots hold a reference to the table's tuple descriptor */
+	ExecDropSingleTupleTableSlot(v->slot);
+	if (v->oldslot != NULL)
+		ExecDropSingleTupleTableSlot(v->oldslot);
+	if (v->keyslot != NULL)
+		ExecDropSingleTupleTableSlot(v->keyslot);
+	/* and so do the executor's own (the triggers' old and new rows) */
+	ExecResetTupleTable(v->estate->es_tupleTable, false);
+	ExecCloseIndices(v->rri);
+	table_close(v->rel, NoLock);
+	CurrentResourceOwner = save;
+	v->rel = NULL;
+}
+
+/* Whether the direct path does exactly what the SPI statement would. */
+static bool
+view_direct_usable(KmsView *v, bool update)
+{
+	Relation	rel;
+	bool		ok;
+	TriggerDesc *td;
+
+	if (!v->covers_table || (update && (v->npk == 0 || IsolationUsesXactSnapshot())))
+		return false;
+	rel = table_open(v->relid, RowExclusiveLock);
+	td = rel->trigdesc;
+	ok = rel->rd_rel->relkind == RELKIND_RELATION &&
+		!rel->rd_rel->relrowsecurity &&
+		rel->rd_rules == NULL;
+	if (ok && td != NULL)
+	{
+		if (update)
+			ok = !td->trig_update_before_statement && !td->trig_update_after_statement &&
+				!td->trig_update_old_table && !td->trig_update_new_table;
+		else
+			ok = !td->trig_insert_before_statement && !td->trig_insert_after_statement &&
+				!td->trig_insert_new_table;
+	}
+	if (ok && update)
+		ok = OidIsValid(kms_relation_pkey_index(rel));
+	table_close(rel, NoLock);
+	return ok;
+}
+
+/* The executor state of the statement, made on first use. */
+static void
+view_direct_open(KmsView *v, MemoryContext mcxt)
+{
+	MemoryContext old;
+	TriggerDesc *td;
+
+	if (v->estate != NULL)
+		return;
+	old = MemoryContextSwitchTo(mcxt);
+	v->estate = CreateExecutorState();
+	MemoryContextSwitchTo(v->estate->es_query_cxt);
+	v->owner = CurrentResourceOwner;
+	v->rel = table_open(v->relid, RowExclusiveLock);
+	v->closerel.func = view_direct_close;
+	v->closerel.arg = v;
+	MemoryContextRegisterResetCallback(v->estate->es_query_cxt, &v->closerel);
+	v->perm = kms_exec_init_rtable(v->estate, v->rel);
+	v->perm->checkAsUser = InvalidOid;
+	v->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(v->rri, v->rel, 1, NULL, 0);
+	/* AFTER row triggers find it here, instead of opening the table again */
+	v->estate->es_opened_result_relations = lappend(v->estate->es_opened_result_relations, v->rri);
+	ExecOpenIndices(v->rri, false);
+	/* trigger functions looked up here, so that their state lives as long */
+	td = v->rri->ri_TrigDesc;
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+		fmgr_info(td->triggers[i].tgfoid, &v->rri->ri_TrigFunctions[i]);
+	v->slot = MakeSingleTupleTableSlot(RelationGetDescr(v->rel), &TTSOpsVirtual);
+	v->defexpr = palloc0(sizeof(ExprState *) * RelationGetDescr(v->rel)->natts);
+	v->pkindex = kms_relation_pkey_index(v->rel);
+	if (OidIsValid(v->pkindex))
+	{
+		v->oldslot = table_slot_create(v->rel, NULL);
+		v->keyslot = MakeSingleTupleTableSlot(RelationGetDescr(v->rel), &TTSOpsVirtual);
+	}
+	kms_epq_init(&v->epq, v->estate);
+	MemoryContextSwitchTo(old);
+}
+
+/* The executor's permission check, again only when the columns change. */
+static void
+view_direct_check(KmsView *v, AclMode mode, Bitmapset *cols)
+{
+	MemoryContext old;
+
+	if (v->checked != NULL && v->checked_mode == mode && bms_equal(v->checked, cols))
+		return;
+	old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+	v->perm->requiredPerms = mode;
+	v->perm->insertedCols = mode & ACL_INSERT ? bms_copy(cols) : NULL;
+	v->perm->updatedCols = mode & ACL_UPDATE ? bms_copy(cols) : NULL;
+	v->perm->selectedCols = NULL;
+	if (mode & ACL_UPDATE)
+	{
+		/* WHERE <primary key> = ...: SELECT on those columns */
+		v->perm->requiredPerms |= ACL_SELECT;
+		for (int k = 0; k < v->npk; k++)
+			v->perm->selectedCols = bms_add_member(v->perm->selectedCols,
+												   v->tabatt[v->pkcol[k]] - FirstLowInvalidHeapAttributeNumber);
+	}
+	MemoryContextSwitchTo(old);
+	kms_exec_check_perms(v->estate);
+	old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+	bms_free(v->checked);
+	v->checked = bms_copy(cols);
+	v->checked_mode = mode;
+	MemoryContextSwitchTo(old);
+}
+
+/* A column default, evaluated as the caller. */
+static Datum
+view_direct_default(KmsView *v, AttrNumber attnum, bool *isnull)
+{
+	if (v->defexpr[attnum - 1] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(v->estate->es_query_cxt);
+		Node	   *expr = build_column_default(v->rel, attnum);
+
+		if (expr == NULL)
+			expr = (Node *) makeNullConst(TupleDescAttr(RelationGetDescr(v->rel), attnum - 1)->atttypid,
+										  -1, InvalidOid);
+		v->defexpr[attnum - 1] = ExecPrepareExpr((Expr *) expr, v->estate);
+		MemoryContextSwitchTo(old);
+	}
+	return ExecEvalExprSwitchContext(v->defexpr[attnum - 1], GetPerTupleExprContext(v->estate), isnull);
+}
+
+static bool
+identity_always(KmsView *v, int c)
+{
+	return TupleDescAttr(RelationGetDescr(v->rel), v->tabatt[c] - 1)->attidentity == ATTRIBUTE_IDENTITY_ALWAYS;
+}
+
+/*
+ * INSERT of the view's row newtup; false when this row must go through
+ * SPI instead.  *inserted: whether the table's triggers let it through.
+ */
+static bool
+view_direct_insert(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext mcxt, bool *inserted)
+{
+	TupleTableSlot *slot;
+	Bitmapset  *cols = NULL;
+
+	view_direct_open(v, mcxt);
+	/* before any default is evaluated (SPI would evaluate them again) */
+	for (int c = 0; c < v->nviewcols; c++)
+		if (v->writable[c] && identity_always(v, c) && !heap_attisnull(newtup, c + 1, vdesc))
+			return false;
+	slot = v->slot;
+	ExecClearTuple(slot);
+	for (int a = 0; a < slot->tts_tupleDescriptor->natts; a++)
+		slot->tts_isnull[a] = true;
+	for (int c = 0; c < v->nviewcols; c++)
+	{
+		bool		isnull;
+		Datum		d;
+		AttrNumber	att = v->tabatt[c];
+
+		if (!v->writable[c])
+			continue;
+		d = heap_getattr(newtup, c + 1, vdesc, &isnull);
+		if (isnull && v->defaulted[c])
+		{
+			slot->tts_values[att - 1] = view_direct_default(v, att, &slot->tts_isnull[att - 1]);
+			continue;
+		}
+		cols = bms_add_member(cols, att - FirstLowInvalidHeapAttributeNumber);
+		slot->tts_values[att - 1] = isnull ? (Datum) 0 : view_to_table(v, c, d);
+		slot->tts_isnull[att - 1] = isnull;
+	}
+	view_direct_check(v, ACL_INSERT, cols);
+	ExecStoreVirtualTuple(slot);
+	ItemPointerSetInvalid(&slot->tts_tid);
+	v->estate->es_snapshot = GetActiveSnapshot();
+	v->estate->es_output_cid = GetCurrentCommandId(true);
+	AfterTriggerBeginQuery();
+	ExecSimpleRelationInsert(v->rri, v->estate, slot);
+	AfterTriggerEndQuery(v->estate);
+	*inserted = ItemPointerIsValid(&slot->tts_tid);
+	return true;
+}
+
+/*
+ * UPDATE of the table row with the view row's primary key: the view
+ * columns in cols (bits: view column numbers) take their values from
+ * newtup.  False when this row must go through SPI instead.
+ */
+static bool
+view_direct_update(KmsView *v, TupleDesc vdesc, HeapTuple oldtup, HeapTuple newtup,
+				   Bitmapset *vcols, MemoryContext mcxt, bool *updated)
+{
+	TupleTableSlot *slot;
+	TupleTableSlot *key;
+	Bitmapset  *cols = NULL;
+	int			c = -1;
+	int			natts;
+	bool		found;
+
+	view_direct_open(v, mcxt);
+	while ((c = bms_next_member(vcols, c)) >= 0)
+	{
+		if (identity_always(v, c))
+			return false;
+		cols = bms_add_member(cols, v->tabatt[c] - FirstLowInvalidHeapAttributeNumber);
+	}
+	view_direct_check(v, ACL_UPDATE, cols);
+	natts = RelationGetDescr(v->rel)->natts;
+
+	key = v->keyslot;
+	ExecClearTuple(key);
+	for (int a = 0; a < natts; a++)
+		key->tts_isnull[a] = true;
+	for (int k = 0; k < v->npk; k++)
+	{
+		AttrNumber	att = v->tabatt[v->pkcol[k]];
+
+		key->tts_values[att - 1] = heap_getattr(oldtup, v->pkcol[k] + 1, vdesc, &key->tts_isnull[att - 1]);
+	}
+	ExecStoreVirtualTuple(key);
+
+	v->estate->es_snapshot = GetActiveSnapshot();
+	v->estate->es_output_cid = GetCurrentCommandId(true);
+	found = RelationFindReplTupleByIndex(v->rel, v->pkindex, ExecUpdateLockMode(v->estate, v->rri),
+										 key, v->oldslot);
+	*updated = false;
+	if (found)
+	{
+		slot = v->slot;
+		ExecClearTuple(slot);
+		slot_getallattrs(v->oldslot);
+		memcpy(slot->tts_values, v->oldslot->tts_values, sizeof(Datum) * natts);
+		memcpy(slot->tts_isnull, v->oldslot->tts_isnull, sizeof(bool) * natts);
+		c = -1;
+		while ((c = bms_next_member(vcols, c)) >= 0)
+		{
+			AttrNumber	att = v->tabatt[c];
+			bool		isnull;
+			Datum		d = heap_getattr(newtup, c + 1, vdesc, &isnull);
+
+			slot->tts_values[att - 1] = isnull ? (Datum) 0 : view_to_table(v, c, d);
+			slot->tts_isnull[att - 1] = isnull;
+		}
+		ExecStoreVirtualTuple(slot);
+		ItemPointerSetInvalid(&slot->tts_tid);
+		AfterTriggerBeginQuery();
+		ExecSimpleRelationUpdate(v->rri, v->estate, &v->epq, v->oldslot, slot);
+		AfterTriggerEndQuery(v->estate);
+		*updated = ItemPointerIsValid(&slot->tts_tid) &&
+			!ItemPointerEquals(&slot->tts_tid, &v->oldslot->tts_tid);
+	}
+	return true;
+}
+
+/* The row handed back for a direct write: as view_result, from the table's row in slot. */
+static HeapTuple
+view_direct_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, MemoryContext cxt)
+{
+	Datum	   *values = palloc(sizeof(Datum) * v->nviewcols);
+	bool	   *nulls = palloc(sizeof(bool) * v->nviewcols);
+	MemoryContext old;
+	HeapTuple	res;
+
+	for (int c = 0; c < v->nviewcols; c++)
+	{
+		if (v->prot[c] >= 0)
+		{
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
+			if (!v->may_decrypt)
+				nulls[c] = true;
+		}
+		else if (v->may_select)
+			values[c] = slot_getattr(v->slot, v->tabatt[c], &nulls[c]);
+		else
+			values[c] = heap_getattr(newtup, c + 1, vdesc, &nulls[c]);
+	}
+	old = MemoryContextSwitchTo(cxt);
+	res = heap_form_tuple(vdesc, values, nulls);
+	MemoryContextSwitchTo(old);
+	return res;
+}
+
+/* End of a row: per-row memory and buffer pins go. */
+static void
+view_direct_row_done(KmsView *v)
+{
+	if (v->oldslot != NULL)
+		ExecClearTuple(v->oldslot);
+	ExecClearTuple(v->slot);
+	ResetPerTupleExprContext(v->estate);
 }
 
 /*
@@ -1270,6 +1976,53 @@ kms_protected_view_trigger(PG_FUNCTION_ARGS)
 						get_namespace_name(RelationGetNamespace(view)), RelationGetRelationName(view),
 						v->relname),
 				 errhint("Add a primary key, or write to the table directly.")));
+
+	/* The direct path (view_direct_*) where it does what SPI would. */
+	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		bool		upd = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
+		bool		done = false;
+
+		if (v->direct[upd] == 0)
+			v->direct[upd] = view_direct_usable(v, upd) ? 1 : -1;
+		if (v->direct[upd] > 0 && !upd &&
+			view_direct_insert(v, vdesc, td->tg_trigtuple, fcinfo->flinfo->fn_mcxt, &done))
+		{
+			result = done ? view_direct_result(v, vdesc, td->tg_trigtuple, callercxt) : NULL;
+			view_direct_row_done(v);
+			return PointerGetDatum(result);
+		}
+		if (v->direct[upd] > 0 && upd)
+		{
+			Bitmapset  *vcols = NULL;
+
+			for (int c = 0; c < v->nviewcols; c++)
+			{
+				bool		nnull;
+				bool		onull;
+				Datum		nd;
+				Datum		od;
+				Form_pg_attribute a = TupleDescAttr(vdesc, c);
+
+				if (!v->writable[c])
+					continue;
+				nd = heap_getattr(td->tg_newtuple, c + 1, vdesc, &nnull);
+				od = heap_getattr(td->tg_trigtuple, c + 1, vdesc, &onull);
+				if (nnull == onull && (nnull || datumIsEqual(nd, od, a->attbyval, a->attlen)))
+					continue;
+				vcols = bms_add_member(vcols, c);
+			}
+			if (vcols == NULL)
+				return PointerGetDatum(td->tg_newtuple);
+			if (view_direct_update(v, vdesc, td->tg_trigtuple, td->tg_newtuple, vcols,
+								   fcinfo->flinfo->fn_mcxt, &done))
+			{
+				result = done ? view_direct_result(v, vdesc, td->tg_newtuple, callercxt) : NULL;
+				view_direct_row_done(v);
+				return PointerGetDatum(result);
+			}
+		}
+	}
 
 	args = palloc(sizeof(Datum) * (v->nviewcols + v->npk));
 	argnulls = palloc(v->nviewcols + v->npk);

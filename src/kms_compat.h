@@ -17,6 +17,13 @@
  *		 pg_b64_encode/decode take uint8 * for the binary side;
  *		 RelationGetPrimaryKeyIndex takes deferrable_ok (false: as before,
  *		 a deferrable primary key is not reported).
+ *
+ * The executor calls of the decrypting views' direct writes
+ * (kms_columns.c): 16 moved the permission fields of a range-table entry
+ * (requiredPerms, checkAsUser, selected/inserted/updatedCols, same names)
+ * to RTEPermissionInfo, so ExecInitRangeTable takes the permInfos list,
+ * ExecCheckRTPerms became ExecCheckPermissions, and EvalPlanQualInit took
+ * the resultRelations list; 18 added ExecInitRangeTable's unpruned_relids.
  *-------------------------------------------------------------------------
  */
 #ifndef KMS_COMPAT_H
@@ -72,6 +79,75 @@ kms_relation_pkey_index(Relation rel)
 	return RelationGetPrimaryKeyIndex(rel, false);
 #else
 	return RelationGetPrimaryKeyIndex(rel);
+#endif
+}
+#endif							/* !FRONTEND */
+
+/*
+ * A one-relation range table for an executor state of our own (the
+ * decrypting views' direct writes).  Returns the entry that carries the
+ * permission fields: the RangeTblEntry up to 15, its RTEPermissionInfo from
+ * 16 on (the field names are the same).
+ */
+#ifndef FRONTEND
+#include "executor/executor.h"
+#include "nodes/makefuncs.h"
+#include "utils/rel.h"
+
+#if PG_VERSION_NUM >= 160000
+typedef RTEPermissionInfo KmsPermInfo;
+#else
+typedef RangeTblEntry KmsPermInfo;
+#endif
+
+static inline KmsPermInfo *
+kms_exec_init_rtable(EState *estate, Relation rel)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+#if PG_VERSION_NUM >= 160000
+	{
+		RTEPermissionInfo *perm = makeNode(RTEPermissionInfo);
+
+		perm->relid = RelationGetRelid(rel);
+		perm->inh = false;
+		rte->perminfoindex = 1;
+#if PG_VERSION_NUM >= 180000
+		ExecInitRangeTable(estate, list_make1(rte), list_make1(perm), bms_make_singleton(1));
+#else
+		ExecInitRangeTable(estate, list_make1(rte), list_make1(perm));
+#endif
+		return perm;
+	}
+#else
+	ExecInitRangeTable(estate, list_make1(rte));
+	return rte;
+#endif
+}
+
+/* The permission check of the executor (and its hook) on that range table. */
+static inline void
+kms_exec_check_perms(EState *estate)
+{
+#if PG_VERSION_NUM >= 160000
+	(void) ExecCheckPermissions(estate->es_range_table, estate->es_rteperminfos, true);
+#else
+	(void) ExecCheckRTPerms(estate->es_range_table, true);
+#endif
+}
+
+/* An EvalPlanQual state without a plan (the row is locked beforehand). */
+static inline void
+kms_epq_init(EPQState *epq, EState *estate)
+{
+#if PG_VERSION_NUM >= 160000
+	EvalPlanQualInit(epq, estate, NULL, NIL, -1, NIL);
+#else
+	EvalPlanQualInit(epq, estate, NULL, NIL, -1);
 #endif
 }
 #endif							/* !FRONTEND */

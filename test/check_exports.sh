@@ -7,7 +7,7 @@ set -euo pipefail
 so="${1:?usage: check_exports.sh path/to/kms_pg.so}"
 missing=""
 for sym in _PG_init Pg_magic_func; do
-    nm -D --defined-only "$so" | awk '$2 == "T" { print $3 }' | grep -qx "$sym" || missing="$missing $sym"
+    nm -D --defined-only "$so" | awk '$2 == "T" { print $3 }' | grep -x "$sym" >/dev/null || missing="$missing $sym"
 done
 if [ -n "$missing" ]; then
     echo "check_exports: $so does not export:$missing" >&2

@@ -122,6 +122,18 @@ CREATE POLICY kms_protected_columns_owner ON kms_protected_columns FOR ALL
              (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relid), 'USAGE'));
 GRANT SELECT, INSERT, UPDATE, DELETE ON kms_protected_columns TO PUBLIC;
 
+-- Backends cache these rows (src/kms_columns.c); any change to them, by any
+-- path and in any session, drops those caches when it commits.  ALWAYS:
+-- also under session_replication_role = replica.
+CREATE FUNCTION kms_pc_catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_pc_catalog_changed'
+LANGUAGE C;
+CREATE TRIGGER kms_pc_catalog_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION kms_pc_catalog_changed();
+ALTER TABLE kms_protected_columns ENABLE ALWAYS TRIGGER kms_pc_catalog_changed;
+
 -- Column names of a generated trigger's column list, in order:
 -- {protected column, context columns..., blind index column}.
 CREATE FUNCTION kms_pc_attnames(rel oid, trg name)
@@ -242,6 +254,13 @@ AS $$
     SELECT CASE
         WHEN p.original_type = 'bytea'::regtype
             THEN format('@extschema@.%s(%s, %s)', fn, ref, pairs_sql)
+        -- the views: text straight from C (UTF-8 to the database encoding)
+        WHEN for_view AND p.original_type = 'text'::regtype
+            THEN format('(@extschema@.kms_pc_view_decrypt_text(%s, %s) COLLATE pg_catalog."default")',
+                        ref, pairs_sql)
+        WHEN for_view
+            THEN format('(@extschema@.kms_pc_view_decrypt_text(%s, %s) COLLATE pg_catalog."default")::%s',
+                        ref, pairs_sql, format_type(p.original_type, p.original_typmod))
         WHEN p.original_type = 'text'::regtype
             THEN format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")',
                         fn, ref, pairs_sql, 'UTF8')
@@ -257,6 +276,14 @@ $$;
 CREATE FUNCTION kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any")
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- The same for every other original type, as text in the database
+-- encoding (the view casts it to the original type): the context columns
+-- converted as the trigger converts them, constants once per query.
+CREATE FUNCTION kms_pc_view_decrypt_text(ciphertext bytea, VARIADIC context "any")
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt_text'
 LANGUAGE C STABLE PARALLEL SAFE;
 
 -- The generated trigger (one generic function for every protected column),
@@ -281,9 +308,12 @@ LANGUAGE C;
 -- column_id unique, and it is the context of every value and key it opens).
 
 -- INSTEAD OF trigger of the decrypting views, in C (src/kms_columns.c):
--- the same INSERT, UPDATE or DELETE on the table, through a plan prepared
--- once per statement, as the caller (the caller's privileges on the table
--- decide; the table's trigger encrypts).  Plaintext goes to the table as
+-- the row written to the table as the caller (the caller's privileges on
+-- the table decide; the table's trigger encrypts): INSERT and UPDATE with
+-- one executor state per statement and the executor's single-row
+-- routines, or, where that would differ from an INSERT or UPDATE of the
+-- table (row security, rules, statement triggers...) and for DELETE, the
+-- same statement through a plan prepared once per statement.  Plaintext goes to the table as
 -- kms_sealed plaintext: bytea and text as they are, other types in their
 -- text form under the session's settings.  UPDATE and DELETE find the row
 -- by primary key.  RETURNING shows protected columns only to roles that

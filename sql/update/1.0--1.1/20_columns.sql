@@ -86,6 +86,13 @@ AS $$
     SELECT CASE
         WHEN p.original_type = 'bytea'::regtype
             THEN format('@extschema@.%s(%s, %s)', fn, ref, pairs_sql)
+        -- the views: text straight from C (UTF-8 to the database encoding)
+        WHEN for_view AND p.original_type = 'text'::regtype
+            THEN format('(@extschema@.kms_pc_view_decrypt_text(%s, %s) COLLATE pg_catalog."default")',
+                        ref, pairs_sql)
+        WHEN for_view
+            THEN format('(@extschema@.kms_pc_view_decrypt_text(%s, %s) COLLATE pg_catalog."default")::%s',
+                        ref, pairs_sql, format_type(p.original_type, p.original_typmod))
         WHEN p.original_type = 'text'::regtype
             THEN format('(pg_catalog.convert_from(@extschema@.%s(%s, %s), %L) COLLATE pg_catalog."default")',
                         fn, ref, pairs_sql, 'UTF8')
@@ -100,6 +107,23 @@ $$;
 CREATE OR REPLACE FUNCTION kms_pc_view_decrypt(ciphertext bytea, VARIADIC context "any")
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+-- Backends cache these rows (src/kms_columns.c); any change to them, by any
+-- path and in any session, drops those caches when it commits.  ALWAYS:
+-- also under session_replication_role = replica.
+CREATE FUNCTION kms_pc_catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'kms_pc_catalog_changed'
+LANGUAGE C;
+CREATE TRIGGER kms_pc_catalog_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON kms_protected_columns
+    FOR EACH STATEMENT EXECUTE FUNCTION kms_pc_catalog_changed();
+ALTER TABLE kms_protected_columns ENABLE ALWAYS TRIGGER kms_pc_catalog_changed;
+
+CREATE FUNCTION kms_pc_view_decrypt_text(ciphertext bytea, VARIADIC context "any")
+RETURNS text
+AS 'MODULE_PATHNAME', 'kms_pc_view_decrypt_text'
 LANGUAGE C STABLE PARALLEL SAFE;
 
 CREATE OR REPLACE FUNCTION kms_protected_column_trigger()
