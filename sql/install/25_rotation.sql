@@ -5,7 +5,8 @@
 -- Everything here is plain SQL over kms_rewrap() (STABLE),
 -- kms_ciphertext_info() and kms_is_ciphertext() (IMMUTABLE), so each
 -- batch is an ordinary UPDATE: row locks make it safe against concurrent
--- writers, and on Citus it runs as a distributed UPDATE per shard.
+-- writers.  On Citus a batch is a distributed UPDATE of values rewrapped by
+-- a SELECT (docs/citus.md).
 --
 -- The procedure has no SET clause (that would forbid its COMMITs): it sets
 -- search_path to pg_catalog, pg_temp at its start and after every COMMIT,
@@ -129,6 +130,8 @@ DECLARE
     v_batches   int := 0;
     v_pass_rows bigint;
     v_other     bigint;
+    v_citus     boolean;
+    pk_join     text;       -- t.a = s.a AND t.b = s.b
 BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
     -- have SET search_path): set again after every COMMIT.
@@ -181,6 +184,8 @@ BEGIN
            string_agg(format('$5[%s]::%s', o, pk_types[o]), ', ' ORDER BY o)
       INTO pk_cols, pk_arr, pk_desc, lo_row, hi_row
     FROM unnest(pk_names) WITH ORDINALITY AS u(n, o);
+    pk_join := (SELECT string_agg(format('t.%1$I OPERATOR(pg_catalog.=) s.%1$I', n), ' AND ' ORDER BY o)
+                FROM unnest(pk_names) WITH ORDINALITY AS u(n, o));
     IF array_length(pk_names, 1) > 1 THEN
         pk_row := '(' || pk_cols || ')';
         lo_row := '(' || lo_row || ')';
@@ -249,6 +254,14 @@ BEGIN
                 v_name, col
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
+    END IF;
+    -- A Citus table (only with the citus extension): the workers' triggers
+    -- switch with the copy of the catalog row; each batch below is one
+    -- distributed UPDATE without functions of column values (Citus refuses
+    -- STABLE ones there), from values rewrapped by a SELECT.
+    v_citus := @extschema@.kms_pc_citus_table(tbl);
+    IF v_citus AND v_protected THEN
+        PERFORM @extschema@.kms_citus_sync_columns(tbl);
     END IF;
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
@@ -323,10 +336,23 @@ BEGIN
                 INTO v_hi, v_in_batch USING v_lo, v_provider, v_resolved;
             EXIT WHEN v_hi IS NULL;
             v_last := v_in_batch < batch_size;
-            EXECUTE upd_sql
-                    || CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END
-                    || CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END
-                USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            IF v_citus THEN
+                -- Only values still as read are replaced (concurrent writers win).
+                EXECUTE format('WITH s AS MATERIALIZED (SELECT %s, t.%I AS kms_old,'
+                               ' @extschema@.kms_rewrap(t.%I, $4, %s) AS kms_new FROM %s t WHERE %s%s%s)'
+                               ' UPDATE %s t SET %I = s.kms_new FROM s WHERE %s'
+                               ' AND t.%I::pg_catalog.bytea OPERATOR(pg_catalog.=) s.kms_old::pg_catalog.bytea',
+                               pk_cols, col, col, v_ctx, tbl, needs,
+                               CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END,
+                               CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END,
+                               tbl, col, pk_join, col)
+                    USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            ELSE
+                EXECUTE upd_sql
+                        || CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END
+                        || CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END
+                    USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            END IF;
             GET DIAGNOSTICS v_n = ROW_COUNT;
             v_done := v_done + v_n;
             v_pass_rows := v_pass_rows + v_n;
