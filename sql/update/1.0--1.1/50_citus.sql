@@ -56,7 +56,7 @@ BEGIN
                   HINT = 'Run it on the coordinator, in a database with the citus extension.';
     END IF;
     IF tbl IS NOT NULL AND NOT @extschema@.kms_pc_citus_table(tbl) THEN
-        RAISE EXCEPTION 'kms_citus_sync_columns: "%" is not a Citus table', tbl
+        RAISE EXCEPTION '"%" is not a Citus table', tbl
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Distribute it first (create_distributed_table or create_reference_table).';
     END IF;
@@ -117,7 +117,7 @@ BEGIN
     END IF;
     rel := tbl::regclass::oid;
     IF NOT @extschema@.kms_pc_citus_table(rel) THEN
-        RAISE EXCEPTION 'kms_citus_apply_columns: "%" is not a Citus table', tbl USING ERRCODE = 'wrong_object_type';
+        RAISE EXCEPTION '"%" is not a Citus table', tbl USING ERRCODE = 'wrong_object_type';
     END IF;
     DELETE FROM @extschema@.kms_protected_columns c WHERE c.relid = rel;
     INSERT INTO @extschema@.kms_protected_columns
