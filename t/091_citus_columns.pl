@@ -224,6 +224,19 @@ for my $n (@nodes)
 		'1:alpha,2:BETA,3:gamma,4:delta', $n->name . ': its placement has the plaintext back');
 }
 
+# ---------- a long column name (Citus shortens long shard trigger names) ----------
+my $long = 'a_column_name_long_enough_for_citus_to_shorten_it';
+($ret, $out, $err) = $coord->psql('postgres', qq{
+CREATE TABLE longname (id int PRIMARY KEY, $long text);
+SELECT create_distributed_table('longname', 'id');
+INSERT INTO longname VALUES (1, 'one');
+CALL kms_protect_column('longname', '$long', NULL, 'alias/col1');
+INSERT INTO longname VALUES (2, 'two');
+}, on_error_stop => 1);
+is($ret, 0, 'a column with a 50-character name is protected on a distributed table') or diag($err);
+is(cq(qq{SELECT string_agg(id || ':' || $long, ',' ORDER BY id) FROM longname_decrypted}), '1:one,2:two',
+	'its values are encrypted on the workers and read back');
+
 # ---------- protected first, distributed later ----------
 cq(q{CREATE TABLE acct (id int PRIMARY KEY, owner text);
     INSERT INTO acct VALUES (1, 'ann'), (2, 'bob');
@@ -251,7 +264,7 @@ is(cq(q{SELECT count(*) FROM acct WHERE NOT kms_is_ciphertext(owner)}), '0',
 	'and are stored encrypted');
 
 # ---------- DROP TABLE: no catalog row left on any node ----------
-cq(q{DROP TABLE patient CASCADE; DROP TABLE acct CASCADE});
+cq(q{DROP TABLE patient CASCADE; DROP TABLE acct CASCADE; DROP TABLE longname CASCADE});
 for my $n (@nodes)
 {
 	is($n->safe_psql('postgres', q{SELECT count(*) FROM kms_protected_columns}), '0',

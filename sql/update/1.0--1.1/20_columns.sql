@@ -452,7 +452,10 @@ BEGIN
 
         PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
         v_id := gen_random_uuid();
-        v_trg := @extschema@.kms_pc_free_name(tbl, 'kms_protect_' || col, 't');
+        -- Citus names a shard's copy <trigger>_<shard id>: short enough
+        -- that it is not shortened (the shard's trigger finds its row by it).
+        v_trg := @extschema@.kms_pc_free_name(tbl, CASE WHEN v_citus THEN left('kms_protect_' || col, 40)
+                                                        ELSE 'kms_protect_' || col END, 't');
         v_chk := @extschema@.kms_pc_free_name(tbl, col || '_kms_ciphertext', 'c');
 
         -- The column becomes kms_sealed holding the plaintext in its text
