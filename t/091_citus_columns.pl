@@ -98,6 +98,14 @@ is(cq(q{SELECT count(*) FROM patient_decrypted p
        WHERE p.ssn = 'ssn-' || p.id AND p.dob = date '2000-01-01' + p.id::int}),
 	'60', 'the view decrypts every row to its original value and type');
 
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', q{SELECT to_regclass('patient_decrypted') IS NOT NULL}), 't',
+		$w->name . ': Citus copied the decrypting view');
+}
+like(cq(q{EXPLAIN (VERBOSE, COSTS OFF) SELECT ssn FROM patient_decrypted}),
+	qr/Query: SELECT .*kms_pc_view_decrypt/s, 'reading the view decrypts on the workers');
+
 # writes through the table, the view, PREPARE and COPY
 ($ret, $out, $err) = $coord->psql('postgres', q{
 INSERT INTO patient VALUES (100, 1, 'back\slash \x41', '2020-02-02');
