@@ -8,6 +8,8 @@
 #  - kms_protect_column encrypts the rows on the workers (the shards'
 #    copies of the trigger find their catalog row through the distributed
 #    table; the workers get the rows from the coordinator);
+#  - Citus copies the decrypting view to the workers, and reading it
+#    decrypts there;
 #  - writes through the table (INSERT, typed PREPARE, COPY, UPDATE, a
 #    changed context column) and INSERT and COPY through the view are
 #    encrypted on the workers and read back through the view;
@@ -19,6 +21,7 @@
 #  - kms_rotate_column moves every value, on every shard and placement,
 #    to the new key, and writers switch at once;
 #  - kms_unprotect_column restores the plaintext and the workers' rows go;
+#  - a column with a long name (Citus shortens long shard trigger names);
 #  - a table protected first and distributed later (the documented steps);
 #  - DROP TABLE removes the catalog rows on every node.
 use strict;
