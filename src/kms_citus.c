@@ -187,8 +187,8 @@ kms_citus_shard_origin(Oid relid, const char *tgname, Oid *logical_relid, char *
 	int64		shardid;
 	size_t		tglen;
 	size_t		sufflen;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
+	Oid			types[2] = {INT8OID, OIDOID};
+	Datum		values[2];
 	bool		isnull;
 	bool		found = false;
 	char		suffix[32];
@@ -210,12 +210,19 @@ kms_citus_shard_origin(Oid relid, const char *tgname, Oid *logical_relid, char *
 	if (tglen <= sufflen || strcmp(tgname + tglen - sufflen, suffix) != 0)
 		return false;
 
+	/*
+	 * Citus's own test (relation_is_a_known_shard: the shard's name is the
+	 * one Citus gives shard <shardid> of its table, in the table's schema),
+	 * so that no other table can pass for a shard.
+	 */
 	values[0] = Int64GetDatum(shardid);
+	values[1] = ObjectIdGetDatum(relid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT s.logicalrelid::pg_catalog.oid FROM pg_catalog.pg_dist_shard s"
-							  " WHERE s.shardid OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+							  " WHERE s.shardid OPERATOR(pg_catalog.=) $1"
+							  " AND pg_catalog.relation_is_a_known_shard($2::pg_catalog.regclass)",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read Citus shard metadata");
 	if (SPI_processed == 1)
 	{
@@ -224,21 +231,6 @@ kms_citus_shard_origin(Oid relid, const char *tgname, Oid *logical_relid, char *
 		found = !isnull;
 	}
 	SPI_finish();
-
-	/*
-	 * The shard of that table: same schema, and named <table>_<shardid>
-	 * (when that fits in a name; Citus shortens longer ones).
-	 */
-	if (found)
-	{
-		char	   *lname = get_rel_name(*logical_relid);
-
-		found = lname != NULL &&
-			get_rel_namespace(*logical_relid) == get_rel_namespace(relid) &&
-			(strlen(lname) + strlen(suffix) >= NAMEDATALEN ||
-			 (strncmp(relname, lname, strlen(lname)) == 0 &&
-			  strcmp(relname + strlen(lname), suffix) == 0));
-	}
 	if (found)
 		*logical_tgname = pnstrdup(tgname, tglen - sufflen);
 	return found;
