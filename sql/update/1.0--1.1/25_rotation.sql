@@ -344,6 +344,9 @@ AS $$
 DECLARE
     s regclass;
     k text;
+    cmd text;
+    r record;
+    citus_cmds text[] := '{}';
 BEGIN
     IF access IS NULL OR access NOT IN ('writer', 'reader', 'auditor', 'admin') THEN
         RAISE EXCEPTION 'kms_grant_access: access must be writer, reader, auditor or admin, not %',
@@ -384,6 +387,44 @@ BEGIN
             PERFORM @extschema@.kms_grant_key(k, role, ARRAY['encrypt', 'decrypt', 'rewrap']);
         END IF;
     END LOOP;
+    -- A Citus table (only with the citus extension): the shards' triggers,
+    -- the view's decryption and kms_blind_index() run on the workers, as
+    -- the same role.  Citus copies the table's GRANTs there, not those on
+    -- kms_pg's functions nor key privileges: those are made on every worker.
+    IF @extschema@.kms_pc_citus_table(tbl) THEN
+        IF access IN ('reader', 'admin') THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %I.kms_decrypt_pairs(bytea, "any") TO %I',
+                                               '@extschema@', role);
+        END IF;
+        IF access = 'reader' AND EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                                         WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL) THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %1$I.kms_blind_index(regclass, name, text),'
+                                               ' %1$I.kms_blind_index(regclass, name, bytea) TO %2$I', '@extschema@', role);
+        END IF;
+        IF access = 'admin' THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %1$I.kms_rewrap(bytea, text, jsonb),'
+                                               ' %1$I.kms_describe_key(text) TO %2$I', '@extschema@', role);
+        END IF;
+        FOR k IN SELECT DISTINCT c.key_id FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
+            IF access IN ('writer', 'reader', 'admin') THEN
+                citus_cmds := citus_cmds || format('SELECT %I.kms_grant_key(%L, %L, %L::text[])', '@extschema@', k, role,
+                    CASE access WHEN 'writer' THEN '{encrypt}' WHEN 'reader' THEN '{decrypt}'
+                                ELSE '{encrypt,decrypt,rewrap}' END);
+            END IF;
+        END LOOP;
+        FOREACH cmd IN ARRAY citus_cmds LOOP
+            FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
+                             ' FROM pg_catalog.run_command_on_workers($1) w' USING cmd LOOP
+                IF NOT r.success THEN
+                    RAISE EXCEPTION 'kms_grant_access: could not grant % access on % on Citus worker %:%',
+                        access, tbl, r.nodename, r.nodeport
+                        USING ERRCODE = 'connection_exception',
+                              DETAIL = format('The worker answered: %s', r.result),
+                              HINT = 'Every node needs kms_pg and the role; run kms_grant_access() again once the worker is fixed.';
+                END IF;
+            END LOOP;
+        END LOOP;
+    END IF;
     IF access = 'admin' THEN
         EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'
