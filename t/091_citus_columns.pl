@@ -21,6 +21,8 @@
 #  - kms_rotate_column moves every value, on every shard and placement,
 #    to the new key, and writers switch at once;
 #  - kms_unprotect_column restores the plaintext and the workers' rows go;
+#  - kms_grant_access: writer, reader and auditor on a distributed table
+#    (a bare kms_grant_key on the coordinator does not reach the workers);
 #  - a column with a long name (Citus shortens long shard trigger names);
 #  - a table protected first and distributed later (the documented steps);
 #  - DROP TABLE removes the catalog rows on every node.
@@ -196,6 +198,53 @@ for my $w (@workers)
 			q{SELECT string_agg(trigger_name, ',') FROM kms_protected_columns WHERE relid = 'patient'::regclass}),
 		'kms_protect_ssn', $w->name . ': only the still protected column has a catalog row');
 }
+
+# roles: kms_grant_access makes the key privileges and function grants on
+# the workers too (a bare kms_grant_key on the coordinator does not reach them)
+cq(q{CREATE ROLE cit_writer LOGIN; CREATE ROLE cit_reader LOGIN; CREATE ROLE cit_auditor LOGIN;
+     CREATE ROLE cit_other LOGIN;
+     SELECT kms_grant_key('alias/col2', 'cit_other', '{encrypt}');});
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', q{SELECT count(*) FROM kms_key_grants WHERE grantee = 'cit_other'}), '0',
+		$w->name . ': a kms_grant_key() on the coordinator does not reach the worker');
+}
+($ret, $out, $err) = $coord->psql('postgres', q{
+SELECT kms_grant_access('patient', 'cit_writer', 'writer');
+SELECT kms_grant_access('patient', 'cit_reader', 'reader');
+SELECT kms_grant_access('patient', 'cit_auditor', 'auditor');
+}, on_error_stop => 1);
+is($ret, 0, 'kms_grant_access on a distributed table') or diag($err);
+($ret, $out, $err) = $coord->psql('postgres', q{
+SET ROLE cit_writer;
+INSERT INTO patient (id, tenant, ssn) VALUES (300, 1, 'by the writer');
+INSERT INTO patient_decrypted (id, tenant, ssn) VALUES (301, 2, 'by the writer, view');
+UPDATE patient SET ssn = 'changed by the writer' WHERE id = 1;
+}, on_error_stop => 1);
+is($ret, 0, 'the writer writes through the table and the view (encrypted on the workers as the writer)') or diag($err);
+is($coord->safe_psql('postgres', q{SET ROLE cit_writer; SELECT count(ssn) FROM patient_decrypted WHERE id IN (1, 300, 301)}),
+	'0', 'the writer reads no plaintext back through the view');
+is($coord->safe_psql('postgres', q{SET ROLE cit_reader;
+	SELECT string_agg(id || ':' || ssn, ',' ORDER BY id) FROM patient_decrypted WHERE id IN (1, 300, 301)}),
+	'1:changed by the writer,300:by the writer,301:by the writer, view', 'the reader reads the plaintext (decrypted on the workers)');
+is($coord->safe_psql('postgres', q{SET ROLE cit_reader;
+	SELECT string_agg(id::text, ',') FROM patient WHERE ssn_bidx = kms_blind_index('patient', 'ssn', 'by the writer')}),
+	'300', 'the reader searches the blind index (on the workers)');
+is($coord->safe_psql('postgres', q{SET ROLE cit_auditor;
+	SELECT count(*) FILTER (WHERE kms_is_ciphertext(p.ssn)) || ' ' || count(d.ssn)
+	FROM patient p JOIN patient_decrypted d USING (id) WHERE id IN (1, 300, 301)}),
+	'3 0', 'the auditor sees ciphertext only');
+
+# after a rotation to a new key, the workers have no privilege on it for
+# the writer until kms_grant_access runs again
+cq(q{SELECT kms_create_key('alias/col3')});
+($ret, $out, $err) = $coord->psql('postgres', q{CALL kms_rotate_column('patient', 'ssn', 'alias/col3')});
+is($ret, 0, 'a second rotation') or diag($err);
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_writer; INSERT INTO patient (id, tenant, ssn) VALUES (302, 1, 'x')});
+like($err, qr/permission denied for kms_pg key/, 'after it the writer cannot encrypt on the workers under the new key');
+($ret, $out, $err) = $coord->psql('postgres', q{SELECT kms_grant_access('patient', 'cit_writer', 'writer');
+	SET ROLE cit_writer; INSERT INTO patient (id, tenant, ssn) VALUES (302, 1, 'x')}, on_error_stop => 1);
+is($ret, 0, 'kms_grant_access again: the writer writes under the new key') or diag($err);
 
 # ---------- a reference table ----------
 ($ret, $out, $err) = $coord->psql('postgres', q{

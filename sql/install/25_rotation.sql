@@ -494,7 +494,13 @@ BEGIN
             citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %1$I.kms_rewrap(bytea, text, jsonb),'
                                                ' %1$I.kms_describe_key(text) TO %2$I', '@extschema@', role);
         END IF;
-        FOR k IN SELECT DISTINCT c.key_id FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
+        -- the keys of the columns and of their blind-index keys: a worker
+        -- has no key privileges but these (not even PUBLIC's encrypt on a
+        -- new key, docs/citus.md)
+        FOR k IN SELECT c.key_id FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl
+                 UNION
+                 SELECT @extschema@.kms_ciphertext_key_id(c.blind_index_key)
+                 FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL LOOP
             IF access IN ('writer', 'reader', 'admin') THEN
                 citus_cmds := citus_cmds || format('SELECT %I.kms_grant_key(%L, %L, %L::text[])', '@extschema@', k, role,
                     CASE access WHEN 'writer' THEN '{encrypt}' WHEN 'reader' THEN '{decrypt}'
