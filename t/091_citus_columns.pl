@@ -267,6 +267,8 @@ for my $n (@nodes)
 			  . " FROM doc_$shard, kms_protected_columns c WHERE c.relid = 'doc'::regclass"),
 		'1:alpha,2:BETA,3:gamma,4:delta', $n->name . ': its placement holds ciphertexts of the same values');
 }
+my %ct = map { $_->safe_psql('postgres', "SELECT md5(body::bytea) FROM doc_$shard WHERE id = 3") => 1 } @nodes;
+is(scalar(keys %ct), 3, 'each placement sealed its own ciphertext of the same value');
 is(cq(q{SELECT id FROM doc WHERE body_bidx = kms_blind_index('doc', 'body', 'gamma')}), '3',
 	'a blind-index lookup in the reference table');
 ($ret, $out, $err) = $coord->psql('postgres', q{CALL kms_rotate_column('doc', 'body', 'alias/col2')});
