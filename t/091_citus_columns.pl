@@ -25,6 +25,8 @@
 #    (a bare kms_grant_key on the coordinator does not reach the workers);
 #  - a column with a long name (Citus shortens long shard trigger names);
 #  - a table protected first and distributed later (the documented steps);
+#  - a worker added later: keys, catalog rows, the reference table's
+#    placement, and a shard of a distributed table moved to it;
 #  - DROP TABLE removes the catalog rows on every node.
 use strict;
 use warnings;
@@ -325,8 +327,36 @@ is(cq(q{SELECT string_agg(id || ':' || owner, ',' ORDER BY id) FROM acct_decrypt
 is(cq(q{SELECT count(*) FROM acct WHERE NOT kms_is_ciphertext(owner)}), '0',
 	'and are stored encrypted');
 
+# ---------- a worker added later, and a shard moved to it ----------
+cq(q{CREATE TABLE rt (id int PRIMARY KEY, body text);
+     SELECT create_reference_table('rt');
+     INSERT INTO rt VALUES (1, 'one');
+     CALL kms_protect_column('rt', 'body', NULL, 'alias/col1');});
+my $w3 = node('w3');
+push @nodes, $w3;
+($ret, $out, $err) = $coord->psql('postgres', "SELECT citus_add_node('127.0.0.1', " . $w3->port . ");
+SELECT kms_citus_sync_keys();
+SELECT kms_citus_sync_columns();
+SELECT replicate_reference_tables('block_writes');", on_error_stop => 1);
+is($ret, 0, 'a worker added later gets the keys, the catalog rows and the reference table') or diag($err);
+is($w3->safe_psql('postgres', q{SELECT string_agg(relid::text, ',' ORDER BY relid::text) FROM kms_protected_columns}),
+	'acct,longname,patient,rt', 'the new worker has the catalog rows of the protected Citus tables');
+my $rshard = cq(q{SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'rt'::regclass});
+cq(q{INSERT INTO rt VALUES (2, 'two')});
+is($w3->safe_psql('postgres', "SELECT count(*) FROM rt_$rshard WHERE kms_is_ciphertext(body)"), '2',
+	'the new worker\'s placement of the reference table holds ciphertexts');
+my $ashard = cq(q{SELECT get_shard_id_for_distribution_column('acct', 2)});
+($ret, $out, $err) = $coord->psql('postgres', "SELECT citus_move_shard_placement($ashard, '127.0.0.1',
+	(SELECT nodeport FROM citus_shards WHERE shardid = $ashard), '127.0.0.1', " . $w3->port . ", shard_transfer_mode => 'block_writes')");
+is($ret, 0, 'a shard of the protected distributed table moves to the new worker') or diag($err);
+($ret, $out, $err) = $coord->psql('postgres', q{UPDATE acct SET owner = 'moved bob' WHERE id = 2}, on_error_stop => 1);
+is($ret, 0, 'a write to the moved shard') or diag($err);
+is(cq(q{SELECT owner FROM acct_decrypted WHERE id = 2}), 'moved bob', 'reads back through the view');
+is($w3->safe_psql('postgres', "SELECT count(*) FROM acct_$ashard WHERE id = 2 AND kms_is_ciphertext(owner)"), '1',
+	'and is stored encrypted on the new worker');
+
 # ---------- DROP TABLE: no catalog row left on any node ----------
-cq(q{DROP TABLE patient CASCADE; DROP TABLE acct CASCADE; DROP TABLE longname CASCADE});
+cq(q{DROP TABLE patient CASCADE; DROP TABLE acct CASCADE; DROP TABLE longname CASCADE; DROP TABLE rt CASCADE});
 for my $n (@nodes)
 {
 	is($n->safe_psql('postgres', q{SELECT count(*) FROM kms_protected_columns}), '0',
