@@ -65,7 +65,6 @@ DECLARE
     v_pass_rows bigint;
     v_other     bigint;
     v_citus     boolean;
-    v_citus_ref boolean;    -- a reference table (one placement per node)
     pk_join     text;       -- t.a = s.a AND t.b = s.b
 BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
@@ -198,14 +197,7 @@ BEGIN
     IF v_citus AND v_protected THEN
         PERFORM @extschema@.kms_citus_sync_columns(tbl);
     END IF;
-    IF v_citus THEN
-        -- The UPDATE replaces only values still as the SELECT read them, so
-        -- concurrent writers win.  A reference table's placements each
-        -- sealed their own ciphertext of a value: there, only values still
-        -- under another key (writers already use the new one).
-        EXECUTE 'SELECT p.partmethod OPERATOR(pg_catalog.=) ''n'' FROM pg_catalog.pg_dist_partition p'
-                ' WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1' INTO v_citus_ref USING tbl;
-    END IF;
+
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -280,15 +272,18 @@ BEGIN
             EXIT WHEN v_hi IS NULL;
             v_last := v_in_batch < batch_size;
             IF v_citus THEN
+                -- Only values still as the SELECT read them are replaced
+                -- (concurrent writers win).  Citus runs the statement on
+                -- each shard placement, so a reference table's placements,
+                -- whose ciphertexts of a value differ, each rewrap their own.
                 EXECUTE format('WITH s AS MATERIALIZED (SELECT %s, t.%I AS kms_old,'
                                ' @extschema@.kms_rewrap(t.%I, $4, %s) AS kms_new FROM %s t WHERE %s%s%s)'
-                               ' UPDATE %s t SET %I = s.kms_new FROM s WHERE %s AND %s',
+                               ' UPDATE %s t SET %I = s.kms_new FROM s WHERE %s'
+                               ' AND t.%I::pg_catalog.bytea OPERATOR(pg_catalog.=) s.kms_old::pg_catalog.bytea',
                                pk_cols, col, col, v_ctx, tbl, needs,
                                CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END,
                                CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END,
-                               tbl, col, pk_join,
-                               CASE WHEN v_citus_ref THEN needs
-                                    ELSE format('t.%I::pg_catalog.bytea OPERATOR(pg_catalog.=) s.kms_old::pg_catalog.bytea', col) END)
+                               tbl, col, pk_join, col)
                     USING v_lo, v_provider, v_resolved, v_target, v_hi;
             ELSE
                 EXECUTE upd_sql
