@@ -12,6 +12,11 @@
  *	  its own.  Everything here is looked up at run time through SQL and
  *	  stays dormant unless the citus extension is installed in the current
  *	  database.
+ *
+ *	  Protected columns: a shard's copy of a column's trigger finds its
+ *	  catalog row through the distributed table the shard belongs to
+ *	  (kms_citus_shard_origin); the rows themselves are copied to the
+ *	  workers by kms_citus_sync_columns() (sql/install/40_citus.sql).
  *-------------------------------------------------------------------------
  */
 #include "kms_citus.h"
@@ -171,4 +176,62 @@ kms_citus_apply_keyring(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_INT32(n);
+}
+
+bool
+kms_citus_shard_origin(Oid relid, const char *tgname, Oid *logical_relid, char **logical_tgname)
+{
+	char	   *relname;
+	char	   *us;
+	char	   *end;
+	int64		shardid;
+	size_t		tglen;
+	size_t		sufflen;
+	Oid			types[2] = {INT8OID, OIDOID};
+	Datum		values[2];
+	bool		isnull;
+	bool		found = false;
+	char		suffix[32];
+
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return false;
+	/* Citus names a shard <table>_<shardid> (long names: truncated and hashed) */
+	relname = get_rel_name(relid);
+	if (relname == NULL || (us = strrchr(relname, '_')) == NULL || us[1] == '\0')
+		return false;
+	errno = 0;
+	shardid = strtoi64(us + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || shardid <= 0)
+		return false;
+	/* and its triggers <trigger>_<shardid> */
+	snprintf(suffix, sizeof(suffix), "_" INT64_FORMAT, shardid);
+	tglen = strlen(tgname);
+	sufflen = strlen(suffix);
+	if (tglen <= sufflen || strcmp(tgname + tglen - sufflen, suffix) != 0)
+		return false;
+
+	/*
+	 * Citus's own test (relation_is_a_known_shard: the shard's name is the
+	 * one Citus gives shard <shardid> of its table, in the table's schema),
+	 * so that no other table can pass for a shard.
+	 */
+	values[0] = Int64GetDatum(shardid);
+	values[1] = ObjectIdGetDatum(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT s.logicalrelid::pg_catalog.oid FROM pg_catalog.pg_dist_shard s"
+							  " WHERE s.shardid OPERATOR(pg_catalog.=) $1"
+							  " AND pg_catalog.relation_is_a_known_shard($2::pg_catalog.regclass)",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read Citus shard metadata");
+	if (SPI_processed == 1)
+	{
+		*logical_relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1, &isnull));
+		found = !isnull;
+	}
+	SPI_finish();
+	if (found)
+		*logical_tgname = pnstrdup(tgname, tglen - sufflen);
+	return found;
 }

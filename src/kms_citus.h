@@ -21,4 +21,14 @@ extern bool kms_citus_check_change_allowed(void);
 /* After a keyring change: on a Citus coordinator, copy the catalog to every worker (or fail). */
 extern void kms_citus_after_change(void);
 
+/*
+ * Protected columns on a Citus worker (docs/citus.md): the distributed
+ * table that shard relation relid belongs to, and the name of the trigger
+ * on it that the shard's trigger tgname ("<name>_<shardid>") was copied
+ * from.  Looked up in Citus's metadata (pg_dist_shard) only when the citus
+ * extension is installed; false otherwise, and when relid is not a shard.
+ */
+extern bool kms_citus_shard_origin(Oid relid, const char *tgname,
+								   Oid *logical_relid, char **logical_tgname);
+
 #endif							/* KMS_CITUS_H */

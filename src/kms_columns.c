@@ -25,6 +25,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_columns.h"
+#include "kms_citus.h"
 #include "kms_envelope.h"
 #include "kms_provider.h"
 #include "kms_secure_mem.h"
@@ -390,6 +391,9 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 
 	List	   *owners = list_make1_oid(RelationGetRelid(rel));
 	ListCell   *lc;
+	const char *tgname = trig->tgname;
+	Oid			logical;
+	char	   *logical_tgname;
 
 	/*
 	 * A partition's trigger is a clone of its partitioned table's, with the
@@ -404,6 +408,7 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 		if (strcmp(NameStr(TupleDescAttr(desc, i)->attname), "relid") == 0)
 			relid_att = i + 1;
 	old = MemoryContextSwitchTo(mcxt);
+again:
 	foreach(lc, owners)
 	{
 		if (found)
@@ -420,7 +425,7 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 			int			nkeys;
 
 			d = catalog_attr(tup, desc, "trigger_name", &isnull);
-			if (isnull || strcmp(NameStr(*DatumGetName(d)), trig->tgname) != 0)
+			if (isnull || strcmp(NameStr(*DatumGetName(d)), tgname) != 0)
 				continue;
 			found = true;
 			memset(col, 0, sizeof(*col));
@@ -444,6 +449,19 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 			col->bidx_key_ct = isnull ? NULL : DatumGetByteaPCopy(d);
 		}
 		systable_endscan(scan);
+	}
+
+	/*
+	 * A Citus shard's trigger (only when the citus extension is there): the
+	 * catalog row is its distributed table's, copied to this worker by
+	 * kms_citus_sync_columns(); the column numbers stay the shard's own.
+	 */
+	if (!found && tgname == trig->tgname &&
+		kms_citus_shard_origin(RelationGetRelid(rel), trig->tgname, &logical, &logical_tgname))
+	{
+		owners = list_make1_oid(logical);
+		tgname = logical_tgname;
+		goto again;
 	}
 	MemoryContextSwitchTo(old);
 	table_close(cat, AccessShareLock);
@@ -910,7 +928,7 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("kms_pg: trigger \"%s\" on \"%s\" has no row in kms_protected_columns",
 							td->tg_trigger->tgname, rel_name(rel)),
-					 errhint("Protect columns with kms_protect_column().")));
+					 errhint("Protect columns with kms_protect_column().  On a Citus worker, run kms_citus_sync_columns() on the coordinator.")));
 		fcinfo->flinfo->fn_extra = col;
 	}
 

@@ -6,6 +6,48 @@
 -- Generated from sql/install/20_columns.sql: every function whose text
 -- changed is replaced.
 
+-- Citus (docs/citus.md).  Dormant without the citus extension: the Citus
+-- catalogs are named only in dynamic SQL, run after pg_extension shows citus.
+-- True when the citus extension is installed and tbl is a Citus table
+-- (distributed, reference or added to Citus's metadata).
+CREATE FUNCTION kms_pc_citus_table(tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p'
+            ' WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1)' INTO r USING tbl;
+    RETURN r;
+END
+$$;
+
+-- True on a Citus worker (the citus extension installed, a group id other
+-- than 0, not the coordinator): its event triggers leave protected columns
+-- to the coordinator.
+CREATE FUNCTION kms_pc_citus_worker()
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT NOT pg_catalog.citus_is_coordinator() AND'
+            ' COALESCE((SELECT g.groupid FROM pg_catalog.pg_dist_local_group g LIMIT 1), 0) OPERATOR(pg_catalog.<>) 0'
+        INTO r;
+    RETURN r;
+END
+$$;
+
 CREATE TYPE kms_sealed;
 CREATE FUNCTION kms_sealed_in(cstring) RETURNS kms_sealed
 AS 'MODULE_PATHNAME', 'kms_sealed_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
@@ -251,6 +293,7 @@ DECLARE
     v_done      bigint := 0;
     v_pk        name[];
     v_leaf      oid;
+    v_citus     boolean;
 BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
     -- have SET search_path): set again after every COMMIT.
@@ -271,6 +314,21 @@ BEGIN
     ELSIF v_relkind NOT IN ('r', 'p') OR v_relkind IS NULL THEN
         RAISE EXCEPTION 'kms_protect_column: "%" is not a table', v_name
             USING ERRCODE = 'wrong_object_type';
+    END IF;
+    -- A Citus table (only with the citus extension): its shards get copies
+    -- of the trigger, and the workers a copy of the catalog row
+    -- (docs/citus.md).
+    v_citus := @extschema@.kms_pc_citus_table(tbl);
+    IF v_citus THEN
+        -- Citus runs DDL on a view (dropped and made again below) only
+        -- over one connection per node, also for what came before it in
+        -- the transaction.
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
+    IF v_citus AND v_relkind = 'p' THEN
+        RAISE EXCEPTION 'kms_protect_column: "%" is a partitioned Citus table', v_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Protected columns on Citus are verified for distributed and reference tables that are not partitioned.';
     END IF;
     IF (SELECT c.relpersistence FROM pg_catalog.pg_class c WHERE c.oid = tbl) = 't' THEN
         -- A temp table goes at session end without event triggers, which
@@ -418,7 +476,10 @@ BEGIN
 
         PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
         v_id := gen_random_uuid();
-        v_trg := @extschema@.kms_pc_free_name(tbl, 'kms_protect_' || col, 't');
+        -- Citus names a shard's copy <trigger>_<shard id>: short enough
+        -- that it is not shortened (the shard's trigger finds its row by it).
+        v_trg := @extschema@.kms_pc_free_name(tbl, CASE WHEN v_citus THEN left('kms_protect_' || col, 40)
+                                                        ELSE 'kms_protect_' || col END, 't');
         v_chk := @extschema@.kms_pc_free_name(tbl, col || '_kms_ciphertext', 'c');
 
         -- The column becomes kms_sealed holding the plaintext in its text
@@ -460,6 +521,12 @@ BEGIN
              key_id, view_schema, view_name, check_name, blind_index_key)
         VALUES (v_id, tbl, v_trg, v_ctx::text[], v_att.atttypid, v_att.atttypmod, v_default,
                 v_key, v_vschema, v_view, v_chk, v_bkey);
+        IF v_citus THEN
+            -- The workers get the catalog row before the shards get the
+            -- trigger; Citus refuses triggers on its tables without this.
+            PERFORM @extschema@.kms_citus_sync_columns(tbl);
+            PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        END IF;
         EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %s ON %s FOR EACH ROW'
                        ' EXECUTE FUNCTION @extschema@.kms_protected_column_trigger()',
                        v_trg,
@@ -477,9 +544,19 @@ BEGIN
     END IF;
 
     -- Step 2: the trigger encrypts, the UPDATE itself calls nothing volatile.
+    -- A Citus table: one distributed UPDATE (Citus plans no ctid ranges);
+    -- the shards' triggers encrypt on the workers.
+    IF v_citus THEN
+        EXECUTE format('UPDATE %1$s SET %2$I = %2$I WHERE %2$I IS NOT NULL AND NOT @extschema@.kms_is_ciphertext(%2$I)',
+                       tbl, col);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_done := v_done + v_n;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END IF;
     -- A partitioned table: each leaf partition in turn (its trigger and
     -- CHECK are clones of the parent's).
-    FOR v_leaf IN SELECT tbl::oid WHERE v_relkind = 'r'
+    FOR v_leaf IN SELECT tbl::oid WHERE v_relkind = 'r' AND NOT v_citus
                   UNION ALL
                   SELECT pt.relid::oid FROM pg_catalog.pg_partition_tree(tbl) pt
                   WHERE v_relkind = 'p' AND pt.isleaf LOOP
@@ -545,6 +622,14 @@ BEGIN
     END IF;
     n := @extschema@.kms_pc_attnames(p.relid, p.trigger_name);
     nctx := cardinality(p.context_keys);
+    IF @extschema@.kms_pc_citus_table(tbl) THEN
+        -- Citus refuses DROP TRIGGER on its tables without this, and runs
+        -- DDL on a view only over one connection per node, also for what
+        -- came before it in the transaction.  The workers' catalog rows go
+        -- after the column is decrypted (below).
+        PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
     EXECUTE format('SELECT count(%I) FROM %s', col, tbl) INTO vals;
 
     PERFORM set_config('kms_pg_internal.columns_ddl', 'on', true);
@@ -576,6 +661,9 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DROP COLUMN %I', tbl, n[nctx + 2]);
     END IF;
     PERFORM @extschema@.kms_pc_ensure_view(tbl);
+    IF @extschema@.kms_pc_citus_table(tbl) THEN
+        PERFORM @extschema@.kms_citus_sync_columns(tbl);
+    END IF;
     PERFORM set_config('kms_pg_internal.columns_ddl', '', true);
     RETURN vals;
 END
@@ -660,6 +748,10 @@ BEGIN
               AND c.trigger_name = d.address_names[3]
               AND c.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))
     LOOP
+        -- A Citus worker: DDL comes from the coordinator, which guards it.
+        IF @extschema@.kms_pc_citus_worker() THEN
+            RETURN;
+        END IF;
         RAISE EXCEPTION 'cannot drop trigger "%" on "%": it protects a column encrypted by kms_pg',
             r.trigger_name, r.relid
             USING ERRCODE = 'dependent_objects_still_exist',
@@ -671,3 +763,30 @@ $$;
 
 COMMENT ON FUNCTION kms_pc_upgrade_column(regclass, name) IS
   'move a column protected by kms_pg 1.0 (type bytea) to kms_sealed, keeping its ciphertexts';
+
+-- Citus workers leave the view to the coordinator (docs/citus.md).
+CREATE OR REPLACE FUNCTION kms_pc_on_alter_table()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    -- kms_protect_column / kms_unprotect_column maintain the view themselves.
+    IF current_setting('kms_pg_internal.columns_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT DISTINCT c.relid::oid AS relid
+             FROM pg_event_trigger_ddl_commands() d
+             JOIN @extschema@.kms_protected_columns c ON c.relid::oid = d.objid
+             WHERE d.classid = 'pg_class'::regclass
+    LOOP
+        -- A Citus worker: the coordinator keeps the view (Citus copies it).
+        IF @extschema@.kms_pc_citus_worker() THEN
+            RETURN;
+        END IF;
+        PERFORM @extschema@.kms_pc_ensure_view(r.relid);
+    END LOOP;
+END
+$$;

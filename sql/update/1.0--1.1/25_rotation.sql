@@ -73,6 +73,8 @@ DECLARE
     v_batches   int := 0;
     v_pass_rows bigint;
     v_other     bigint;
+    v_citus     boolean;
+    pk_join     text;       -- t.a = s.a AND t.b = s.b
 BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
     -- have SET search_path): set again after every COMMIT.
@@ -125,6 +127,8 @@ BEGIN
            string_agg(format('$5[%s]::%s', o, pk_types[o]), ', ' ORDER BY o)
       INTO pk_cols, pk_arr, pk_desc, lo_row, hi_row
     FROM unnest(pk_names) WITH ORDINALITY AS u(n, o);
+    pk_join := (SELECT string_agg(format('t.%1$I OPERATOR(pg_catalog.=) s.%1$I', n), ' AND ' ORDER BY o)
+                FROM unnest(pk_names) WITH ORDINALITY AS u(n, o));
     IF array_length(pk_names, 1) > 1 THEN
         pk_row := '(' || pk_cols || ')';
         lo_row := '(' || lo_row || ')';
@@ -194,6 +198,15 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
     END IF;
+    -- A Citus table (only with the citus extension): the workers' triggers
+    -- switch with the copy of the catalog row; each batch below is one
+    -- distributed UPDATE without functions of column values (Citus refuses
+    -- STABLE ones there), from values rewrapped by a SELECT.
+    v_citus := @extschema@.kms_pc_citus_table(tbl);
+    IF v_citus AND v_protected THEN
+        PERFORM @extschema@.kms_citus_sync_columns(tbl);
+    END IF;
+
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -267,10 +280,26 @@ BEGIN
                 INTO v_hi, v_in_batch USING v_lo, v_provider, v_resolved;
             EXIT WHEN v_hi IS NULL;
             v_last := v_in_batch < batch_size;
-            EXECUTE upd_sql
-                    || CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END
-                    || CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END
-                USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            IF v_citus THEN
+                -- Only values still as the SELECT read them are replaced
+                -- (concurrent writers win).  Citus runs the statement on
+                -- each shard placement, so a reference table's placements,
+                -- whose ciphertexts of a value differ, each rewrap their own.
+                EXECUTE format('WITH s AS MATERIALIZED (SELECT %s, t.%I AS kms_old,'
+                               ' @extschema@.kms_rewrap(t.%I, $4, %s) AS kms_new FROM %s t WHERE %s%s%s)'
+                               ' UPDATE %s t SET %I = s.kms_new FROM s WHERE %s'
+                               ' AND t.%I::pg_catalog.bytea OPERATOR(pg_catalog.=) s.kms_old::pg_catalog.bytea',
+                               pk_cols, col, col, v_ctx, tbl, needs,
+                               CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END,
+                               CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END,
+                               tbl, col, pk_join, col)
+                    USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            ELSE
+                EXECUTE upd_sql
+                        || CASE WHEN v_lo IS NULL THEN '' ELSE format(' AND %s > %s', pk_row, lo_row) END
+                        || CASE WHEN v_last THEN '' ELSE format(' AND %s <= %s', pk_row, hi_row) END
+                    USING v_lo, v_provider, v_resolved, v_target, v_hi;
+            END IF;
             GET DIAGNOSTICS v_n = ROW_COUNT;
             v_done := v_done + v_n;
             v_pass_rows := v_pass_rows + v_n;
@@ -319,6 +348,9 @@ AS $$
 DECLARE
     s regclass;
     k text;
+    cmd text;
+    r record;
+    citus_cmds text[] := '{}';
 BEGIN
     IF access IS NULL OR access NOT IN ('writer', 'reader', 'auditor', 'admin') THEN
         RAISE EXCEPTION 'kms_grant_access: access must be writer, reader, auditor or admin, not %',
@@ -359,6 +391,50 @@ BEGIN
             PERFORM @extschema@.kms_grant_key(k, role, ARRAY['encrypt', 'decrypt', 'rewrap']);
         END IF;
     END LOOP;
+    -- A Citus table (only with the citus extension): the shards' triggers,
+    -- the view's decryption and kms_blind_index() run on the workers, as
+    -- the same role.  Citus copies the table's GRANTs there, not those on
+    -- kms_pg's functions nor key privileges: those are made on every worker.
+    IF @extschema@.kms_pc_citus_table(tbl) THEN
+        IF access IN ('reader', 'admin') THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %I.kms_decrypt_pairs(bytea, "any") TO %I',
+                                               '@extschema@', role);
+        END IF;
+        IF access = 'reader' AND EXISTS (SELECT 1 FROM @extschema@.kms_protected_columns c
+                                         WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL) THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %1$I.kms_blind_index(regclass, name, text),'
+                                               ' %1$I.kms_blind_index(regclass, name, bytea) TO %2$I', '@extschema@', role);
+        END IF;
+        IF access = 'admin' THEN
+            citus_cmds := citus_cmds || format('GRANT EXECUTE ON FUNCTION %1$I.kms_rewrap(bytea, text, jsonb),'
+                                               ' %1$I.kms_describe_key(text) TO %2$I', '@extschema@', role);
+        END IF;
+        -- the keys of the columns and of their blind-index keys: a worker
+        -- has no key privileges but these (not even PUBLIC's encrypt on a
+        -- new key, docs/citus.md)
+        FOR k IN SELECT c.key_id FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl
+                 UNION
+                 SELECT @extschema@.kms_ciphertext_key_id(c.blind_index_key)
+                 FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl AND c.blind_index_key IS NOT NULL LOOP
+            IF access IN ('writer', 'reader', 'admin') THEN
+                citus_cmds := citus_cmds || format('SELECT %I.kms_grant_key(%L, %L, %L::text[])', '@extschema@', k, role,
+                    CASE access WHEN 'writer' THEN '{encrypt}' WHEN 'reader' THEN '{decrypt}'
+                                ELSE '{encrypt,decrypt,rewrap}' END);
+            END IF;
+        END LOOP;
+        FOREACH cmd IN ARRAY citus_cmds LOOP
+            FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
+                             ' FROM pg_catalog.run_command_on_workers($1) w' USING cmd LOOP
+                IF NOT r.success THEN
+                    RAISE EXCEPTION 'kms_grant_access: could not grant % access on % on Citus worker %:%',
+                        access, tbl, r.nodename, r.nodeport
+                        USING ERRCODE = 'connection_exception',
+                              DETAIL = format('The worker answered: %s', r.result),
+                              HINT = 'Every node needs kms_pg and the role; run kms_grant_access() again once the worker is fixed.';
+                END IF;
+            END LOOP;
+        END LOOP;
+    END IF;
     IF access = 'admin' THEN
         EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'
