@@ -1018,6 +1018,8 @@ l1_insert(uint64 hkey, bool is_enc, const char *ident, int ident_len, const uint
 	e->expires = expires;
 	e->max_messages = max_messages;
 	e->max_bytes = max_bytes;
+	e->dek.max_messages = max_messages;
+	e->dek.max_bytes = max_bytes;
 	old = MemoryContextSwitchTo(kms_l1_cxt);
 	e->ident = palloc(ident_len);
 	memcpy(e->ident, ident, ident_len);

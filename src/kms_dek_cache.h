@@ -22,6 +22,9 @@ typedef struct KmsDek
 	/* format 2 (kms_dek_registry.c): the DEK's reference, 0 until computed */
 	uint64		dek_ref;
 	uint64		ensured_epoch;	/* registry row ensured in this (sub)xact epoch */
+	/* the DEK's budget (values, bytes) as this cache entry allows it */
+	uint64		max_messages;
+	uint64		max_bytes;
 } KmsDek;
 
 /* Provider operations counted in kms_cache_stats. */

@@ -44,6 +44,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
@@ -64,12 +65,13 @@
 #include "utils/syscache.h"
 
 #define REGISTRY_TABLE	"kms_dek_registry"
-#define REG_NATTS		7
+#define REG_NATTS		11
 #define ANUM_REF		1
 #define ANUM_PROVIDER	2
 #define ANUM_KEY_ID		3
 #define ANUM_NAMES		4
 #define ANUM_WRAPPED	5
+#define ANUM_PCTX		8
 #define KMS_REG_MEMO_MAX	8192
 #define KMS_ENS_MAX			65536	/* registered DEKs remembered per backend */
 
@@ -89,6 +91,11 @@ typedef struct RegRow
 	int			names_len;
 	uint8	   *wrapped;
 	int			wrapped_len;
+	uint8	   *pctx;			/* canonical provider context, NULL if unknown */
+	int			pctx_len;
+	const char *key_req;		/* the key as requested (inserts only) */
+	uint64		leased_messages;	/* inserts only: the budget handed out */
+	uint64		leased_bytes;
 	bool		own;			/* inserted (or updated) by this transaction */
 } RegRow;
 
@@ -286,6 +293,7 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
 	text	   *t;
 	bytea	   *b;
 
+	Assert(desc->natts <= REG_NATTS);
 	heap_deform_tuple(tup, desc, values, nulls);
 	for (int i = 0; i < ANUM_WRAPPED; i++)
 		if (nulls[i])
@@ -303,6 +311,16 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
 	row->wrapped_len = VARSIZE_ANY_EXHDR(b);
 	row->wrapped = palloc(Max(row->wrapped_len, 1));
 	memcpy(row->wrapped, VARDATA_ANY(b), row->wrapped_len);
+	row->pctx = NULL;
+	row->pctx_len = 0;
+	row->key_req = NULL;
+	if (desc->natts >= ANUM_PCTX && !nulls[ANUM_PCTX - 1])
+	{
+		b = DatumGetByteaPP(values[ANUM_PCTX - 1]);
+		row->pctx_len = VARSIZE_ANY_EXHDR(b);
+		row->pctx = palloc(Max(row->pctx_len, 1));
+		memcpy(row->pctx, VARDATA_ANY(b), row->pctx_len);
+	}
 	row->own = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 }
 
@@ -335,10 +353,18 @@ registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 
 		SET_VARSIZE(w, VARHDRSZ + match->wrapped_len);
 		memcpy(VARDATA(w), match->wrapped, match->wrapped_len);
-		/* the index on wrapped_dek (the table's only other index) */
+		/* the index on wrapped_dek: the one whose first column it is */
 		foreach(lc, idxs)
-			if (lfirst_oid(lc) != RelationGetPrimaryKeyIndex(rel))
+		{
+			HeapTuple	it = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+			if (!HeapTupleIsValid(it))
+				continue;
+			if (((Form_pg_index) GETSTRUCT(it))->indnatts == 1 &&
+				((Form_pg_index) GETSTRUCT(it))->indkey.values[0] == ANUM_WRAPPED)
 				idx = lfirst_oid(lc);
+			ReleaseSysCache(it);
+		}
 		ScanKeyInit(&key, ANUM_WRAPPED, BTEqualStrategyNumber, F_BYTEAEQ, PointerGetDatum(w));
 	}
 	scan = systable_beginscan(rel, idx, OidIsValid(idx), snap, 1, &key);
@@ -402,6 +428,9 @@ memo_put(const RegRow *row)
 	memcpy(m->row.names, row->names, row->names_len);
 	m->row.wrapped = palloc(Max(row->wrapped_len, 1));
 	memcpy(m->row.wrapped, row->wrapped, row->wrapped_len);
+	m->row.pctx = NULL;			/* decryption never needs it */
+	m->row.pctx_len = 0;
+	m->row.key_req = NULL;
 	MemoryContextSwitchTo(old);
 }
 
@@ -545,15 +574,19 @@ bytea_datum(const uint8 *p, int len)
 }
 
 #define INSERT_SQL \
-	"INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek)" \
-	" VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dek_ref) DO NOTHING"
+	"INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek," \
+	" provider_context, key_requested, leased_messages, leased_bytes)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dek_ref) DO NOTHING"
 
 static void
 registry_insert(Oid relid, const RegRow *row)
 {
 	OwnerSpi	o;
-	Oid			types[5] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID};
-	Datum		values[5];
+	Oid			types[9] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID, BYTEAOID, TEXTOID,
+	INT8OID, INT8OID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			rc;
 
 	owner_begin(&o, relid);
 	values[0] = Int64GetDatum((int64) row->ref);
@@ -561,7 +594,15 @@ registry_insert(Oid relid, const RegRow *row)
 	values[2] = PointerGetDatum(cstring_to_text_with_len(row->key_id, row->key_id_len));
 	values[3] = bytea_datum(row->names, row->names_len);
 	values[4] = bytea_datum(row->wrapped, row->wrapped_len);
-	owner_exec(psprintf(INSERT_SQL, o.tbl), 5, types, values);
+	values[5] = row->pctx != NULL ? bytea_datum(row->pctx, row->pctx_len) : (Datum) 0;
+	nulls[5] = row->pctx != NULL ? ' ' : 'n';
+	values[6] = row->key_req != NULL ? CStringGetTextDatum(row->key_req) : (Datum) 0;
+	nulls[6] = row->key_req != NULL ? ' ' : 'n';
+	values[7] = Int64GetDatum((int64) Min(row->leased_messages, (uint64) PG_INT64_MAX));
+	values[8] = Int64GetDatum((int64) Min(row->leased_bytes, (uint64) PG_INT64_MAX));
+	rc = SPI_execute_with_args(psprintf(INSERT_SQL, o.tbl), 9, types, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
 	owner_end(&o);
 }
 
@@ -606,7 +647,7 @@ random_ref(void)
 }
 
 uint64
-kms_dek_registry_ensure(KmsDek *dek)
+kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx)
 {
 	uint64		hkey;
 	EnsureEntry *e;
@@ -631,6 +672,11 @@ kms_dek_registry_ensure(KmsDek *dek)
 	check_writable();
 	relid = registry_relid_or_error();
 	row_from_header(dek->header, dek->header_len, &want);
+	want.pctx = (uint8 *) kctx->canonical.data;
+	want.pctx_len = kctx->canonical.len;
+	want.key_req = key_req;
+	want.leased_messages = dek->max_messages;
+	want.leased_bytes = dek->max_bytes;
 
 	/* a committed row of this DEK (any backend's), or one of this transaction */
 	found = read_latest(relid, false, 0, &want, &got);
@@ -717,7 +763,8 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
  * its current version), with the current provider: one provider call per
  * distinct wrapped DEK, one row update per row, no write to any user table.
  * Rows whose DEK is bound to provider-context values (kms_pg.kms_context_keys)
- * cannot be rewrapped without those values and are counted as skipped:
+ * are rewrapped with the values the row keeps (provider_context); only rows
+ * without them (none are made so) are counted as skipped:
  * kms_rewrap() each value with its context, or kms_rotate_column().
  */
 PG_FUNCTION_INFO_V1(kms_rotate_key_registry);
@@ -760,8 +807,8 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 
 	owner_begin(&o, relid);
 	args[0] = CStringGetTextDatum(key);
-	owner_exec(psprintf("SELECT dek_ref, provider, key_id, name_block, wrapped_dek, NULL, NULL"
-						" FROM %s WHERE key_id = $1 ORDER BY dek_ref", o.tbl),
+	owner_exec(psprintf("SELECT dek_ref, provider, key_id, name_block, wrapped_dek, NULL, NULL,"
+						" provider_context FROM %s WHERE key_id = $1 ORDER BY dek_ref", o.tbl),
 			   1, types, args);
 	nrows = SPI_processed;
 	MemoryContextSwitchTo(caller);
@@ -781,6 +828,8 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 		KmsError	err;
 		const KmsProviderRoutine *provider;
 		KmsWrappedKey w;
+		KmsContext	pctx;
+		const KmsContext *use_ctx = &empty;
 
 		deks++;
 		memset(&env, 0, sizeof(env));
@@ -793,22 +842,33 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 			kms_report_error(err, detail);
 		if (env.nctxkeys > 0)
 		{
-			skipped++;
-			continue;
+			/*
+			 * Bound to provider-context values: the row keeps them (rows
+			 * made before it did are skipped).  Privileges may depend on
+			 * the context: checked for each such row.
+			 */
+			if (row.pctx == NULL || !kms_context_from_canonical(row.pctx, row.pctx_len, &pctx))
+			{
+				skipped++;
+				continue;
+			}
+			use_ctx = &pctx;
 		}
 		provider = kms_provider_by_id(env.provider);
-		if (!checked_src[env.provider])
+		if (!checked_src[env.provider] || use_ctx != &empty)
 		{
-			kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, &empty,
+			kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, use_ctx,
 						  fcinfo->flinfo->fn_oid);
-			checked_src[env.provider] = true;
+			if (use_ctx == &empty)
+				checked_src[env.provider] = true;
 		}
-		kms_dek_rewrap(provider, &env, &empty, new_key, &w);
-		if (!checked_target)
+		kms_dek_rewrap(provider, &env, use_ctx, new_key, &w);
+		if (!checked_target || use_ctx != &empty)
 		{
 			kms_key_check(target->id, w.key_id, strlen(w.key_id), KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT,
-						  &empty, fcinfo->flinfo->fn_oid);
-			checked_target = true;
+						  use_ctx, fcinfo->flinfo->fn_oid);
+			if (use_ctx == &empty)
+				checked_target = true;
 		}
 		rewrapped += registry_update(relid, row.ref, target->id, &w, row.wrapped, row.wrapped_len);
 		CHECK_FOR_INTERRUPTS();

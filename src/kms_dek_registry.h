@@ -21,12 +21,15 @@
 extern void kms_dek_registry_fill(KmsEnvelope *env);
 
 /*
- * The reference of an encrypting DEK (a v1 header, from the cache), with a
+ * The reference of an encrypting DEK (a v1 header, from the cache; key_req
+ * and kctx as the DEK was requested: kept in a new row for rotation and
+ * reuse), with a
  * registry row that commits with the current transaction or has already
  * committed.  Raises 25006 on a hot standby or in a read-only transaction,
  * 25000 in parallel mode.
  */
-extern uint64 kms_dek_registry_ensure(KmsDek *dek);
+extern uint64 kms_dek_registry_ensure(KmsDek *dek, const char *key_req,
+									  const KmsContext *kctx);
 
 /*
  * Record the new wrapping of the DEK of v2 value env (kms_rewrap): the
