@@ -238,6 +238,39 @@ SELECT format FROM kms_protected_columns WHERE relid = 'v2_prot'::regclass;
 SELECT 'kms_dek_registry'::regclass = ANY (extconfig) AS dumped FROM pg_extension WHERE extname = 'kms_pg';
 SELECT has_table_privilege('public', 'kms_dek_registry', 'SELECT') AS public_can_read;
 
+-- A session decrypting v2 values whose data keys are in the shared cache
+-- makes no registry lookup (index scans of kms_dek_registry): the cache
+-- finds each DEK by its reference, with the key id and name block of its
+-- registry row.  Key privileges are still checked against the value's key.
+SELECT kms_cache_flush() >= 0 AS flushed;
+\c
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('row ' || id)::bytea) AS first_session_decrypted
+FROM v2_tenants;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan AS x0 FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry' \gset
+SELECT decrypt_calls AS dc0 FROM kms_cache_stats \gset
+\c
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('row ' || id)::bytea) AS second_session_decrypted
+FROM v2_tenants;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan - :x0 AS second_session_registry_lookups FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry';
+SELECT decrypt_calls - :dc0 AS second_session_decrypt_calls FROM kms_cache_stats;
+-- A hit by reference on a DEK of a key the reader holds no privilege on is refused.
+GRANT SELECT ON v2_tenants TO regress_v2_reader;
+\c
+SET ROLE regress_v2_reader;
+DO $$
+BEGIN
+  PERFORM kms_decrypt(c, '{"tenant": "t1"}') FROM v2_tenants WHERE id = 1;
+  RAISE NOTICE 'opened';
+EXCEPTION WHEN OTHERS THEN
+  RAISE NOTICE 'refused: %', SQLSTATE;
+END $$;
+RESET ROLE;
+REVOKE SELECT ON v2_tenants FROM regress_v2_reader;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan - :x0 AS registry_lookups_after_refusal FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry';
+
 RESET kms_pg.format;
 DROP TABLE v2_mixed, v2_conv, v2_tenants;
 SET client_min_messages = warning;

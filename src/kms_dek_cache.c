@@ -114,6 +114,10 @@ typedef struct KmsCacheSlot
 	bool		has_enc;
 	bool		key_unknown;	/* a name was not recorded: any key matches */
 	bool		has_header;
+	bool		has_ref;		/* also found by its format 2 reference */
+	uint16		names_ref;		/* has_ref: the registry row's name block (hex, as a key name) */
+	Oid			ref_db;			/* has_ref: the database of dek_ref */
+	uint64		dek_ref;		/* has_ref: the registry reference */
 	uint16		key_id_ref;		/* wrapping key id as recorded in values */
 	uint16		key_req_ref;	/* the key as requested for encryption */
 	int32		filler_pid;
@@ -219,7 +223,8 @@ typedef struct KmsLocalDek
 	char	   *ident;
 	int			ident_len;
 	KmsDek		dek;
-	uint8	   *header_buf;
+	uint8	   *header_buf;		/* encrypt: v1 header; by reference: provider, key id, names */
+	int			info_len;		/* by reference: bytes in header_buf */
 } KmsLocalDek;
 
 static HTAB *kms_l1 = NULL;
@@ -249,11 +254,11 @@ rewrap_memo_clear(void)
 	kms_rewrap_memo = NULL;
 }
 
-/* Index entries: two identities per slot at most, plus one claim per partition in flight. */
+/* Index entries: three identities per slot at most, plus one claim per partition in flight. */
 static long
 kms_cache_index_size(void)
 {
-	return 2L * kms_guc_cache_entries + KMS_CACHE_PARTITIONS;
+	return 3L * kms_guc_cache_entries + KMS_CACHE_PARTITIONS;
 }
 
 static Size
@@ -332,7 +337,7 @@ kms_cache_shmem_startup(void)
 			KmsCacheSlot *s = &kms_cache->slots[i];
 
 			s->state = SLOT_FREE;
-			s->key_id_ref = s->key_req_ref = KMS_NO_KEY;
+			s->key_id_ref = s->key_req_ref = s->names_ref = KMS_NO_KEY;
 			pg_atomic_init_u32(&s->generation, 1);
 			pg_atomic_init_u32(&s->usage, 0);
 			pg_atomic_init_u64(&s->messages, 0);
@@ -670,9 +675,32 @@ index_insert(const uint8 *id, uint32 h, int slot)
 	return r;
 }
 
+/*
+ * The identity of a format 2 DEK by reference: not a hash, the database and
+ * the reference themselves (a reference names one registry row of one
+ * database, and the DEK of a row never changes: rotation rewraps it).
+ */
+static void
+ref_id(Oid db, uint64 ref, uint8 *out)
+{
+	memset(out, 0, KMS_ID_LEN);
+	out[0] = 'K';
+	out[1] = 'R';
+	memcpy(out + 2, &db, sizeof(db));
+	memcpy(out + 2 + sizeof(db), &ref, sizeof(ref));
+}
+
 static bool
 slot_holds(KmsCacheSlot *s, const uint8 *id)
 {
+	if (s->has_ref && id[0] == 'K' && id[1] == 'R')
+	{
+		uint8		rid[KMS_ID_LEN];
+
+		ref_id(s->ref_db, s->dek_ref, rid);
+		if (memcmp(rid, id, KMS_ID_LEN) == 0)
+			return true;
+	}
 	return (s->has_dec && memcmp(s->dec_id, id, KMS_ID_LEN) == 0) ||
 		(s->has_enc && memcmp(s->enc_id, id, KMS_ID_LEN) == 0);
 }
@@ -687,6 +715,16 @@ slot_clear(KmsCacheSlot *s)
 		index_remove(s->dec_id);
 	if (s->has_enc)
 		index_remove(s->enc_id);
+	if (s->has_ref)
+	{
+		uint8		rid[KMS_ID_LEN];
+
+		ref_id(s->ref_db, s->dek_ref, rid);
+		index_remove(rid);
+		key_name_unref(s->names_ref, false);
+		s->names_ref = KMS_NO_KEY;
+		s->has_ref = false;
+	}
 	explicit_bzero(s->dek, sizeof(s->dek));
 	s->has_dec = s->has_enc = false;
 	s->has_header = false;
@@ -1185,6 +1223,52 @@ build_decrypt_ident(uint8 provider, const char *key, int keylen, const uint8 *na
 	memcpy(b + 2 + keylen + names_len, wrapped, wrapped_len);
 	*len = n;
 	return b;
+}
+
+/*
+ * Let a READY slot holding the DEK of v2 value env (generation gen) be
+ * found by env's reference too, with the key id the slot records and the
+ * registry row's name block (kept as a key name, in hex).
+ */
+static void
+slot_add_ref(int idx, uint32 gen, const KmsEnvelope *env)
+{
+	KmsCacheSlot *s = &kms_cache->slots[idx];
+	char		hex[KMS_SLOT_KEY_MAX];
+	int			hlen;
+	uint8		rid[KMS_ID_LEN];
+	static const char digits[] = "0123456789abcdef";
+
+	if (s->has_ref || 1 + 2 * env->names_block_len >= KMS_SLOT_KEY_MAX)
+		return;					/* unlocked pre-check; re-checked below */
+	hex[0] = '#';
+	for (int i = 0; i < env->names_block_len; i++)
+	{
+		hex[1 + 2 * i] = digits[env->names_block[i] >> 4];
+		hex[2 + 2 * i] = digits[env->names_block[i] & 0xf];
+	}
+	hlen = 1 + 2 * env->names_block_len;
+	ref_id(MyDatabaseId, env->dek_ref, rid);
+	LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+	if (s->state == SLOT_READY && pg_atomic_read_u32(&s->generation) == gen && !s->has_ref &&
+		!s->key_unknown && s->key_id_ref != KMS_NO_KEY && s->key_provider == env->provider)
+	{
+		uint16		nref = key_name_ref(env->provider, hex, hlen, false);
+
+		if (nref != KMS_NO_KEY)
+		{
+			if (index_insert(rid, index_hash(rid), idx) == idx)
+			{
+				s->has_ref = true;
+				s->names_ref = nref;
+				s->ref_db = MyDatabaseId;
+				s->dek_ref = env->dek_ref;
+			}
+			else
+				key_name_unref(nref, false);
+		}
+	}
+	LWLockRelease(SLOT_LOCK(idx));
 }
 
 /* ---- the fill protocol ---- */
@@ -1812,8 +1896,144 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		explicit_bzero(dek, sizeof(dek));
 	}
 	PG_END_TRY();
+	/* a format 2 DEK: other backends find it by reference, without the registry */
+	if (env->version == KMS_ENVELOPE_V2 && slot >= 0)
+		slot_add_ref(slot, gen, env);
 	last_dec = e;
 	return &e->dek;
+}
+
+/* Fill env's registry fields from a by-reference local entry. */
+static void
+env_from_info(KmsEnvelope *env, const uint8 *info, int info_len)
+{
+	char	   *detail;
+	KmsError	err;
+
+	err = kms_envelope_set_registry_names(env, info[0], (const char *) info + 2, info[1],
+										  info + 2 + info[1], info_len - 2 - info[1], &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+}
+
+static int
+unhex_nibble(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	return c - 'a' + 10;
+}
+
+KmsDek *
+kms_dek_for_decrypt_ref(KmsEnvelope *env)
+{
+	char		ident[2 + sizeof(uint64)];
+	uint64		hkey;
+	KmsLocalDek *e;
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		rid[KMS_ID_LEN];
+	int			idx;
+	KmsCacheSlot *s;
+	uint8		dek[KMS_DEK_LEN];
+	uint8		info[2 + 2 * KMS_SLOT_KEY_MAX];
+	int			info_len;
+	uint32		gen;
+	TimestampTz expires;
+	uint64		maxm;
+	uint64		maxb;
+
+	kms_dek_cache_require();
+	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
+	ident[0] = (char) 0xff;
+	ident[1] = 'R';
+	memcpy(ident + 2, &env->dek_ref, sizeof(uint64));
+	hkey = hash_bytes_extended((const unsigned char *) ident, sizeof(ident), 0x524546);
+	e = l1_find(hkey, false, ident, sizeof(ident));
+	if (e != NULL)
+	{
+		if (l1_valid(e, now) && e->header_buf != NULL)
+		{
+			env_from_info(env, e->header_buf, e->info_len);
+			if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
+				flush_pending_stats();
+			return &e->dek;
+		}
+		l1_remove(e);
+	}
+
+	ref_id(MyDatabaseId, env->dek_ref, rid);
+	idx = index_lookup(rid, index_hash(rid));
+	if (idx < 0)
+		return NULL;
+	s = &kms_cache->slots[idx];
+	LWLockAcquire(SLOT_LOCK(idx), LW_SHARED);
+	if (!slot_holds(s, rid) || !s->has_ref || s->state != SLOT_READY || now >= s->expires ||
+		s->key_id_ref == KMS_NO_KEY || s->names_ref == KMS_NO_KEY)
+	{
+		LWLockRelease(SLOT_LOCK(idx));
+		return NULL;
+	}
+	LWLockAcquire(kms_cache->misc_lock, LW_SHARED);
+	{
+		const char *k = kms_cache->key_names[s->key_id_ref].name;
+		const char *n = kms_cache->key_names[s->names_ref].name + 1;	/* after '#' */
+		int			klen = strlen(k);
+		int			nlen = strlen(n) / 2;
+
+		info[0] = s->key_provider;
+		info[1] = (uint8) klen;
+		memcpy(info + 2, k, klen);
+		for (int i = 0; i < nlen; i++)
+			info[2 + klen + i] = (uint8) ((unhex_nibble(n[2 * i]) << 4) | unhex_nibble(n[2 * i + 1]));
+		info_len = 2 + klen + nlen;
+	}
+	LWLockRelease(kms_cache->misc_lock);
+	memcpy(dek, s->dek, KMS_DEK_LEN);
+	gen = pg_atomic_read_u32(&s->generation);
+	expires = s->expires;
+	maxm = s->max_messages;
+	maxb = s->max_bytes;
+	slot_touch(s);
+	LWLockRelease(SLOT_LOCK(idx));
+	pg_atomic_fetch_add_u64(&kms_cache->stat_hits, 1);
+
+	PG_TRY();
+	{
+		e = l1_insert(hkey, false, ident, sizeof(ident), dek, NULL, 0, idx, gen, expires, maxm, maxb);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(dek, sizeof(dek));
+	}
+	PG_END_TRY();
+	e->header_buf = MemoryContextAlloc(kms_l1_cxt, info_len);
+	memcpy(e->header_buf, info, info_len);
+	e->info_len = info_len;
+	env_from_info(env, e->header_buf, e->info_len);
+	return &e->dek;
+}
+
+void
+kms_dek_cache_forget_ref(uint64 ref)
+{
+	uint8		rid[KMS_ID_LEN];
+	int			idx;
+
+	kms_dek_cache_require();
+	l1_clear();
+	ref_id(MyDatabaseId, ref, rid);
+	idx = index_lookup(rid, index_hash(rid));
+	if (idx >= 0)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[idx];
+
+		LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+		if (slot_holds(s, rid) && s->has_ref)
+			slot_clear(s);		/* generation bump: other backends' copies retire */
+		LWLockRelease(SLOT_LOCK(idx));
+	}
 }
 
 /* ---- rewrap ---- */

@@ -53,6 +53,18 @@ extern KmsDek *kms_dek_for_decrypt(const KmsProviderRoutine *provider,
 								   const KmsEnvelope *env, const KmsContext *full_ctx);
 
 /*
+ * DEK of v2 value env (dek_ref set, registry fields not yet) from the cache
+ * by its reference alone: fills env's provider, key id and name block as
+ * the cache recorded them from the registry row, or returns NULL (the
+ * caller then reads the registry and calls kms_dek_for_decrypt).  The
+ * caller must check key privileges before using the DEK.
+ */
+extern KmsDek *kms_dek_for_decrypt_ref(KmsEnvelope *env);
+
+/* Drop the cached DEK found by v2 reference ref (its row was rewrapped). */
+extern void kms_dek_cache_forget_ref(uint64 ref);
+
+/*
  * Re-wrap the DEK of env under new_key.  Identical wrapped DEKs in one
  * transaction are re-wrapped once (the result is remembered).
  */

@@ -434,6 +434,31 @@ memo_put(const RegRow *row)
 	MemoryContextSwitchTo(old);
 }
 
+bool
+kms_dek_registry_fill_memo(KmsEnvelope *env)
+{
+	MemoEntry  *m = NULL;
+	char	   *detail;
+	KmsError	err;
+
+	registry_init();
+	if (reg_memo_stale)
+	{
+		memo_clear();
+		reg_memo_stale = false;
+	}
+	if (reg_memo != NULL)
+		m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+	if (m == NULL)
+		return false;
+	err = kms_envelope_set_registry(env, m->row.provider, m->row.key_id, m->row.key_id_len,
+									m->row.names, m->row.names_len, m->row.wrapped,
+									m->row.wrapped_len, &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+	return true;
+}
+
 void
 kms_dek_registry_fill(KmsEnvelope *env)
 {
@@ -748,6 +773,8 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
 	check_writable();
 	if (registry_update(relid, env->dek_ref, provider, w, env->wrapped, env->wrapped_len) > 0)
 	{
+		/* the key id may have changed: not found by reference under the old one */
+		kms_dek_cache_forget_ref(env->dek_ref);
 		/* every backend (and standby) drops its memo of the row */
 		CacheInvalidateRelcacheByRelid(relid);
 		reg_memo_stale = true;

@@ -20,6 +20,9 @@
  */
 extern void kms_dek_registry_fill(KmsEnvelope *env);
 
+/* The same from this backend's memo only; false (env untouched) when not there. */
+extern bool kms_dek_registry_fill_memo(KmsEnvelope *env);
+
 /*
  * The reference of an encrypting DEK (a v1 header, from the cache; key_req
  * and kctx as the DEK was requested: kept in a new row for rotation and
