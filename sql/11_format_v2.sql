@@ -52,7 +52,8 @@ SELECT kms_is_ciphertext(substr(kms_encrypt('x'::bytea), 1, 39)) AS truncated_is
 SELECT kms_decrypt(overlay(kms_encrypt('x'::bytea) PLACING substr(b, 6, 7) FROM 6 FOR 7))
 FROM (SELECT kms_encrypt('y'::bytea, '{}', 'alias/regress_v2_other') AS b) s;
 
--- One registry row per data key, whatever the number of values.
+-- One registry row per data key, whatever the number of values (after the
+-- flush, the key's current data key is reloaded from the registry: no new row).
 SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) AS rows0 FROM kms_dek_registry WHERE key_id = :'key_v2' \gset
 CREATE TABLE v2_mixed (i int PRIMARY KEY, c bytea);
@@ -84,7 +85,10 @@ SELECT decrypt_calls - :d1 AS warm_decrypt_calls FROM kms_cache_stats;
 
 -- Savepoint rollback: the registry row inserted in the rolled-back
 -- subtransaction is gone, and the next value under the same cached data
--- key registers it again (so it commits with that value).
+-- key registers it again (so it commits with that value).  No data key of
+-- the key is young enough to be reused: the savepoint's value gets a new one.
+SET kms_pg.dek_max_age = 1;
+SELECT pg_sleep(1.2);
 SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) AS rows1 FROM kms_dek_registry WHERE key_id = :'key_v2' \gset
 BEGIN;
@@ -94,6 +98,7 @@ ROLLBACK TO SAVEPOINT s1;
 SELECT count(*) - :rows1 AS rows_after_rollback FROM kms_dek_registry WHERE key_id = :'key_v2';
 INSERT INTO v2_mixed VALUES (1002, kms_encrypt('sp'::bytea, '{"i": 1002}'));
 COMMIT;
+RESET kms_pg.dek_max_age;
 SELECT count(*) - :rows1 AS rows_after_commit FROM kms_dek_registry WHERE key_id = :'key_v2';
 -- An aborted transaction: its row goes, the next transaction registers again.
 BEGIN;
@@ -270,6 +275,56 @@ RESET ROLE;
 REVOKE SELECT ON v2_tenants FROM regress_v2_reader;
 SELECT pg_stat_force_next_flush();
 SELECT idx_scan - :x0 AS registry_lookups_after_refusal FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry';
+
+-- Encrypt reuses the tenant's data key (format 2): once the cache is
+-- flushed (as by a restart), encrypting for the same tenants reloads each
+-- tenant's current DEK from the registry (one unwrap each, and one lease of
+-- its budget recorded in its row) instead of making a new one.
+SET kms_pg.provider = 'local';
+SET kms_pg.key_id = 'alias/regress_v2';
+SET kms_pg.format = 2;
+SET kms_pg.kms_context_keys = 'tenant';
+CREATE TABLE v2_reuse (id int PRIMARY KEY, tenant text, c bytea);
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(1, 50) i;
+SELECT count(*) AS reg0 FROM kms_dek_registry \gset
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g0, decrypt_calls AS d0 FROM kms_cache_stats \gset
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(51, 100) i;
+SELECT generate_calls - :g0 AS generate_after_flush, decrypt_calls - :d0 AS unwraps_after_flush
+FROM kms_cache_stats;
+SELECT count(*) - :reg0 AS new_registry_rows FROM kms_dek_registry;
+SELECT count(DISTINCT substr(c, 6, 7)) AS deks_of_5_tenants FROM v2_reuse;
+-- each tenant's row: two leases of 1/16 of kms_pg.dek_max_messages handed out
+SELECT r.leased_messages / (current_setting('kms_pg.dek_max_messages')::bigint / 16) AS leases, count(*)
+FROM kms_dek_registry r WHERE r.dek_ref IN (SELECT DISTINCT ('x' || encode(substr(c, 6, 7), 'hex'))::bit(56)::bigint FROM v2_reuse)
+GROUP BY 1;
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('reuse ' || id)::bytea) AS reuse_decrypted
+FROM v2_reuse;
+-- A DEK older than kms_pg.dek_max_age is not reused: a new one per tenant.
+SET kms_pg.dek_max_age = 1;
+SELECT pg_sleep(1.5);
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g1 FROM kms_cache_stats \gset
+SELECT count(*) AS reg1 FROM kms_dek_registry \gset
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(101, 110) i;
+SELECT generate_calls - :g1 AS generate_after_age, (SELECT count(*) - :reg1 FROM kms_dek_registry) AS new_rows_after_age
+FROM kms_cache_stats;
+RESET kms_pg.dek_max_age;
+-- Format 1 keeps no registry: after a flush it makes a new DEK per tenant.
+SET kms_pg.format = 1;
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g2 FROM kms_cache_stats \gset
+SELECT count(*) AS v1_values FROM (SELECT kms_encrypt('v1'::bytea, jsonb_build_object('tenant', 'r' || i)) FROM generate_series(0, 4) i) s;
+SELECT generate_calls - :g2 AS v1_generate_after_flush FROM kms_cache_stats;
+RESET kms_pg.kms_context_keys;
+DROP TABLE v2_reuse;
 
 RESET kms_pg.format;
 DROP TABLE v2_mixed, v2_conv, v2_tenants;

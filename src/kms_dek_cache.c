@@ -63,6 +63,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_dek_cache.h"
+#include "kms_dek_registry.h"
 #include "kms_guc.h"
 #include "kms_aws_json.h"
 
@@ -105,6 +106,7 @@
 #define KMS_KEY_NAMES		1024	/* distinct key names recorded */
 #define KMS_FAIL_RING		32		/* recent fill errors */
 #define KMS_NO_KEY			0xFFFF	/* key name reference: none */
+#define KMS_REUSE_LEASES	16		/* format 2: a DEK's budget in leases */
 
 typedef struct KmsCacheSlot
 {
@@ -1562,14 +1564,35 @@ typedef struct GenerateArgs
 	const KmsProviderRoutine *provider;
 	const char *key;
 	const KmsContext *kctx;
+	int			format;
+	uint64		lease_m;		/* format 2: the budget of one lease */
+	uint64		lease_b;
+	uint64		max_m;			/* the DEK's whole budget */
+	uint64		max_b;
+	bool		reused;			/* out: reloaded from the registry */
+	TimestampTz created_at;		/* out, when reused */
 	KmsWrappedKey wrapped;
 } GenerateArgs;
 
+/*
+ * A DEK to encrypt with: under format 2 the current registry row of (key,
+ * provider context) if one may still seal a lease of values (one unwrap
+ * and one registry write), else a new DEK from the provider.
+ */
 static void
 fill_generate(void *arg, uint8 *dek_out)
 {
 	GenerateArgs *g = (GenerateArgs *) arg;
 
+	if (g->format == 2 &&
+		kms_dek_registry_reuse(g->provider->id, g->key, g->kctx, g->lease_m, g->lease_b,
+							   g->max_m, g->max_b, &g->wrapped, &g->created_at))
+	{
+		g->provider->decrypt_data_key(g->wrapped.key_id, g->wrapped.wrapped, g->wrapped.wrapped_len,
+									  g->kctx, dek_out);
+		g->reused = true;
+		return;
+	}
 	g->provider->generate_data_key(g->key, g->kctx, dek_out, &g->wrapped);
 }
 
@@ -1591,7 +1614,7 @@ header_for(const KmsProviderRoutine *provider, const KmsWrappedKey *w, const Kms
 
 KmsDek *
 kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
-					const KmsContext *kctx, Size nbytes)
+					const KmsContext *kctx, Size nbytes, int format)
 {
 	char		stackbuf[512];
 	int			ident_len;
@@ -1664,7 +1687,7 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 		/* we fill (shared) or make a DEK for this backend only */
 		{
-			GenerateArgs g = {.provider = provider, .key = key, .kctx = kctx};
+			GenerateArgs g = {.provider = provider, .key = key, .kctx = kctx, .format = format};
 			uint8		dec_id[KMS_ID_LEN];
 			char		dstack[512];
 			int			dlen;
@@ -1672,10 +1695,28 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 			pfree(header);
 			limits_now(now, &expires, &maxm, &maxb);
+			if (format == 2)
+			{
+				/*
+				 * Format 2: the budget is handed out in leases recorded in
+				 * the registry row, so a reload (after a restart or an
+				 * eviction) never counts a value twice.
+				 */
+				g.max_m = maxm;
+				g.max_b = maxb;
+				g.lease_m = Max(maxm / KMS_REUSE_LEASES, 1);
+				g.lease_b = Max(maxb / KMS_REUSE_LEASES, (uint64) nbytes);
+				maxm = g.lease_m;
+				maxb = g.lease_b;
+			}
 			if (outcome == FILL_MINE)
 				run_fill(fill_generate, &g, dek);
 			else
 				fill_generate(&g, dek);
+			/* a reloaded DEK expires as it would have, counted from its creation */
+			if (g.reused)
+				expires = Min(expires, TimestampTzPlusMilliseconds(g.created_at,
+																   (int64) kms_guc_dek_max_age * 1000));
 
 			PG_TRY();
 			{

@@ -39,10 +39,12 @@ typedef enum KmsStatOp
 
 /*
  * DEK for sealing nbytes under key with provider context kctx.  Counts
- * the value against the DEK's limits (messages, bytes, age).
+ * the value against the DEK's limits (messages, bytes, age).  Under format
+ * 2 a miss reloads the current registry DEK of (key, kctx) when one may
+ * still seal (docs/cache.md), and a new DEK gets one lease of its budget.
  */
 extern KmsDek *kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
-								   const KmsContext *kctx, Size nbytes);
+								   const KmsContext *kctx, Size nbytes, int format);
 
 /*
  * DEK for opening env.  full_ctx is the caller's whole context; the

@@ -917,3 +917,86 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(skipped);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
+
+/* ---- reuse: an encrypting miss reloads the current DEK of (key, provider context) ---- */
+
+#define REUSE_SQL \
+	"UPDATE %s r SET leased_messages = r.leased_messages + $5, leased_bytes = r.leased_bytes + $6" \
+	" WHERE r.dek_ref = (SELECT c.dek_ref FROM %s c" \
+	"   WHERE c.key_requested = $1 AND c.provider = $2" \
+	"     AND pg_catalog.sha256(c.provider_context) = pg_catalog.sha256($3)" \
+	"     AND c.provider_context = $3 AND c.rewrapped_at IS NULL" \
+	"     AND c.created_at > pg_catalog.now() - pg_catalog.make_interval(secs => $4)" \
+	"     AND c.leased_messages + $5 <= $7 AND c.leased_bytes + $6 <= $8" \
+	"   ORDER BY c.created_at DESC LIMIT 1)" \
+	" AND r.rewrapped_at IS NULL AND r.leased_messages + $5 <= $7 AND r.leased_bytes + $6 <= $8" \
+	" RETURNING r.key_id, r.wrapped_dek, r.created_at"
+
+static SPIPlanPtr reuse_plan = NULL;
+static Oid	reuse_plan_relid = InvalidOid;
+
+bool
+kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kctx,
+					   uint64 lease_m, uint64 lease_b, uint64 max_m, uint64 max_b,
+					   KmsWrappedKey *w, TimestampTz *created_at)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			relid;
+	OwnerSpi	o;
+	Datum		values[8];
+	int			rc;
+	bool		found = false;
+
+	/* no registry write possible: format 2 sealing raises later, at registration */
+	if (RecoveryInProgress() || XactReadOnly || IsInParallelMode() || IsParallelWorker())
+		return false;
+	registry_init();
+	relid = registry_relid();
+	if (!OidIsValid(relid))
+		return false;
+	owner_begin(&o, relid);
+	if (reuse_plan == NULL || reuse_plan_relid != relid)
+	{
+		Oid			types[8] = {TEXTOID, INT2OID, BYTEAOID, FLOAT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+		SPIPlanPtr	p;
+
+		if (reuse_plan != NULL)
+			SPI_freeplan(reuse_plan);
+		reuse_plan = NULL;
+		p = SPI_prepare(psprintf(REUSE_SQL, o.tbl, o.tbl), 8, types);
+		if (p == NULL)
+			elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		reuse_plan = p;
+		reuse_plan_relid = relid;
+	}
+	values[0] = CStringGetTextDatum(key_req);
+	values[1] = Int16GetDatum((int16) provider);
+	values[2] = bytea_datum((const uint8 *) kctx->canonical.data, kctx->canonical.len);
+	values[3] = Float8GetDatum((double) kms_guc_dek_max_age);
+	values[4] = Int64GetDatum((int64) lease_m);
+	values[5] = Int64GetDatum((int64) lease_b);
+	values[6] = Int64GetDatum((int64) Min(max_m, (uint64) PG_INT64_MAX));
+	values[7] = Int64GetDatum((int64) Min(max_b, (uint64) PG_INT64_MAX));
+	rc = SPI_execute_plan(reuse_plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		text	   *k = DatumGetTextPP(SPI_getbinval(tup, desc, 1, &isnull));
+		bytea	   *b = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
+
+		w->key_id = MemoryContextStrdup(caller, text_to_cstring(k));
+		w->wrapped_len = VARSIZE_ANY_EXHDR(b);
+		w->wrapped = MemoryContextAlloc(caller, Max(w->wrapped_len, 1));
+		memcpy(w->wrapped, VARDATA_ANY(b), w->wrapped_len);
+		*created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		found = true;
+	}
+	owner_end(&o);
+	return found;
+}

@@ -41,4 +41,17 @@ extern uint64 kms_dek_registry_ensure(KmsDek *dek, const char *key_req,
 extern void kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider,
 									   const KmsWrappedKey *w);
 
+/*
+ * Encrypting miss under format 2: the newest registry row made for
+ * (provider, key as requested, provider context) that is younger than
+ * kms_pg.dek_max_age, not rewrapped since, and whose recorded budget leaves
+ * room for one more lease (lease_m values, lease_b bytes, within max_m and
+ * max_b).  Takes the lease in the row (one registry write) and returns its
+ * key id, wrapped DEK and creation time; false when there is none (or the
+ * transaction cannot write).
+ */
+extern bool kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kctx,
+								   uint64 lease_m, uint64 lease_b, uint64 max_m, uint64 max_b,
+								   KmsWrappedKey *w, TimestampTz *created_at);
+
 #endif							/* KMS_DEK_REGISTRY_H */

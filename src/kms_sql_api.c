@@ -97,7 +97,7 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 	else
 		kms_context_init_empty(&kctx);
 
-	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+	dek = kms_dek_for_encrypt(provider, key, &kctx, len, format);
 	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
 	/* format 2: a registry row that commits with this transaction, or has */
 	if (format == 2)
