@@ -256,11 +256,17 @@ rewrap_memo_clear(void)
 	kms_rewrap_memo = NULL;
 }
 
-/* Index entries: three identities per slot at most, plus one claim per partition in flight. */
+/*
+ * Index entries: two identities per slot (decrypt, encrypt) plus one claim
+ * per partition in flight, and a quarter more: a format 2 reference is
+ * added only while the index holds fewer than two entries per slot, so a
+ * claim always finds room (a decrypt-only v2 entry has two identities:
+ * its decrypt identity and its reference).
+ */
 static long
 kms_cache_index_size(void)
 {
-	return 3L * kms_guc_cache_entries + KMS_CACHE_PARTITIONS;
+	return 2L * kms_guc_cache_entries + kms_guc_cache_entries / 4 + KMS_CACHE_PARTITIONS;
 }
 
 static Size
@@ -1250,6 +1256,9 @@ slot_add_ref(int idx, uint32 gen, const KmsEnvelope *env)
 		hex[2 + 2 * i] = digits[env->names_block[i] & 0xf];
 	}
 	hlen = 1 + 2 * env->names_block_len;
+	/* never at the expense of decrypt and encrypt identities (approximate count) */
+	if (hash_get_num_entries(kms_cache_index) >= 2L * kms_cache->nslots + KMS_CACHE_PARTITIONS)
+		return;
 	ref_id(MyDatabaseId, env->dek_ref, rid);
 	LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
 	if (s->state == SLOT_READY && pg_atomic_read_u32(&s->generation) == gen && !s->has_ref &&
