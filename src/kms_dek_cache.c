@@ -227,6 +227,7 @@ typedef struct KmsLocalDek
 	KmsDek		dek;
 	uint8	   *header_buf;		/* encrypt: v1 header; by reference: provider, key id, names */
 	int			info_len;		/* by reference: bytes in header_buf */
+	bool		ref_noted;		/* encrypt: the slot was given its format 2 reference */
 } KmsLocalDek;
 
 static HTAB *kms_l1 = NULL;
@@ -1304,14 +1305,20 @@ slot_usable(KmsCacheSlot *s, bool for_encrypt, TimestampTz now)
 /*
  * Find id in the shared table, or claim a FILLING slot for it, waiting
  * for another backend's fill when there is one.  On FILL_FOUND the DEK,
- * header and limits are copied out.
+ * header and limits are copied out.  An encrypting entry whose header the
+ * ring has overwritten is given out with header length 0 when it is a
+ * format 2 DEK (ref_found: its reference), and retired from encryption
+ * otherwise.
  */
+static uint64 ref_found = 0;
+
 static FillOutcome
 shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *gen_out,
 					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
 					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
 {
 	uint32		h = index_hash(id);
+	bool		header_lost = false;
 
 	for (;;)
 	{
@@ -1331,17 +1338,26 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 				LWLockRelease(SLOT_LOCK(idx));
 				continue;
 			}
+			header_lost = false;
 			if (slot_usable(s, for_encrypt, now))
 			{
 				bool		ok = true;
+				bool		by_ref = false;
 
 				if (header_out)
 					ok = ring_read(s->header_pos, s->header_len, header_out);
+				if (!ok && s->has_ref)
+				{
+					/* a format 2 DEK: the caller rebuilds the header from its registry row */
+					ok = by_ref = true;
+					ref_found = s->dek_ref;
+				}
+				header_lost = !ok;
 				if (ok)
 				{
 					memcpy(dek_out, s->dek, KMS_DEK_LEN);
 					if (header_out)
-						*header_len_out = s->header_len;
+						*header_len_out = by_ref ? 0 : s->header_len;
 					*slot_out = idx;
 					*gen_out = pg_atomic_read_u32(&s->generation);
 					*expires_out = s->expires;
@@ -1402,7 +1418,8 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 
 			/* READY but expired, exhausted or without header: fix it exclusively */
 			LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
-			if (slot_holds(s, id) && s->state == SLOT_READY && !slot_usable(s, for_encrypt, now))
+			if (slot_holds(s, id) && s->state == SLOT_READY &&
+				(!slot_usable(s, for_encrypt, now) || header_lost))
 			{
 				if (now >= s->expires)
 				{
@@ -1673,8 +1690,30 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 		/* slow path: the shared level */
 		sha256_id('E', ident, ident_len, id);
 		header = palloc(KMS_SLOT_HEADER_MAX);
+		ref_found = 0;
 		outcome = shared_find_or_claim(id, true, &slot, &gen, dek, header, &header_len,
 									   &expires, &maxm, &maxb);
+		if (outcome == FILL_FOUND && header_len == 0)
+		{
+			/* format 2 DEK whose header the ring overwrote: rebuilt from its registry row */
+			uint8	   *h = NULL;
+
+			if (ref_found != 0 && kms_dek_registry_header(ref_found, &h, &header_len) &&
+				header_len <= KMS_SLOT_HEADER_MAX)
+				memcpy(header, h, header_len);
+			else
+			{
+				KmsCacheSlot *s = &kms_cache->slots[slot];
+
+				explicit_bzero(dek, sizeof(dek));
+				LWLockAcquire(SLOT_LOCK(slot), LW_EXCLUSIVE);
+				if (pg_atomic_read_u32(&s->generation) == gen && s->state == SLOT_READY)
+					slot_retire_encrypt(s);
+				LWLockRelease(SLOT_LOCK(slot));
+				pfree(header);
+				continue;
+			}
+		}
 		if (outcome == FILL_FOUND)
 		{
 			PG_TRY();
@@ -2063,6 +2102,24 @@ kms_dek_for_decrypt_ref(KmsEnvelope *env)
 	e->info_len = info_len;
 	env_from_info(env, e->header_buf, e->info_len);
 	return &e->dek;
+}
+
+void
+kms_dek_cache_note_ref(KmsDek *dek, uint64 ref)
+{
+	KmsLocalDek *e = (KmsLocalDek *) ((char *) dek - offsetof(KmsLocalDek, dek));
+	KmsEnvelope env;
+
+	if (e->slot < 0 || e->ref_noted || dek->header == NULL)
+		return;
+	e->ref_noted = true;
+	memset(&env, 0, sizeof(env));
+	env.version = KMS_ENVELOPE_V2;
+	env.dek_ref = ref;
+	env.provider = dek->header[5];
+	env.names_block = dek->header + dek->names_off;
+	env.names_block_len = dek->names_len;
+	slot_add_ref(e->slot, e->slot_gen, &env);
 }
 
 void

@@ -22,6 +22,7 @@ typedef struct KmsDek
 	/* format 2 (kms_dek_registry.c): the DEK's reference, 0 until computed */
 	uint64		dek_ref;
 	uint64		ensured_epoch;	/* registry row ensured in this (sub)xact epoch */
+	bool		ref_durable;	/* dek_ref's row is committed */
 	/* the DEK's budget (values, bytes) as this cache entry allows it */
 	uint64		max_messages;
 	uint64		max_bytes;
@@ -62,6 +63,13 @@ extern KmsDek *kms_dek_for_decrypt(const KmsProviderRoutine *provider,
  * caller must check key privileges before using the DEK.
  */
 extern KmsDek *kms_dek_for_decrypt_ref(KmsEnvelope *env);
+
+/*
+ * The encrypting DEK dek has the committed registry row ref: its shared
+ * entry is also found by ref, and keeps serving encryption after the header
+ * ring has overwritten its v1 header (rebuilt from the row).
+ */
+extern void kms_dek_cache_note_ref(KmsDek *dek, uint64 ref);
 
 /* Drop the cached DEK found by v2 reference ref (its row was rewrapped). */
 extern void kms_dek_cache_forget_ref(uint64 ref);

@@ -691,6 +691,7 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 	{
 		dek->dek_ref = e->ref;
 		dek->ensured_epoch = ens_epoch;
+		dek->ref_durable = e->state == ENS_COMMITTED;
 		return e->ref;
 	}
 
@@ -738,6 +739,7 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 	e->subid = GetCurrentSubTransactionId();
 	dek->dek_ref = got.ref;
 	dek->ensured_epoch = ens_epoch;
+	dek->ref_durable = !got.own;
 	return got.ref;
 }
 
@@ -999,4 +1001,56 @@ kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kc
 	}
 	owner_end(&o);
 	return found;
+}
+
+/*
+ * The v1 header of the DEK of registry row ref (an encrypting cache entry
+ * whose header the ring overwrote), or false when the row is not visible.
+ */
+bool
+kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len)
+{
+	MemoEntry  *m = NULL;
+	RegRow		row;
+	RegRow	   *r = &row;
+	KmsEnvelope env;
+	char	   *key_id;
+	const char *names[KMS_CTX_KEYS_MAX];
+	int			lens[KMS_CTX_KEYS_MAX];
+
+	registry_init();
+	if (reg_memo_stale)
+	{
+		memo_clear();
+		reg_memo_stale = false;
+	}
+	if (reg_memo != NULL)
+		m = hash_search(reg_memo, &ref, HASH_FIND, NULL);
+	if (m != NULL)
+		r = &m->row;
+	else
+	{
+		Oid			relid = registry_relid();
+
+		if (!OidIsValid(relid) || IsInParallelMode() || !read_latest(relid, true, ref, NULL, &row))
+			return false;
+		if (!row.own)
+			memo_put(&row);
+	}
+	memset(&env, 0, sizeof(env));
+	env.version = KMS_ENVELOPE_V2;
+	env.dek_ref = ref;
+	if (kms_envelope_set_registry(&env, r->provider, r->key_id, r->key_id_len, r->names, r->names_len,
+								  r->wrapped, r->wrapped_len, NULL) != KMS_OK ||
+		env.nctxkeys > KMS_CTX_KEYS_MAX)
+		return false;
+	for (int i = 0; i < env.nctxkeys; i++)
+	{
+		names[i] = env.ctxkeys[i];
+		lens[i] = env.ctxkeylens[i];
+	}
+	key_id = pnstrdup(r->key_id, r->key_id_len);
+	*header = kms_envelope_build_header(env.provider, key_id, env.nctxkeys, names, lens,
+										env.wrapped, env.wrapped_len, header_len);
+	return true;
 }

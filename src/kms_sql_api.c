@@ -101,7 +101,12 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
 	/* format 2: a registry row that commits with this transaction, or has */
 	if (format == 2)
+	{
 		ref = kms_dek_registry_ensure(dek, key, &kctx);
+		/* committed: other sessions may find the DEK by its reference */
+		if (dek->ref_durable)
+			kms_dek_cache_note_ref(dek, ref);
+	}
 	prefix_len = format == 2 ? KMS_V2_PREFIX_LEN : dek->header_len;
 	total = (Size) prefix_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
 	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
