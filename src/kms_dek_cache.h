@@ -22,7 +22,6 @@ typedef struct KmsDek
 	/* format 2 (kms_dek_registry.c): the DEK's reference, 0 until computed */
 	uint64		dek_ref;
 	uint64		ensured_epoch;	/* registry row ensured in this (sub)xact epoch */
-	bool		ref_durable;	/* dek_ref's row is committed */
 	/* the DEK's budget (values, bytes) as this cache entry allows it */
 	uint64		max_messages;
 	uint64		max_bytes;
@@ -65,9 +64,10 @@ extern KmsDek *kms_dek_for_decrypt(const KmsProviderRoutine *provider,
 extern KmsDek *kms_dek_for_decrypt_ref(KmsEnvelope *env);
 
 /*
- * The encrypting DEK dek has the committed registry row ref: its shared
- * entry is also found by ref, and keeps serving encryption after the header
- * ring has overwritten its v1 header (rebuilt from the row).
+ * The encrypting DEK dek has registry row ref: its shared entry is also
+ * found by ref, and keeps serving encryption after the header ring has
+ * overwritten its v1 header (rebuilt from the row when it is visible;
+ * otherwise the entry retires from encryption as a v1 entry does).
  */
 extern void kms_dek_cache_note_ref(KmsDek *dek, uint64 ref);
 

@@ -691,7 +691,6 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 	{
 		dek->dek_ref = e->ref;
 		dek->ensured_epoch = ens_epoch;
-		dek->ref_durable = e->state == ENS_COMMITTED;
 		return e->ref;
 	}
 
@@ -739,7 +738,6 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 	e->subid = GetCurrentSubTransactionId();
 	dek->dek_ref = got.ref;
 	dek->ensured_epoch = ens_epoch;
-	dek->ref_durable = !got.own;
 	return got.ref;
 }
 

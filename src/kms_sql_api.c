@@ -103,9 +103,11 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 	if (format == 2)
 	{
 		ref = kms_dek_registry_ensure(dek, key, &kctx);
-		/* committed: other sessions may find the DEK by its reference */
-		if (dek->ref_durable)
-			kms_dek_cache_note_ref(dek, ref);
+		/*
+		 * The shared entry is found by ref too (a row not yet committed is
+		 * merely not found by others: they fall back to the registry).
+		 */
+		kms_dek_cache_note_ref(dek, ref);
 	}
 	prefix_len = format == 2 ? KMS_V2_PREFIX_LEN : dek->header_len;
 	total = (Size) prefix_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
