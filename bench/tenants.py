@@ -380,8 +380,9 @@ def table(runs):
                          f"{c['cold_read']['us_per_row']:.1f} | {c['cold_read']['calls']:,} | "
                          f"{c['warm_read']['us_per_row']:.1f} | {c['warm_read']['calls']:,} | "
                          f"{kms(c)} | {c['evictions']:,} | {c['shared_memory_bytes'] / 1048576:.1f} MiB |")
-    lines += ["", "| run | provider | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    if any(run["cold_misses"] for run in runs):
+        lines += ["", "| run | provider | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for c in run["cold_misses"]:
             lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c['capacity']:,} | {c['misses']:,} | {c['prefilled']:,} | "
@@ -390,14 +391,16 @@ def table(runs):
     rs = [(run, c) for run in runs for c in run["cases"] if "restart_encrypt" in c]
     if rs:
         lines += ["", "| run | provider | format | capacity | tenants | order | rows | registry rows | "
-                  "after restart: encrypt µs/row | GenerateDataKey | unwraps | registry rows after |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "after restart: encrypt µs/row | GenerateDataKey | unwraps | KMS GenerateDataKey / Decrypt | registry rows after |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for run, c in rs:
             r = c["restart_encrypt"]
             lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c.get('format', 1)} | "
                          f"{c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
                          f"{c.get('registry_rows', 0):,} | {r['us_per_row']:.1f} | {r['generate_calls']:,} | "
-                         f"{r['unwraps']:,} | {r['registry_rows_after']:,} |")
+                         f"{r['unwraps']:,} | "
+                         f"{(str(format(r['kms_generate'], ',')) + ' / ' + format(r['kms_decrypt'], ',')) if 'kms_generate' in r else '-'} | "
+                         f"{r['registry_rows_after']:,} |")
     return "\n".join(lines)
 
 
