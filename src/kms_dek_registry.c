@@ -603,6 +603,9 @@ bytea_datum(const uint8 *p, int len)
 	" provider_context, key_requested, leased_messages, leased_bytes)" \
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dek_ref) DO NOTHING"
 
+static SPIPlanPtr insert_plan = NULL;	/* prepared once per backend (and table) */
+static Oid	insert_plan_relid = InvalidOid;
+
 static void
 registry_insert(Oid relid, const RegRow *row)
 {
@@ -625,7 +628,22 @@ registry_insert(Oid relid, const RegRow *row)
 	nulls[6] = row->key_req != NULL ? ' ' : 'n';
 	values[7] = Int64GetDatum((int64) Min(row->leased_messages, (uint64) PG_INT64_MAX));
 	values[8] = Int64GetDatum((int64) Min(row->leased_bytes, (uint64) PG_INT64_MAX));
-	rc = SPI_execute_with_args(psprintf(INSERT_SQL, o.tbl), 9, types, values, nulls, false, 0);
+	if (insert_plan == NULL || insert_plan_relid != relid)
+	{
+		SPIPlanPtr	p;
+
+		if (insert_plan != NULL)
+			SPI_freeplan(insert_plan);
+		insert_plan = NULL;
+		p = SPI_prepare(psprintf(INSERT_SQL, o.tbl), 9, types);
+		if (p == NULL)
+			elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		insert_plan = p;
+		insert_plan_relid = relid;
+	}
+	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
 	owner_end(&o);
