@@ -616,14 +616,14 @@ ring_read(uint64 pos, int len, uint8 *out)
 /* ---- the index (partition lock; caller holds the slot's stripe lock exclusively) ---- */
 
 static uint32
-index_hash(const uint8 *id)
+cache_index_hash(const uint8 *id)
 {
 	return get_hash_value(kms_cache_index, id);
 }
 
 /* Slot of id, or -1; takes the partition lock shared for the probe only. */
 static int
-index_lookup(const uint8 *id, uint32 h)
+cache_index_lookup(const uint8 *id, uint32 h)
 {
 	KmsIndexEntry *e;
 	int			slot;
@@ -636,9 +636,9 @@ index_lookup(const uint8 *id, uint32 h)
 }
 
 static void
-index_remove(const uint8 *id)
+cache_index_remove(const uint8 *id)
 {
-	uint32		h = index_hash(id);
+	uint32		h = cache_index_hash(id);
 
 	LWLockAcquire(PART_LOCK(h), LW_EXCLUSIVE);
 	hash_search_with_hash_value(kms_cache_index, id, h, HASH_REMOVE, NULL);
@@ -650,7 +650,7 @@ index_remove(const uint8 *id)
  * to afterwards: slot (added), another slot, or -1 when the index is full.
  */
 static int
-index_insert(const uint8 *id, uint32 h, int slot)
+cache_index_insert(const uint8 *id, uint32 h, int slot)
 {
 	bool		found;
 	KmsIndexEntry *e;
@@ -684,9 +684,9 @@ static void
 slot_clear(KmsCacheSlot *s)
 {
 	if (s->has_dec)
-		index_remove(s->dec_id);
+		cache_index_remove(s->dec_id);
 	if (s->has_enc)
-		index_remove(s->enc_id);
+		cache_index_remove(s->enc_id);
 	explicit_bzero(s->dek, sizeof(s->dek));
 	s->has_dec = s->has_enc = false;
 	s->has_header = false;
@@ -706,7 +706,7 @@ slot_retire_encrypt(KmsCacheSlot *s)
 {
 	if (s->has_enc)
 	{
-		index_remove(s->enc_id);
+		cache_index_remove(s->enc_id);
 		s->has_enc = false;
 		s->has_header = false;
 		pg_atomic_fetch_add_u64(&kms_cache->stat_rotations, 1);
@@ -885,9 +885,9 @@ release_filling_slot(bool keep_error, int sqlstate, const char *message)
 		{
 			/* waiters of this fill get the same error; the slot is reusable */
 			if (s->has_dec)
-				index_remove(s->dec_id);
+				cache_index_remove(s->dec_id);
 			if (s->has_enc)
-				index_remove(s->enc_id);
+				cache_index_remove(s->enc_id);
 			s->has_dec = s->has_enc = false;
 			s->state = SLOT_FAILED;
 			s->filler_pid = 0;
@@ -1214,7 +1214,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
 					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
 {
-	uint32		h = index_hash(id);
+	uint32		h = cache_index_hash(id);
 
 	for (;;)
 	{
@@ -1223,7 +1223,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 		uint32		gen;
 		TimestampTz now = GetCurrentTimestamp();
 
-		idx = index_lookup(id, h);
+		idx = cache_index_lookup(id, h);
 		if (idx >= 0)
 		{
 			s = &kms_cache->slots[idx];
@@ -1328,7 +1328,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 		}
 		s = &kms_cache->slots[idx];
 		{
-			int			mapped = index_insert(id, h, idx);
+			int			mapped = cache_index_insert(id, h, idx);
 
 			if (mapped != idx)
 			{
@@ -1412,10 +1412,10 @@ shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
 	}
 	if (dec_id && !s->has_dec)
 	{
-		uint32		h = index_hash(dec_id);
+		uint32		h = cache_index_hash(dec_id);
 
 		memcpy(s->dec_id, dec_id, KMS_ID_LEN);
-		s->has_dec = index_insert(dec_id, h, idx) == idx;
+		s->has_dec = cache_index_insert(dec_id, h, idx) == idx;
 	}
 	s->expires = expires;
 	s->max_messages = maxm;
@@ -1669,7 +1669,7 @@ kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const char *key,
 	if (e != NULL)
 		l1_remove(e);
 	sha256_id('E', ident, ident_len, id);
-	idx = index_lookup(id, index_hash(id));
+	idx = cache_index_lookup(id, cache_index_hash(id));
 	if (idx >= 0)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[idx];

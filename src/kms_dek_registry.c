@@ -324,7 +324,7 @@ registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 
 	if (by_ref)
 	{
-		idx = RelationGetPrimaryKeyIndex(rel);
+		idx = kms_relation_pkey_index(rel);
 		ScanKeyInit(&key, ANUM_REF, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum((int64) ref));
 	}
 	else
@@ -337,7 +337,7 @@ registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 		memcpy(VARDATA(w), match->wrapped, match->wrapped_len);
 		/* the index on wrapped_dek (the table's only other index) */
 		foreach(lc, idxs)
-			if (lfirst_oid(lc) != RelationGetPrimaryKeyIndex(rel))
+			if (lfirst_oid(lc) != kms_relation_pkey_index(rel))
 				idx = lfirst_oid(lc);
 		ScanKeyInit(&key, ANUM_WRAPPED, BTEqualStrategyNumber, F_BYTEAEQ, PointerGetDatum(w));
 	}
