@@ -17,7 +17,17 @@ provider:
   * (local) the clients read local keys from the keyring export of
     docs/format.md (the query is taken from the document itself) and the
     master key; the document's worked example unwraps; a wrong master key
-    and an altered row are refused.
+    and an altered row are refused;
+  * format 2, built here from docs/format.md alone (independent of the
+    extension's writer): each SQL-written value's data key is unwrapped and
+    the plaintext sealed again as a version 2 value whose registry row holds
+    that value's key id, name block and wrapped DEK; both clients read it with
+    the row given, through a lookup function, and through a database
+    connection running the document's one query; a wrong length, reference 0,
+    an unsorted or repeated name block, a missing row, another reference and
+    a wrong context are refused; the worked v2 example of docs/format.md runs;
+  * format 2 written by SQL (when this build has the DEK registry): read by
+    both clients with the registry query on a database connection.
 
 Cases: empty, small and 1 MiB values, Unicode text, contexts with numbers
 spelt many ways, booleans, keys that sort differently by UTF-8 bytes, jsonb
@@ -315,7 +325,8 @@ def js_ready(tmp):
     if shutil.which("node") is None or shutil.which("npm") is None:
         print("note: node/npm not installed: the JavaScript reader is not run")
         return False
-    if not os.path.isdir(os.path.join(js, "node_modules", "@aws-sdk", "client-kms")):
+    if not (os.path.isdir(os.path.join(js, "node_modules", "@aws-sdk", "client-kms"))
+            and os.path.isdir(os.path.join(js, "node_modules", "pg"))):
         env = dict(os.environ)        # npm's cache: $HOME/.npm, shared with the other JS step
         if os.environ.get("KMS_NPM_CACHE"):
             env["npm_config_cache"] = os.environ["KMS_NPM_CACHE"]
@@ -327,8 +338,9 @@ def js_ready(tmp):
     return True
 
 
-def js_decrypt(values, emulator=None, keyring=None, master_key_file=None, wrong=False):
+def js_decrypt(values, emulator=None, keyring=None, master_key_file=None, wrong=False, extra=None):
     req = {"values": [{"name": n, "ciphertext_hex": hexs(ct), "context": ctx} for n, (ct, ctx) in values.items()]}
+    req.update(extra or {})
     env = dict(os.environ)
     if emulator:
         req.update(endpoint=emulator.endpoint, region=AWS_REGION, ca_file=emulator.ca)
@@ -357,6 +369,8 @@ def run_provider(label, pg, key, py_opts, js_opts, tmp, use_js, kms_client=None)
     sqlct = sql_encrypt_all(pg, label, key, "sqlct_" + label)
     check("%s: SQL wrote every case" % label, sorted(sqlct) == sorted(c["name"] for c in CASES),
           repr(sorted(sqlct)))
+    guarded("%s: v2 built from the spec" % label, v2_self_built, label, pg, sqlct, py_opts, js_opts, use_js,
+            kms_client=kms_client)
 
     # SQL -> Python
     for c in CASES:
@@ -548,6 +562,172 @@ def unit_checks():
         check("python: parse refuses %r" % bad[:8], ok, what)
 
 
+# ---------------------------------------------------------------------------
+# Format 2
+# ---------------------------------------------------------------------------
+
+V2_SCHEMA = "v2self"     # a registry table of the spec's shape, for values built here
+
+
+def v2_seal(dek, dek_ref, name_block, canonical, plaintext):
+    """A format 2 value, from docs/format.md: magic, 02, the 7-byte reference,
+    nonce, AES-256-GCM of the plaintext under AAD = bytes 0..11 || name block ||
+    canonical context."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    head = b"\xc5KPG\x02" + dek_ref.to_bytes(7, "big")
+    nonce = os.urandom(12)
+    return head + nonce + AESGCM(dek).encrypt(nonce, plaintext, head + name_block + canonical)
+
+
+def v1_dek(env, py_ctx, py_opts, kms_client):
+    """The plaintext data key of a parsed v1 value (to build v2 values with it)."""
+    pairs = kpc._context_pairs(py_ctx)
+    ppairs = kpc._provider_pairs(pairs, env.context_keys)
+    if env.provider == kpc.PROVIDER_AWS:
+        args = {"CiphertextBlob": env.wrapped, "KeyId": env.key_id}
+        if ppairs:
+            args["EncryptionContext"] = kpc._aws_context(ppairs)
+        return kms_client.decrypt(**args)["Plaintext"]
+    return kpc._local_unwrap(py_opts["local_keyring"], py_opts["master_key"], env.key_id, env.wrapped,
+                             kpc._serialise(ppairs))
+
+
+def js_v2(values, js_opts, registry=None, database=None):
+    """js_decrypt with a registry map {ref: row} or a database to query."""
+    extra = {}
+    if registry is not None:
+        extra["registry"] = {str(ref): {"provider": r["provider"], "key_id": r["key_id"],
+                                        "name_block_hex": hexs(r["name_block"]),
+                                        "wrapped_dek_hex": hexs(r["wrapped_dek"])}
+                             for ref, r in registry.items()}
+    if database is not None:
+        extra["database"] = database
+    return js_decrypt(values, extra=extra, **js_opts)
+
+
+def pg_connect(pg):
+    import psycopg
+    return psycopg.connect(host=pg.tmp, port=pg.port, user="postgres", dbname="interop", autocommit=True)
+
+
+def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
+    """v2 values built here from SQL-written v1 values' data keys, read by both clients."""
+    rows = {}          # dek_ref -> registry row
+    values = {}        # case name -> (v2 value, case)
+    for c in CASES:
+        env = kpc.parse(sqlct[c["name"]])
+        dek = v1_dek(env, c["py_ctx"], py_opts, kms_client)
+        ref = int.from_bytes(os.urandom(7), "big") or 1
+        rows[ref] = {"dek_ref": ref, "provider": env.provider, "key_id": env.key_id,
+                     "name_block": env.names_block, "wrapped_dek": env.wrapped}
+        values[c["name"]] = (v2_seal(dek, ref, env.names_block, kpc.canonical_context(c["py_ctx"]), c["plain"]),
+                             c, ref)
+    for name, (v, c, ref) in values.items():
+        check("%s: v2 %s: 40 bytes of overhead" % (label, name), len(v) - len(c["plain"]) == 40)
+        env = kpc.parse(v)
+        check("%s: v2 %s: Python parses the reference" % (label, name), env.version == 2 and env.dek_ref == ref,
+              repr(env))
+        for how, reg in [("row", rows[ref]), ("4-tuple", tuple(rows[ref][k] for k in
+                                                                ("provider", "key_id", "name_block", "wrapped_dek"))),
+                         ("lookup function", rows.get)]:
+            try:
+                got = kpc.decrypt(v, c["py_ctx"], registry=reg, **py_opts)
+                check("%s: v2 %s: Python reads it (registry %s)" % (label, name, how), got == c["plain"])
+            except Exception as e:  # noqa: BLE001
+                check("%s: v2 %s: Python reads it (registry %s)" % (label, name, how), False,
+                      "%s: %s" % (type(e).__name__, e))
+        ok, what = raises(lambda: kpc.decrypt(v, wrong_context(c), registry=rows.get, **py_opts),
+                          kpc.AuthenticationError)
+        check("%s: v2 %s: Python refuses a wrong context" % (label, name), ok, what)
+
+    # through a database connection running the one query (psycopg), in a
+    # schema of its own so that the extension's registry is not touched
+    pg.psql("CREATE SCHEMA IF NOT EXISTS %s;\n"
+            "CREATE TABLE IF NOT EXISTS %s.kms_dek_registry (dek_ref bigint PRIMARY KEY CHECK (dek_ref > 0 AND "
+            "dek_ref < 72057594037927936), provider smallint NOT NULL, key_id text NOT NULL, name_block bytea "
+            "NOT NULL, wrapped_dek bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+            "rewrapped_at timestamptz);\n" % (V2_SCHEMA, V2_SCHEMA)
+            + "".join("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek) "
+                      "VALUES (%d, %d, %s, decode('%s', 'hex'), decode('%s', 'hex'));\n"
+                      % (V2_SCHEMA, ref, r["provider"], sql_literal(r["key_id"]), hexs(r["name_block"]),
+                         hexs(r["wrapped_dek"])) for ref, r in rows.items()))
+    with pg_connect(pg) as conn:
+        for name, (v, c, ref) in values.items():
+            try:
+                got = kpc.decrypt(v, c["py_ctx"], registry=conn, registry_schema=V2_SCHEMA, **py_opts)
+                check("%s: v2 %s: Python reads it (psycopg connection)" % (label, name), got == c["plain"])
+            except Exception as e:  # noqa: BLE001
+                check("%s: v2 %s: Python reads it (psycopg connection)" % (label, name), False,
+                      "%s: %s" % (type(e).__name__, e))
+        c = CASES[1]
+        v = bytearray(values["small"][0])
+        v[11] ^= 1                        # another reference: no row
+        ok, what = raises(lambda: kpc.decrypt(bytes(v), c["py_ctx"], registry=conn, registry_schema=V2_SCHEMA,
+                                              **py_opts), kpc.KeyUnavailableError)
+        check("%s: v2: Python reports a reference without a registry row" % label, ok, what)
+
+    # malformed values and rows
+    small, c, ref = values["small"]
+    row = rows[ref]
+    for what_bad, bad, reg in [
+            ("39 bytes", small[:12] + small[12:12 + 27], row),
+            ("a 5-byte value", small[:5], row),
+            ("reference 0", small[:5] + bytes(7) + small[12:], dict(row, dek_ref=None)),
+            ("a name block out of order", small, dict(row, name_block=b"\x02\x06tenant\x02id")),
+            ("a repeated name", small, dict(row, name_block=b"\x02\x02id\x02id")),
+            ("bytes after the name block", small, dict(row, name_block=b"\x00\x00")),
+            ("a local wrapped DEK of 64 bytes", small, dict(row, provider=1, wrapped_dek=bytes(64)))]:
+        ok, what = raises(lambda: kpc.decrypt(bad, c["py_ctx"], registry=reg, **py_opts), kpc.FormatError)
+        check("%s: v2: Python refuses %s" % (label, what_bad), ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small, c["py_ctx"], registry=lambda r: None, **py_opts),
+                      kpc.KeyUnavailableError)
+    check("%s: v2: Python refuses a value whose row the lookup lacks" % label, ok, what)
+    other = small[:5] + (ref ^ 1).to_bytes(7, "big") + small[12:]
+    ok, what = raises(lambda: kpc.decrypt(other, c["py_ctx"], registry=dict(row, dek_ref=None), **py_opts),
+                      kpc.AuthenticationError)
+    check("%s: v2: the reference is authenticated (a value relabelled to another reference fails)" % label,
+          ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small, c["py_ctx"], registry=dict(row, dek_ref=ref ^ 1), **py_opts),
+                      kpc.KeyUnavailableError)
+    check("%s: v2: Python refuses the row of another reference" % label, ok, what)
+
+    if not use_js:
+        return
+    jsvals = {n: (v, c["sql_ctx"]) for n, (v, c, _) in values.items()}
+    res = js_v2(jsvals, js_opts, registry=rows)
+    for n, (v, c, _) in values.items():
+        o = res.get(n, {"error": "no answer: %r" % res.get("<none>")})
+        check("%s: v2 %s: JavaScript reads it (registry rows)" % (label, n),
+              o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+    db = {"host": pg.tmp, "port": pg.port, "user": "postgres", "database": "interop", "schema": V2_SCHEMA}
+    res = js_v2(jsvals, js_opts, database=db)
+    for n, (v, c, _) in values.items():
+        o = res.get(n, {"error": "no answer: %r" % res.get("<none>")})
+        check("%s: v2 %s: JavaScript reads it (pg connection, the one query)" % (label, n),
+              o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+    bad_rows = {ref: dict(row, name_block=b"\x02\x06tenant\x02id")}
+    tests = {
+        "js-short": ((small[:39], c["sql_ctx"]), rows, "FormatError"),
+        "js-ref0": ((small[:5] + bytes(7) + small[12:], c["sql_ctx"]), rows, "FormatError"),
+        "js-unsorted": ((small, c["sql_ctx"]), bad_rows, "FormatError"),
+        "js-repeated": ((small, c["sql_ctx"]), {ref: dict(row, name_block=b"\x02\x02id\x02id")}, "FormatError"),
+        "js-norow": ((small[:11] + bytes([small[11] ^ 1]) + small[12:], c["sql_ctx"]), rows, "KeyUnavailableError"),
+        "js-wrongctx": ((small, json.dumps(wrong_context(c))), rows, "AuthenticationError"),
+    }
+    for n, (val, reg, kind) in tests.items():
+        o = js_v2({n: val}, js_opts, registry=reg).get(n, {})
+        check("%s: v2: JavaScript refuses %s (%s)" % (label, n[3:], kind), o.get("kind") == kind, repr(o)[:300])
+
+
+def v2_format_example():
+    """The worked v2 example of docs/format.md runs as written."""
+    code = doc_block("v2-worked-example")
+    r = subprocess.run([PYTHON, "-c", code, os.path.join(ROOT, "clients", "python")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    check("v2: the worked example of docs/format.md runs", r.returncode == 0,
+          r.stdout.decode("utf-8", "replace")[-800:])
+
+
 def guarded(name, fn, *args, **kwargs):
     """Run one part; an unexpected exception fails it without hiding the other parts."""
     try:
@@ -670,6 +850,7 @@ def main():
 
         # local provider
         guarded("local: format example", local_format_example)
+        guarded("v2: format example", v2_format_example)
         pg.psql("SELECT kms_create_key('alias/interop', 'interop tests');")
         keyring, doc = export_keyring(pg, tmp)
         check("local: the keyring export holds the key, wrapped",
