@@ -719,13 +719,41 @@ def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
         check("%s: v2: JavaScript refuses %s (%s)" % (label, n[3:], kind), o.get("kind") == kind, repr(o)[:300])
 
 
-def v2_format_example():
-    """The worked v2 example of docs/format.md runs as written."""
+def v2_format_example(tmp, use_js):
+    """The worked v2 example of docs/format.md runs as written; both clients
+    read its value with its row and the keyring example's key; the document's
+    registry query is the one both clients run."""
     code = doc_block("v2-worked-example")
-    r = subprocess.run([PYTHON, "-c", code, os.path.join(ROOT, "clients", "python")],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    r = subprocess.run([PYTHON, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     check("v2: the worked example of docs/format.md runs", r.returncode == 0,
           r.stdout.decode("utf-8", "replace")[-800:])
+    query = doc_block("v2-registry-query").strip()
+    check("v2: the registry query of docs/format.md is Python's",
+          kpc.REGISTRY_QUERY.format(table="kms_dek_registry").replace("%s", "$1") == query, query)
+    with open(os.path.join(ROOT, "clients", "js", "kms_pg_reader.mjs"), encoding="utf-8") as f:
+        check("v2: ... and the JavaScript reader's", ('"%s"' % query) in f.read())
+    ns = {}
+    exec(compile(code, "v2-worked-example", "exec"), ns)   # the example's own row and value
+    keyring = {"format": "kms_pg local keyring catalog", "version": 1, "keys": [{
+        "key_id": "4d66a3c9-fb6f-49c2-b65c-8681cea6f2fe", "alias": None, "enabled": True,
+        "versions": [{"version": 1, "master_key": "c950a8bad0c65928",
+                      "material": "a1a2a3a4a5a6a7a8a9aaabacb96957ee7c19430a145158d091981c66"
+                                  "c12865345c4ed6ab33c25b45d4e86dde5d7316d07966f33c9adeca516a4c99c9"}]}]}
+    ctx = {"tenant": "acme", "id": 42}
+    got = kpc.decrypt(ns["value"], ctx, local_keyring=keyring, master_key=bytes(range(32)),
+                      registry=dict(ns["row"], dek_ref=ns["ref"]))
+    check("v2: Python reads the worked example", got == b"hello", repr(got))
+    if use_js:
+        kr = os.path.join(tmp, "v2_example_keyring.json")
+        with open(kr, "w") as f:
+            json.dump(keyring, f)
+        mk = os.path.join(tmp, "v2_example_master.key")
+        with open(mk, "w") as f:
+            f.write(bytes(range(32)).hex() + "\n")
+        res = js_v2({"example": (ns["value"], json.dumps(ctx))}, {"keyring": kr, "master_key_file": mk},
+                    registry={ns["ref"]: ns["row"]})
+        check("v2: JavaScript reads the worked example",
+              res.get("example", {}).get("plaintext_hex") == b"hello".hex(), repr(res)[:300])
 
 
 def guarded(name, fn, *args, **kwargs):
@@ -850,7 +878,7 @@ def main():
 
         # local provider
         guarded("local: format example", local_format_example)
-        guarded("v2: format example", v2_format_example)
+        guarded("v2: format example", v2_format_example, tmp, use_js)
         pg.psql("SELECT kms_create_key('alias/interop', 'interop tests');")
         keyring, doc = export_keyring(pg, tmp)
         check("local: the keyring export holds the key, wrapped",
