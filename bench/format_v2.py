@@ -45,9 +45,10 @@ SSN = "convert_to(lpad((i % 1000000000)::text, 9, '0') || '-x', 'UTF8')"      # 
 DATA100 = "decode(substr(repeat(md5(i::text), 7), 1, 200), 'hex')"             # 100 bytes
 
 # How this build writes format 2 and rotates its registry (issue15v2):
-V2_ON = "SET kms_pg.format_version = 2;\n"
-V1_ON = "SET kms_pg.format_version = 1;\n"
-V2_ROTATE = "SELECT kms_rotate_dek_registry(%s)"          # old key -> rows rewrapped
+V2_ON = "SET kms_pg.format = 2;\n"
+V1_ON = "SET kms_pg.format = 1;\n"
+# rewraps the registry rows of a key (its canonical id) under another key
+V2_ROTATE = "SELECT * FROM kms_rotate_key_registry('%s', '%s')"
 
 
 def log(msg):
@@ -174,6 +175,12 @@ END $p$;
         calls = B.delta(b, self.cl.stats())
         return ms, calls
 
+    def new_key(self, pv, name):
+        """A fresh key: its canonical id (local uuid, AWS key ARN)."""
+        if pv == "local":
+            return self.cl.value("SELECT kms_create_key('alias/%s')" % name)
+        return self.aws_second_key()
+
     def rotation(self):
         lim = self.a.dek_max_messages
         for pv in self.providers:
@@ -183,18 +190,17 @@ END $p$;
                     continue
                 t = "rot_%s_v%d" % (pv, fmt)
                 log("== rotation, %s provider, format %d, %d rows" % (pv, fmt, n))
-                st = self.kms(pv, fmt) + "SET kms_pg.dek_max_messages = %d;\n" % lim
+                # a key of its own, so that the rotation meets only this table's DEKs
+                src_key = self.new_key(pv, "bench-src-%s-v%d" % (pv, fmt))
+                new_key = self.new_key(pv, "bench-new-%s-v%d" % (pv, fmt))
+                st = (self.kms(pv, fmt) + "SET kms_pg.key_id = '%s';\nSET kms_pg.dek_max_messages = %d;\n"
+                      % (src_key, lim))
                 t0 = time.time()
                 self.cl.psql(st + "CREATE TABLE %s (i int PRIMARY KEY, c bytea);\n"
                              "INSERT INTO %s SELECT i, kms_encrypt(%s, %s) FROM generate_series(1, %d) i;\n"
                              "VACUUM ANALYZE %s;\nCHECKPOINT;\n" % (t, t, DATA100, CTX, n, t))
                 self.note("%s: %d rows written in %.0f s" % (t, n, time.time() - t0))
                 deks = int(self.cl.value("SELECT count(DISTINCT (kms_ciphertext_info(c)).dek_id) FROM %s" % t))
-                new_key = "alias/bench-rot-%s-v%d" % (pv, fmt)
-                if pv == "local":
-                    self.cl.psql("SELECT kms_create_key('%s');\n" % new_key)
-                else:
-                    new_key = self.aws_second_key()
                 upd0 = self.n_tup_upd(t)
                 reg0 = self.n_tup_upd("kms_dek_registry") if fmt == 2 else None
                 s0 = self.cl.stats()
@@ -203,7 +209,7 @@ END $p$;
                     ms = self.cl.timed("CALL kms_rotate_column('%s'::regclass, 'c', '%s', %d)"
                                        % (t, new_key, self.a.batch), st)
                 else:
-                    ms = self.cl.timed(V2_ROTATE % self.rotate_args(pv, new_key), st)
+                    ms = self.cl.timed(V2_ROTATE % (src_key, new_key), st)
                 calls = B.delta(s0, self.cl.stats())
                 emu = None
                 if e0 is not None:
@@ -211,26 +217,24 @@ END $p$;
                     emu = {k: e1[k] - e0.get(k, 0) for k in e1 if isinstance(e1[k], int)}
                 upd1 = self.n_tup_upd(t)
                 reg1 = self.n_tup_upd("kms_dek_registry") if fmt == 2 else None
+                left = int(self.cl.value(
+                    "SELECT count(*) FROM %s WHERE (kms_ciphertext_info(c)).key_id <> '%s'" % (t, new_key)))
+                if left:
+                    self.note("%s: %d values not under the new key after the rotation" % (t, left))
                 k = calls["rewrap"] + calls["decrypt"] + calls["generate"]
-                call_ms, _ = self.provider_call_time(pv, max(k, 1), new_key) if k else (0.0, None)
-                if not k:
-                    call_ms = 0.0
+                call_ms = self.provider_call_time(pv, k, new_key)[0] if k else 0.0
                 r = {"provider": pv, "format": fmt, "rows": n, "deks_in_column": deks, "ms": round(ms, 1),
                      "provider_calls": calls, "emulator_calls": emu, "n_tup_upd_before": upd0,
                      "n_tup_upd_after": upd1, "registry_n_tup_upd_before": reg0,
                      "registry_n_tup_upd_after": reg1, "provider_calls_ms": round(call_ms, 1),
-                     "ms_beyond_provider_calls": round(ms - call_ms, 1)}
+                     "ms_beyond_provider_calls": round(ms - call_ms, 1), "values_not_rotated": left}
                 self.res["rotation"].append(r)
                 log("   %.1f ms, provider calls %s, n_tup_upd %d -> %d, beyond the calls %.1f ms"
                     % (ms, calls, upd0, upd1, ms - call_ms))
                 self.cl.psql("DROP TABLE %s;\n" % t)
 
-    def rotate_args(self, pv, new_key):
-        old = "'alias/bench'" if pv == "local" else "'%s'" % self.aws.key_alias
-        return "%s, '%s'" % (old, new_key)
-
     def aws_second_key(self):
-        """A new emulator key to rotate to (KMS CreateKey through boto3, python3-boto3)."""
+        """A new emulator key (KMS CreateKey through boto3, python3-boto3): its ARN."""
         import boto3
         kms = boto3.client("kms", endpoint_url=self.aws.endpoint, verify=self.aws.ca, region_name="us-east-1",
                            aws_access_key_id=self.aws.env["AWS_ACCESS_KEY_ID"],
