@@ -258,9 +258,9 @@ def load_plaintexts(pg):
             " convert_from(decode(ctx, 'hex'), 'UTF8')::jsonb AS ctx FROM plain_hex;\n")
 
 
-def sql_encrypt_all(pg, provider, key, table):
+def sql_encrypt_all(pg, provider, key, table, settings=""):
     """kms_encrypt every case in SQL into table(name, ct); returns {name: ct bytes}."""
-    stmts = ["SET kms_pg.provider = %s;" % sql_literal(provider),
+    stmts = ["SET kms_pg.provider = %s;" % sql_literal(provider), settings,
              "CREATE TABLE %s (name text PRIMARY KEY, ct bytea);" % table]
     for c in CASES:
         stmts.append("SET kms_pg.kms_context_keys = %s;" % sql_literal(c["keys"]))
@@ -370,6 +370,8 @@ def run_provider(label, pg, key, py_opts, js_opts, tmp, use_js, kms_client=None)
     check("%s: SQL wrote every case" % label, sorted(sqlct) == sorted(c["name"] for c in CASES),
           repr(sorted(sqlct)))
     guarded("%s: v2 built from the spec" % label, v2_self_built, label, pg, sqlct, py_opts, js_opts, use_js,
+            kms_client=kms_client)
+    guarded("%s: v2 written by SQL" % label, v2_from_sql, label, pg, key, py_opts, js_opts, use_js,
             kms_client=kms_client)
 
     # SQL -> Python
@@ -717,6 +719,100 @@ def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
     for n, (val, reg, kind) in tests.items():
         o = js_v2({n: val}, js_opts, registry=reg).get(n, {})
         check("%s: v2: JavaScript refuses %s (%s)" % (label, n[3:], kind), o.get("kind") == kind, repr(o)[:300])
+
+
+def ext_schema(pg):
+    return pg.psql("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+                   " WHERE e.extname = 'kms_pg';").strip()
+
+
+def v2_from_sql(label, pg, key, py_opts, js_opts, use_js, kms_client=None):
+    """Format 2 values written by kms_encrypt (kms_pg.format = 2) are read by
+    both clients through the registry query on a database connection, before
+    and after the registry rows of their key are rewrapped."""
+    if pg.psql("SELECT to_regclass('kms_dek_registry') IS NOT NULL;").strip() != "t":
+        print("note: this kms_pg build has no DEK registry: SQL-written format 2 values are not tested")
+        return
+    schema = ext_schema(pg)
+    sqlct = sql_encrypt_all(pg, label, key, "sqlv2_" + label, settings="SET kms_pg.format = 2;")
+    check("%s: v2 from SQL: every case written" % label, sorted(sqlct) == sorted(c["name"] for c in CASES))
+
+    def read_all(what):
+        with pg_connect(pg) as conn:
+            for c in CASES:
+                ct = sqlct.get(c["name"])
+                if ct is None:
+                    continue
+                try:
+                    got = kpc.decrypt(ct, c["py_ctx"], registry=conn, registry_schema=schema, **py_opts)
+                    check("%s: v2 from SQL %s: Python reads it%s" % (label, c["name"], what), got == c["plain"])
+                except Exception as e:  # noqa: BLE001
+                    check("%s: v2 from SQL %s: Python reads it%s" % (label, c["name"], what), False,
+                          "%s: %s" % (type(e).__name__, e))
+        if use_js:
+            db = {"host": pg.tmp, "port": pg.port, "user": "postgres", "database": "interop", "schema": schema}
+            res = js_v2({n: (ct, c["sql_ctx"]) for c in CASES for n, ct in sqlct.items() if n == c["name"]},
+                        js_opts, database=db)
+            for c in CASES:
+                o = res.get(c["name"], {"error": "no answer: %r" % res.get("<none>")})
+                check("%s: v2 from SQL %s: JavaScript reads it%s" % (label, c["name"], what),
+                      o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+
+    for c in CASES:
+        ct = sqlct.get(c["name"])
+        if ct is None:
+            continue
+        env = kpc.parse(ct)
+        check("%s: v2 from SQL %s: format 2, 40 bytes of overhead" % (label, c["name"]),
+              env.version == 2 and len(ct) == len(c["plain"]) + 40, "version %d, %d bytes" % (env.version, len(ct)))
+        ok, what = raises(lambda: kpc.decrypt(ct, wrong_context(c), registry=lambda r: pg_row(pg, schema, r),
+                                              **py_opts), kpc.AuthenticationError)
+        check("%s: v2 from SQL %s: Python refuses a wrong context" % (label, c["name"]), ok, what)
+    read_all("")
+    # the SQLSTATEs docs/format.md gives for a value without its row, and malformed values
+    small = sqlct["small"]
+    bogus = (kpc.parse(small).dek_ref ^ 2)
+    row = pg_row(pg, schema, kpc.parse(small).dek_ref)
+    pg.psql("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek)"
+            " VALUES (%d, %d, %s, '\\x020674656e616e74026964'::bytea, decode('%s', 'hex'));"
+            % (schema, bogus, row[0], sql_literal(row[1]), hexs(row[3])))
+    for what, bad, want in [("a registry row whose name block is out of order",
+                             small[:5] + bogus.to_bytes(7, "big") + small[12:], "XX001"),("a reference without a registry row",
+                             small[:5] + (kpc.parse(small).dek_ref ^ 1).to_bytes(7, "big") + small[12:], "42704"),
+                            ("39 bytes", small[:39], "XX001"),
+                            ("reference 0", small[:5] + bytes(7) + small[12:], "XX001")]:
+        st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)" % (hexs(bad), sql_literal(CASES[1]["sql_ctx"])))
+        check("%s: v2: kms_decrypt refuses %s (%s)" % (label, what, want), st == want, st)
+
+    # rotation in O(DEKs): the registry rows of the key are rewrapped, the
+    # values stay byte for byte, and both clients read them with the new rows
+    if label == "local":
+        old = pg.psql("SELECT DISTINCT key_id FROM %s.kms_dek_registry r JOIN sqlv2_local t"
+                      " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint;" % schema).strip()
+        new = pg.psql("SELECT kms_create_key('alias/interop-v2-rotated');").strip()
+        before = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM sqlv2_local;")
+        out = pg.psql("SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(%s, %s);"
+                      % (sql_literal(old), sql_literal(new))).strip()
+        check("local: v2: kms_rotate_key_registry rewraps the rows (deks|rewrapped|skipped %s)" % out,
+              out.split("|")[1] != "0", out)
+        after = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM sqlv2_local;")
+        check("local: v2: the values are unchanged by the rotation", before == after)
+        keyring, _ = export_keyring(pg, os.path.dirname(py_opts["local_keyring"]), "keyring_v2_rotated.json")
+        py_opts = dict(py_opts, local_keyring=keyring)
+        js_opts = dict(js_opts, keyring=keyring)
+        n_new = pg.psql("SELECT count(*) FROM %s.kms_dek_registry WHERE key_id = %s;" % (schema, sql_literal(new)))
+        check("local: v2: registry rows now under the new key", n_new.strip() != "0", n_new)
+        read_all(" after the registry rotation")
+
+
+def pg_row(pg, schema, ref):
+    """The registry row of ref through the document's query, by psql (a lookup function)."""
+    q = doc_block("v2-registry-query").strip().replace("kms_dek_registry", "%s.kms_dek_registry" % schema)
+    out = pg.psql("PREPARE q(bigint) AS %s;\nEXECUTE q(%d);" % (q, ref)).strip()
+    if not out:
+        return None
+    p, kid, nb, w = out.split("|")
+    return (int(p), kid, bytes.fromhex(nb[2:]), bytes.fromhex(w[2:]))
 
 
 def v2_format_example(tmp, use_js):
