@@ -17,6 +17,7 @@ OBJS = \
 	src/kms_sql_keyring.o \
 	src/kms_citus.o \
 	src/kms_dek_cache.o \
+	src/kms_dek_registry.o \
 	src/kms_key_grants.o \
 	src/kms_sql_api.o \
 	src/kms_columns.o \

@@ -299,6 +299,7 @@ typedef struct KmsColumn
 	char	   *tgname;
 	char	   *column_id;		/* uuid text */
 	char	   *key_id;			/* as stored */
+	int			format;			/* ciphertext format; 0: kms_pg.format */
 	int			nctx;
 	char	  **ctx_keys;
 	AttrNumber	attnum;			/* the protected column */
@@ -342,6 +343,21 @@ catalog_attr(HeapTuple tup, TupleDesc desc, const char *name, bool *isnull)
 			return heap_getattr(tup, i + 1, desc, isnull);
 	}
 	elog(ERROR, "kms_pg: kms_protected_columns has no column \"%s\"", name);
+	return (Datum) 0;
+}
+
+/* The same for a column that older catalogs lack: isnull when absent. */
+static Datum
+catalog_attr_opt(HeapTuple tup, TupleDesc desc, const char *name, bool *isnull)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+
+		if (!a->attisdropped && strcmp(NameStr(a->attname), name) == 0)
+			return heap_getattr(tup, i + 1, desc, isnull);
+	}
+	*isnull = true;
 	return (Datum) 0;
 }
 
@@ -404,6 +420,8 @@ load_column(FunctionCallInfo fcinfo, Relation rel, Trigger *trig, MemoryContext 
 			d = catalog_attr(tup, desc, "column_id", &isnull);
 			col->column_id = DatumGetCString(DirectFunctionCall1(uuid_out, d));
 			col->key_id = TextDatumGetCString(catalog_attr(tup, desc, "key_id", &isnull));
+			d = catalog_attr_opt(tup, desc, "format", &isnull);
+			col->format = isnull ? 0 : DatumGetInt16(d);
 			col->orig_type = DatumGetObjectId(catalog_attr(tup, desc, "original_type", &isnull));
 			col->orig_typmod = DatumGetInt32(catalog_attr(tup, desc, "original_typmod", &isnull));
 			arr = DatumGetArrayTypePCopy(catalog_attr(tup, desc, "context_keys", &isnull));
@@ -722,9 +740,9 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 				vlen -= sizeof(kms_pending_magic);
 			}
 			pt = canonical_plaintext(col, vdata, (int) vlen);
-			ct = kms_seal(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
-						  kms_provider_resolve_key(col->key_id),
-						  KMS_PRIV_ENCRYPT, InvalidOid);
+			ct = kms_seal_format(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
+								 kms_provider_resolve_key(col->key_id),
+								 KMS_PRIV_ENCRYPT, InvalidOid, col->format);
 		}
 		else
 		{
@@ -764,9 +782,9 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 				{
 					/* a context column changed: seal again so the value stays readable */
 					pt = kms_open_ext(v, &octx, false, KMS_PRIV_ENCRYPT, InvalidOid);
-					ct = kms_seal(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
-								  kms_provider_resolve_key(col->key_id),
-						  KMS_PRIV_ENCRYPT, InvalidOid);
+					ct = kms_seal_format(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
+										 kms_provider_resolve_key(col->key_id),
+										 KMS_PRIV_ENCRYPT, InvalidOid, col->format);
 				}
 			}
 			else

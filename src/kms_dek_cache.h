@@ -19,6 +19,9 @@ typedef struct KmsDek
 	int			header_len;
 	int			names_off;		/* provider-context key block in header */
 	int			names_len;
+	/* format 2 (kms_dek_registry.c): the DEK's reference, 0 until computed */
+	uint64		dek_ref;
+	uint64		ensured_epoch;	/* registry row ensured in this (sub)xact epoch */
 } KmsDek;
 
 /* Provider operations counted in kms_cache_stats. */

@@ -35,68 +35,19 @@ local_wrap_ok(uint8 provider, const uint8 *wrapped, int wrapped_len)
 		(wrapped_len == KMS_LOCAL_WRAP_LEN && wrapped[0] == KMS_LOCAL_WRAP_FORMAT);
 }
 
-KmsError
-kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail)
+static KmsError parse_v2(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail);
+
+/*
+ * Parse the provider-context name block at *offp (count byte, then length
+ * and name pairs, strictly ascending) into env.
+ */
+static KmsError
+parse_names(const uint8 *buf, size_t len, size_t *offp, KmsEnvelope *env, char **detail)
 {
-	size_t		off = 0;
+	size_t		off = *offp;
 
-	if (detail)
-		*detail = NULL;
-	memset(env, 0, sizeof(*env));
-
-	if (len == 0)
-		return KMS_ERR_CT_EMPTY;
-	if (len < 5)
-	{
-		if (memcmp(buf, kms_envelope_magic, len) != 0)
-			return KMS_ERR_CT_BAD_MAGIC;
-		SET_DETAIL("The value is %zu bytes long.", len);
+	if (off + 1 > len)
 		return KMS_ERR_CT_TRUNCATED;
-	}
-	if (memcmp(buf, kms_envelope_magic, 4) != 0)
-		return KMS_ERR_CT_BAD_MAGIC;
-	env->version = buf[4];
-	if (env->version != KMS_ENVELOPE_VERSION)
-	{
-		SET_DETAIL("The value has format version %d; this kms_pg reads version %d.",
-				   env->version, KMS_ENVELOPE_VERSION);
-		return KMS_ERR_CT_BAD_VERSION;
-	}
-	if (len < KMS_ENVELOPE_MIN_LEN)
-	{
-		SET_DETAIL("The value is %zu bytes long; the shortest ciphertext is %d bytes.",
-				   len, KMS_ENVELOPE_MIN_LEN);
-		return KMS_ERR_CT_TRUNCATED;
-	}
-	env->provider = buf[5];
-	if (env->provider != KMS_PROVIDER_LOCAL && env->provider != KMS_PROVIDER_AWS)
-	{
-		SET_DETAIL("Provider byte is %d.", env->provider);
-		return KMS_ERR_CT_BAD_PROVIDER;
-	}
-	off = 6;
-
-	/* key id */
-	env->key_id_len = buf[off++];
-	if (env->key_id_len == 0)
-	{
-		SET_DETAIL("The key id is empty.");
-		return KMS_ERR_CT_BAD_FIELD;
-	}
-	if (off + env->key_id_len + 1 > len)
-		return KMS_ERR_CT_TRUNCATED;
-	env->key_id = (const char *) buf + off;
-	for (int i = 0; i < env->key_id_len; i++)
-	{
-		if (buf[off + i] < 0x21 || buf[off + i] > 0x7e)
-		{
-			SET_DETAIL("The key id contains a byte that is not printable ASCII.");
-			return KMS_ERR_CT_BAD_FIELD;
-		}
-	}
-	off += env->key_id_len;
-
-	/* provider-context key names */
 	env->names_block = buf + off;
 	env->nctxkeys = buf[off++];
 	if (env->nctxkeys > KMS_CTX_KEYS_MAX)
@@ -138,6 +89,78 @@ kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail
 	}
 
 	env->names_block_len = (int) (buf + off - env->names_block);
+	*offp = off;
+	return KMS_OK;
+}
+
+KmsError
+kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail)
+{
+	size_t		off = 0;
+	KmsError	err;
+
+	if (detail)
+		*detail = NULL;
+	memset(env, 0, sizeof(*env));
+
+	if (len == 0)
+		return KMS_ERR_CT_EMPTY;
+	if (len < 5)
+	{
+		if (memcmp(buf, kms_envelope_magic, len) != 0)
+			return KMS_ERR_CT_BAD_MAGIC;
+		SET_DETAIL("The value is %zu bytes long.", len);
+		return KMS_ERR_CT_TRUNCATED;
+	}
+	if (memcmp(buf, kms_envelope_magic, 4) != 0)
+		return KMS_ERR_CT_BAD_MAGIC;
+	env->version = buf[4];
+	if (env->version == KMS_ENVELOPE_V2)
+		return parse_v2(buf, len, env, detail);
+	if (env->version != KMS_ENVELOPE_VERSION)
+	{
+		SET_DETAIL("The value has format version %d; this kms_pg reads versions %d and %d.",
+				   env->version, KMS_ENVELOPE_VERSION, KMS_ENVELOPE_V2);
+		return KMS_ERR_CT_BAD_VERSION;
+	}
+	if (len < KMS_ENVELOPE_MIN_LEN)
+	{
+		SET_DETAIL("The value is %zu bytes long; the shortest ciphertext is %d bytes.",
+				   len, KMS_ENVELOPE_MIN_LEN);
+		return KMS_ERR_CT_TRUNCATED;
+	}
+	env->provider = buf[5];
+	if (env->provider != KMS_PROVIDER_LOCAL && env->provider != KMS_PROVIDER_AWS)
+	{
+		SET_DETAIL("Provider byte is %d.", env->provider);
+		return KMS_ERR_CT_BAD_PROVIDER;
+	}
+	off = 6;
+
+	/* key id */
+	env->key_id_len = buf[off++];
+	if (env->key_id_len == 0)
+	{
+		SET_DETAIL("The key id is empty.");
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	if (off + env->key_id_len + 1 > len)
+		return KMS_ERR_CT_TRUNCATED;
+	env->key_id = (const char *) buf + off;
+	for (int i = 0; i < env->key_id_len; i++)
+	{
+		if (buf[off + i] < 0x21 || buf[off + i] > 0x7e)
+		{
+			SET_DETAIL("The key id contains a byte that is not printable ASCII.");
+			return KMS_ERR_CT_BAD_FIELD;
+		}
+	}
+	off += env->key_id_len;
+
+	/* provider-context key names */
+	err = parse_names(buf, len, &off, env, detail);
+	if (err != KMS_OK)
+		return err;
 
 	/* wrapped DEK */
 	if (off + 2 > len)
@@ -169,6 +192,98 @@ kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail
 	env->body_len = (int) (len - off - KMS_TAG_LEN);
 	env->tag = buf + len - KMS_TAG_LEN;
 	return KMS_OK;
+}
+
+/* A v2 value: prefix, nonce, body, tag; the registry fields stay unset. */
+static KmsError
+parse_v2(const uint8 *buf, size_t len, KmsEnvelope *env, char **detail)
+{
+	uint64		ref = 0;
+
+	if (len < KMS_V2_OVERHEAD)
+	{
+		SET_DETAIL("The value is %zu bytes long; the shortest format 2 ciphertext is %d bytes.",
+				   len, KMS_V2_OVERHEAD);
+		return KMS_ERR_CT_TRUNCATED;
+	}
+	for (int i = 5; i < KMS_V2_PREFIX_LEN; i++)
+		ref = (ref << 8) | buf[i];
+	if (ref == 0)
+	{
+		SET_DETAIL("The data key reference is 0.");
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	env->dek_ref = ref;
+	env->header_len = KMS_V2_PREFIX_LEN;
+	env->nonce = buf + KMS_V2_PREFIX_LEN;
+	env->body = buf + KMS_V2_PREFIX_LEN + KMS_NONCE_LEN;
+	env->body_len = (int) (len - KMS_V2_OVERHEAD);
+	env->tag = buf + len - KMS_TAG_LEN;
+	return KMS_OK;
+}
+
+KmsError
+kms_envelope_set_registry(KmsEnvelope *env, int provider, const char *key_id, int key_id_len,
+						  const uint8 *names, int names_len,
+						  const uint8 *wrapped, int wrapped_len, char **detail)
+{
+	size_t		off = 0;
+	KmsError	err;
+
+	if (detail)
+		*detail = NULL;
+	if (provider != KMS_PROVIDER_LOCAL && provider != KMS_PROVIDER_AWS)
+	{
+		SET_DETAIL("The registry row of data key reference %llu has provider %d.",
+				   (unsigned long long) env->dek_ref, provider);
+		return KMS_ERR_CT_BAD_PROVIDER;
+	}
+	env->provider = (uint8) provider;
+	if (key_id_len < 1 || key_id_len > KMS_KEY_ID_MAXLEN)
+	{
+		SET_DETAIL("The registry row's key id is %d bytes long.", key_id_len);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	for (int i = 0; i < key_id_len; i++)
+		if ((uint8) key_id[i] < 0x21 || (uint8) key_id[i] > 0x7e)
+		{
+			SET_DETAIL("The registry row's key id contains a byte that is not printable ASCII.");
+			return KMS_ERR_CT_BAD_FIELD;
+		}
+	env->key_id = key_id;
+	env->key_id_len = key_id_len;
+	err = parse_names(names, names_len, &off, env, detail);
+	if (err == KMS_OK && off != (size_t) names_len)
+	{
+		SET_DETAIL("The registry row's name block has %d bytes after its names.",
+				   (int) (names_len - off));
+		err = KMS_ERR_CT_BAD_FIELD;
+	}
+	if (err != KMS_OK)
+		return err == KMS_ERR_CT_TRUNCATED ? KMS_ERR_CT_BAD_FIELD : err;
+	if (wrapped_len <= 0 || wrapped_len > KMS_WRAPPED_MAXLEN ||
+		!local_wrap_ok(env->provider, wrapped, wrapped_len))
+	{
+		SET_DETAIL("The registry row's wrapped data key (%d bytes) is not valid for its provider.",
+				   wrapped_len);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	env->wrapped = wrapped;
+	env->wrapped_len = wrapped_len;
+	return KMS_OK;
+}
+
+void
+kms_envelope_v2_prefix(uint64 dek_ref, uint8 *out)
+{
+	Assert(dek_ref > 0 && dek_ref <= KMS_DEK_REF_MAX);
+	memcpy(out, kms_envelope_magic, 4);
+	out[4] = KMS_ENVELOPE_V2;
+	for (int i = KMS_V2_PREFIX_LEN - 1; i >= 5; i--)
+	{
+		out[i] = (uint8) (dek_ref & 0xff);
+		dek_ref >>= 8;
+	}
 }
 
 bool
@@ -284,7 +399,7 @@ gcm_aad(EVP_CIPHER_CTX *ctx, const KmsAad *aad)
 {
 	int			outl;
 
-	return (aad->prefix == NULL || EVP_CipherUpdate(ctx, NULL, &outl, aad->prefix, 5) == 1) &&
+	return (aad->prefix == NULL || EVP_CipherUpdate(ctx, NULL, &outl, aad->prefix, aad->prefix_len) == 1) &&
 		(aad->names_len == 0 || EVP_CipherUpdate(ctx, NULL, &outl, aad->names, aad->names_len) == 1) &&
 		(aad->context_len == 0 || EVP_CipherUpdate(ctx, NULL, &outl, aad->context, aad->context_len) == 1);
 }

@@ -23,6 +23,19 @@
  * unwraps (a different wrapped DEK yields a different DEK, whose tag check
  * fails), and leaving them out lets kms_rewrap() re-wrap the DEK under a
  * new key while the sealed body, nonce and tag stay byte for byte.
+ *
+ * Format version 2 (/work/v2_spec.md, docs/format.md) replaces the key id,
+ * name block and wrapped DEK by a 7-byte reference to a row of the DEK
+ * registry (kms_dek_registry.h), which holds exactly those fields:
+ *	 0    4    magic
+ *	 4    1    format version, 0x02
+ *	 5    7    DEK reference (big-endian, 1 .. 2^56-1)
+ *	 12   12   nonce
+ *	 24   N    ciphertext
+ *	 24+N 16   GCM tag
+ * Its AAD is bytes 0..11, the registry row's name block, the canonical
+ * context.  Parsing a v2 value leaves the registry fields unset; the
+ * caller fills them with kms_envelope_set_registry().
  *-------------------------------------------------------------------------
  */
 #ifndef KMS_ENVELOPE_H
@@ -33,6 +46,10 @@
 #include <openssl/evp.h>
 
 #define KMS_ENVELOPE_VERSION	1
+#define KMS_ENVELOPE_V2			2
+#define KMS_V2_PREFIX_LEN		12	/* magic, version, DEK reference */
+#define KMS_V2_OVERHEAD			(KMS_V2_PREFIX_LEN + KMS_NONCE_LEN + KMS_TAG_LEN)
+#define KMS_DEK_REF_MAX			((((uint64) 1) << 56) - 1)
 
 /*
  * A wrapped DEK of the local provider (docs/format.md): wrap format byte,
@@ -49,6 +66,7 @@ extern const uint8 kms_envelope_magic[4];
 typedef struct KmsEnvelope
 {
 	uint8		version;
+	uint64		dek_ref;		/* version 2 only */
 	uint8		provider;
 	const char *key_id;
 	int			key_id_len;
@@ -70,6 +88,19 @@ typedef struct KmsEnvelope
 extern KmsError kms_envelope_parse(const uint8 *buf, size_t len, KmsEnvelope *env,
 								   char **detail);
 
+/*
+ * Fill the fields of a parsed v2 value that its registry row holds, with
+ * the checks a v1 header gets.  The pointers must outlive env.
+ */
+extern KmsError kms_envelope_set_registry(KmsEnvelope *env, int provider,
+										  const char *key_id, int key_id_len,
+										  const uint8 *names, int names_len,
+										  const uint8 *wrapped, int wrapped_len,
+										  char **detail);
+
+/* Write the 12-byte prefix of a v2 value. */
+extern void kms_envelope_v2_prefix(uint64 dek_ref, uint8 *out);
+
 /* True when buf starts like a kms_pg ciphertext and parses completely. */
 extern bool kms_envelope_is_ciphertext(const uint8 *buf, size_t len);
 
@@ -86,7 +117,8 @@ extern uint8 *kms_envelope_build_header(uint8 provider, const char *key_id,
 /* The additional data of one value, in three pieces. */
 typedef struct KmsAad
 {
-	const uint8 *prefix;		/* 5 bytes: magic and version */
+	const uint8 *prefix;		/* magic and version (v2: and reference) */
+	int			prefix_len;		/* 5 (v1) or 12 (v2) */
 	const uint8 *names;			/* provider-context key block */
 	int			names_len;
 	const uint8 *context;		/* canonical encryption context */

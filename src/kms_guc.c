@@ -33,6 +33,7 @@ char	   *kms_guc_kms_context_keys = NULL;
 int			kms_guc_kms_context_nkeys = 0;
 char	  **kms_guc_kms_context_keylist = NULL;
 char	   *kms_guc_keyring_file = NULL;
+int			kms_guc_format = 1;
 int			kms_guc_dek_max_age = 300;
 int			kms_guc_dek_max_messages = 10000000;
 int			kms_guc_dek_max_bytes_mb = 65536;
@@ -260,6 +261,12 @@ kms_guc_init(void)
 							"Time a master key command may run before it is killed.",
 							NULL, &kms_guc_master_key_command_timeout_ms, 10000, 100, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kms_pg.format",
+							"Ciphertext format of new values: 1 (self-contained) or 2 (40 bytes of overhead, DEK in the registry).",
+							"A format 2 value cannot be decrypted without its kms_dek_registry row: values that leave the database should stay format 1.",
+							&kms_guc_format, 1, 1, 2,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kms_pg.dek_max_age",
 							"Seconds a cached data key may seal new values.",

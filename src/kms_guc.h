@@ -22,6 +22,9 @@ extern char **kms_guc_kms_context_keylist;	/* in TopMemoryContext */
 /* local provider */
 extern char *kms_guc_keyring_file;
 
+/* kms_pg.format: ciphertext format of new values (1 or 2) */
+extern int	kms_guc_format;
+
 /* DEK reuse limits */
 extern int	kms_guc_dek_max_age;		/* seconds */
 extern int	kms_guc_dek_max_messages;	/* values sealed per DEK */

@@ -9,6 +9,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_dek_cache.h"
+#include "kms_dek_registry.h"
 #include "kms_guc.h"
 #include "kms_local_catalog.h"
 #include "kms_columns.h"
@@ -72,22 +73,50 @@ bytea *
 kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key,
 		 int privmask, Oid fn_oid)
 {
+	return kms_seal_format(plain, len, ctx, key, privmask, fn_oid, 0);
+}
+
+bytea *
+kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *key,
+				int privmask, Oid fn_oid, int format)
+{
 	const KmsProviderRoutine *provider = kms_provider_current();
 	KmsContext	kctx;
-	KmsDek	   *dek;
+	KmsDek	   *dek = NULL;
 	bytea	   *out;
 	uint8	   *p;
 	Size		total;
 	KmsAad		aad;
+	int			prefix_len;
+	uint64		ref = 0;
 
+	if (format == 0)
+		format = kms_guc_format;
 	if (kms_guc_kms_context_nkeys > 0)
 		kms_context_select(ctx, kms_guc_kms_context_keylist, kms_guc_kms_context_nkeys, &kctx);
 	else
 		kms_context_init_empty(&kctx);
 
-	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
-	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
-	total = (Size) dek->header_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
+	for (int attempt = 0; attempt < 3; attempt++)
+	{
+		dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+		kms_key_check_header(dek->header, privmask, ctx, fn_oid);
+		if (format != 2)
+			break;
+		/* a registry row that commits with this transaction, or has */
+		ref = kms_dek_registry_ensure(dek);
+		if (ref != 0)
+			break;
+		/* the DEK's row was rewrapped since it was cached: take a fresh DEK */
+		kms_dek_retire_encrypt(provider, key, &kctx);
+	}
+	if (format == 2 && ref == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kms_pg could not register a data key for a format 2 value"),
+				 errhint("Retry; if this persists, run kms_cache_flush().")));
+	prefix_len = format == 2 ? KMS_V2_PREFIX_LEN : dek->header_len;
+	total = (Size) prefix_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
 	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
 		kms_report_error(KMS_ERR_VALUE_TOO_LARGE,
 						 psprintf("The ciphertext would be %zu bytes; a bytea holds at most %zu.",
@@ -95,17 +124,27 @@ kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key,
 	out = (bytea *) palloc(VARHDRSZ + total);
 	SET_VARSIZE(out, VARHDRSZ + total);
 	p = (uint8 *) VARDATA(out);
-	memcpy(p, dek->header, dek->header_len);
-	aad.prefix = dek->header;
+	if (format == 2)
+	{
+		kms_envelope_v2_prefix(ref, p);
+		aad.prefix = p;
+		aad.prefix_len = KMS_V2_PREFIX_LEN;
+	}
+	else
+	{
+		memcpy(p, dek->header, dek->header_len);
+		aad.prefix = dek->header;
+		aad.prefix_len = 5;
+	}
 	aad.names = dek->header + dek->names_off;
 	aad.names_len = dek->names_len;
 	aad.context = (const uint8 *) ctx->canonical.data;
 	aad.context_len = ctx->canonical.len;
-	kms_random_nonce(p + dek->header_len);
+	kms_random_nonce(p + prefix_len);
 	kms_gcm_seal(dek->ctx, &aad, (const uint8 *) plain, (int) len,
-				 p + dek->header_len,
-				 p + dek->header_len + KMS_NONCE_LEN,
-				 p + dek->header_len + KMS_NONCE_LEN + len);
+				 p + prefix_len,
+				 p + prefix_len + KMS_NONCE_LEN,
+				 p + prefix_len + KMS_NONCE_LEN + len);
 	return out;
 }
 
@@ -118,6 +157,9 @@ parse_or_error(bytea *ct, KmsEnvelope *env)
 
 	if (err != KMS_OK)
 		kms_report_error(err, detail);
+	/* format 2: the key id, names and wrapped DEK are in the registry */
+	if (env->version == KMS_ENVELOPE_V2)
+		kms_dek_registry_fill(env);
 }
 
 /*
@@ -153,6 +195,7 @@ kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok, int privmask, 
 	dek = kms_dek_for_decrypt(provider, &env, ctx);
 
 	aad.prefix = (const uint8 *) VARDATA_ANY(ct);
+	aad.prefix_len = env.version == KMS_ENVELOPE_V2 ? KMS_V2_PREFIX_LEN : 5;
 	aad.names = env.names_block;
 	aad.names_len = env.names_block_len;
 	aad.context = (const uint8 *) ctx->canonical.data;
@@ -489,6 +532,16 @@ kms_rewrap(PG_FUNCTION_ARGS)
 				  fcinfo->flinfo->fn_oid);
 
 	/*
+	 * Format 2: the value refers to its DEK, whose registry row gets the
+	 * new wrapping; the value itself stays byte for byte.
+	 */
+	if (env.version == KMS_ENVELOPE_V2)
+	{
+		kms_dek_registry_rewrapped(&env, target->id, &w);
+		PG_RETURN_BYTEA_P(PG_GETARG_BYTEA_P_COPY(0));
+	}
+
+	/*
 	 * The new header carries the new key id and wrapped DEK; nonce, body
 	 * and tag are kept byte for byte (they do not depend on either).
 	 */
@@ -516,6 +569,8 @@ kms_reencrypt(PG_FUNCTION_ARGS)
 	KmsEnvelope oenv;
 	KmsEnvelope nenv;
 	const char *key;
+	uint8	   *old_wrapped;
+	int			old_len;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
@@ -529,9 +584,13 @@ kms_reencrypt(PG_FUNCTION_ARGS)
 
 	/* A fresh DEK: if the current DEK is the old one, retire it and seal again. */
 	parse_or_error(ct, &oenv);
+	old_wrapped = palloc(oenv.wrapped_len);
+	memcpy(old_wrapped, oenv.wrapped, oenv.wrapped_len);
+	old_len = oenv.wrapped_len;
+	/* (a v2 value's registry fields are valid until the next registry read) */
 	parse_or_error(out, &nenv);
-	if (oenv.wrapped_len == nenv.wrapped_len &&
-		memcmp(oenv.wrapped, nenv.wrapped, oenv.wrapped_len) == 0)
+	if (old_len == nenv.wrapped_len &&
+		memcmp(old_wrapped, nenv.wrapped, old_len) == 0)
 	{
 		KmsContext	kctx;
 
@@ -828,6 +887,8 @@ kms_ciphertext_key_id(PG_FUNCTION_ARGS)
 
 	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
 		PG_RETURN_NULL();
+	if (env.version == KMS_ENVELOPE_V2)
+		kms_dek_registry_fill(&env);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(env.key_id, env.key_id_len));
 }
 
@@ -842,6 +903,8 @@ kms_ciphertext_provider(PG_FUNCTION_ARGS)
 
 	if (kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, NULL) != KMS_OK)
 		PG_RETURN_NULL();
+	if (env.version == KMS_ENVELOPE_V2)
+		kms_dek_registry_fill(&env);
 	provider = kms_provider_by_id(env.provider);
 	PG_RETURN_TEXT_P(cstring_to_text(provider ? provider->name : "unknown"));
 }

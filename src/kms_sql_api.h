@@ -19,6 +19,10 @@
 extern bytea *kms_seal(const char *plain, Size len, const KmsContext *ctx, const char *key,
 					   int privmask, Oid fn_oid);
 
+/* The same in a given format (1 or 2; 0: kms_pg.format). */
+extern bytea *kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *key,
+							  int privmask, Oid fn_oid, int format);
+
 /*
  * Open a ciphertext under ctx; the plaintext is wiped with its memory
  * context.  With auth_fail_ok, NULL when it does not open under ctx.  The

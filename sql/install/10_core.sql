@@ -6,11 +6,17 @@
 -- IMMUTABLE: keys can be disabled).  kms_rewrap is STABLE: values that
 -- share a wrapped DEK get the same new wrapped DEK within a transaction,
 -- so bulk rotation can run as a distributed UPDATE.
+--
+-- Format 2 (kms_pg.format = 2) seals only after the sealing transaction has
+-- a row for its data key in kms_dek_registry (sql/install/12_registry.sql),
+-- and a parallel operation cannot write one: the encryption functions are
+-- PARALLEL UNSAFE.  The ciphertext inspection functions read the registry
+-- for format 2 values (rotation changes what they report): STABLE.
 
 CREATE FUNCTION kms_encrypt(plaintext bytea, context jsonb DEFAULT '{}', key_id text DEFAULT NULL)
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_encrypt'
-LANGUAGE C VOLATILE PARALLEL SAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION kms_decrypt(ciphertext bytea, context jsonb DEFAULT '{}')
 RETURNS bytea
@@ -20,7 +26,7 @@ LANGUAGE C STABLE PARALLEL SAFE;
 CREATE FUNCTION kms_encrypt_text(plaintext text, context jsonb DEFAULT '{}', key_id text DEFAULT NULL)
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_encrypt_text'
-LANGUAGE C VOLATILE PARALLEL SAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION kms_decrypt_text(ciphertext bytea, context jsonb DEFAULT '{}')
 RETURNS text
@@ -35,12 +41,12 @@ LANGUAGE C STABLE PARALLEL SAFE;
 CREATE FUNCTION kms_encrypt_pairs(plaintext bytea, key_id text, VARIADIC context "any")
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_encrypt_pairs'
-LANGUAGE C VOLATILE PARALLEL SAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION kms_encrypt_text_pairs(plaintext text, key_id text, VARIADIC context "any")
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_encrypt_text_pairs'
-LANGUAGE C VOLATILE PARALLEL SAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION kms_decrypt_pairs(ciphertext bytea, VARIADIC context "any")
 RETURNS bytea
@@ -58,17 +64,17 @@ CREATE FUNCTION kms_ciphertext_info(ciphertext bytea,
     OUT overhead_bytes int)
 RETURNS record
 AS 'MODULE_PATHNAME', 'kms_ciphertext_info'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION kms_ciphertext_key_id(ciphertext bytea)
 RETURNS text
 AS 'MODULE_PATHNAME', 'kms_ciphertext_key_id'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION kms_ciphertext_provider(ciphertext bytea)
 RETURNS text
 AS 'MODULE_PATHNAME', 'kms_ciphertext_provider'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
 CREATE FUNCTION kms_is_ciphertext(value bytea)
 RETURNS boolean
@@ -83,7 +89,7 @@ LANGUAGE C STABLE PARALLEL RESTRICTED;
 CREATE FUNCTION kms_reencrypt(ciphertext bytea, context jsonb, new_key_id text DEFAULT NULL)
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'kms_reencrypt'
-LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Keyed hash for blind indexes (column encryption).
 CREATE FUNCTION kms_hmac_sha256(key bytea, data bytea)

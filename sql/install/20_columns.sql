@@ -94,6 +94,7 @@ CREATE TABLE kms_protected_columns (
     check_name       name NOT NULL,
     blind_index_key  bytea,
     created          timestamptz NOT NULL DEFAULT now(),
+    format           smallint CONSTRAINT kms_protected_columns_format_check CHECK (format IN (1, 2)),
     UNIQUE (relid, trigger_name)
 );
 COMMENT ON TABLE kms_protected_columns IS

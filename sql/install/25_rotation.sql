@@ -92,7 +92,8 @@ COMMENT ON FUNCTION kms_key_usage(regclass, name) IS
 CREATE PROCEDURE kms_rotate_column(tbl regclass, col name, new_key_id text DEFAULT NULL,
                                    batch_size int DEFAULT 10000,
                                    context_expr text DEFAULT NULL,
-                                   max_batches int DEFAULT NULL)
+                                   max_batches int DEFAULT NULL,
+                                   target_format int DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -133,8 +134,12 @@ BEGIN
     -- Names resolve in pg_catalog only (a procedure that COMMITs cannot
     -- have SET search_path): set again after every COMMIT.
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('kms_pg.format', target_format::text, true) WHERE target_format IS NOT NULL;
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF target_format IS NOT NULL AND target_format NOT IN (1, 2) THEN
+        RAISE EXCEPTION 'target_format must be 1 or 2' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF max_batches IS NOT NULL AND max_batches < 1 THEN
         RAISE EXCEPTION 'max_batches must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -240,9 +245,10 @@ BEGIN
     -- A protected column: its trigger encrypts new values under the new
     -- key from the commit below on (writers switch at once).
     IF v_protected THEN
-        EXECUTE 'UPDATE @extschema@.kms_protected_columns c SET key_id = $1'
+        EXECUTE 'UPDATE @extschema@.kms_protected_columns c SET key_id = $1,'
+                ' format = CASE WHEN $4 IS NULL THEN c.format ELSE $4 END'
                 ' WHERE c.relid = $2 AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = $3'
-            USING v_key, tbl, col;
+            USING v_key, tbl, col, target_format::smallint;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         IF v_n = 0 THEN
             RAISE EXCEPTION 'kms_rotate_column: must be owner of table % to change the key of its protected column %',
@@ -253,13 +259,18 @@ BEGIN
     -- Makes the run visible, and fails fast inside a transaction block.
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('kms_pg.format', target_format::text, true) WHERE target_format IS NOT NULL;
 
     -- kms_ciphertext_key_id/_provider only read the header (NULL for values
     -- that are not kms_pg ciphertexts): cheap enough to run per row.
+    -- With target_format, values of another format (byte 4 of a ciphertext)
+    -- are due too, and are re-encrypted (a fresh data key) in that format.
     needs := format('@extschema@.kms_ciphertext_key_id(t.%1$I) IS NOT NULL'
-                    ' AND (@extschema@.kms_ciphertext_provider(t.%1$I),'
-                    '      @extschema@.kms_ciphertext_key_id(t.%1$I)) IS DISTINCT FROM ($2, $3)',
-                    col);
+                    ' AND ((@extschema@.kms_ciphertext_provider(t.%1$I),'
+                    '       @extschema@.kms_ciphertext_key_id(t.%1$I)) IS DISTINCT FROM ($2, $3)%2$s)',
+                    col,
+                    CASE WHEN target_format IS NULL THEN ''
+                         ELSE format(' OR pg_catalog.get_byte(t.%I, 4) <> %s', col, target_format) END);
 
     IF v_resolved IS NULL THEN
         -- Rewrap the first value due (in the transaction of the first batch,
@@ -274,8 +285,13 @@ BEGIN
         UPDATE @extschema@.kms_rotation_progress SET resolved_key_id = v_resolved WHERE run_id = v_run;
     END IF;
 
-    upd_sql := format('UPDATE %s t SET %I = @extschema@.kms_rewrap(t.%I, $4, %s) WHERE %s',
-                      tbl, col, col, v_ctx, needs);
+    upd_sql := format('UPDATE %s t SET %I = @extschema@.%s(t.%I, %s) WHERE %s',
+                      tbl, col,
+                      CASE WHEN target_format IS NULL THEN 'kms_rewrap' ELSE 'kms_reencrypt' END,
+                      col,
+                      CASE WHEN target_format IS NULL THEN format('$4, %s', v_ctx)
+                           ELSE format('%s, $4', v_ctx) END,
+                      needs);
 
     LOOP
         -- One pass over the key range; the next pass picks up values that
@@ -308,6 +324,7 @@ BEGIN
             IF max_batches IS NOT NULL AND v_batches >= max_batches THEN
                 COMMIT;
                 PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('kms_pg.format', target_format::text, true) WHERE target_format IS NOT NULL;
                 RAISE NOTICE 'kms_rotate_column: stopped after % batches (max_batches); run it again to continue',
                     v_batches;
                 RETURN;
@@ -339,6 +356,7 @@ BEGIN
             RAISE NOTICE 'kms_rotate_column: % of % rows', v_done, v_total;
             COMMIT;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('kms_pg.format', target_format::text, true) WHERE target_format IS NOT NULL;
             EXIT WHEN v_last;
             v_lo := v_hi;
         END LOOP;
@@ -361,16 +379,17 @@ BEGIN
      WHERE run_id = v_run;
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('kms_pg.format', target_format::text, true) WHERE target_format IS NOT NULL;
     IF v_pending = 0 THEN
         RAISE NOTICE 'kms_rotate_column: done, % rows rewrapped under %', v_done, v_key;
     END IF;
 END
 $$;
-COMMENT ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) IS
-  'rewrap every value of a column under a new key, online, one committed batch at a time';
+COMMENT ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) IS
+  'rewrap every value of a column under a new key (or re-encrypt it in target_format), online, one committed batch at a time';
 
 -- Rotation rewraps data keys and writes progress: a DBA task.
-REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) FROM PUBLIC;
 REVOKE ALL ON kms_rotation_progress FROM PUBLIC;
 REVOKE ALL ON kms_rotation_status FROM PUBLIC;
 
@@ -439,7 +458,7 @@ BEGIN
         END IF;
     END LOOP;
     IF access = 'admin' THEN
-        EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int) TO %I', role);
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE @extschema@.kms_rotate_column(regclass, name, text, int, text, int, int) TO %I', role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.kms_rewrap(bytea, text, jsonb),'
                        ' @extschema@.kms_describe_key(text) TO %I', role);
         EXECUTE format('GRANT SELECT ON @extschema@.kms_rotation_status TO %I', role);

@@ -1,0 +1,817 @@
+/*-------------------------------------------------------------------------
+ * kms_dek_registry.c
+ *	  The DEK registry of format 2: lookup for decryption, the durable
+ *	  registration of encrypting DEKs, and O(DEKs) rotation.
+ *
+ * Reading (kms_dek_registry_fill) is a direct scan of the primary key
+ * index as the calling user: readers need no privilege on the table (the
+ * function grants and per-key privileges gate decryption, as for v1).
+ * Rows read are kept in a backend-local memo (no secrets: the same fields
+ * a v1 header carries), dropped by a relcache invalidation of the table,
+ * which rotation sends and which travels in its commit record (other
+ * backends and standbys).  So a v2 value whose row is in the memo costs
+ * no registry lookup; its DEK then comes from the DEK cache exactly as a
+ * v1 value's.
+ *
+ * Durability (kms_dek_registry_ensure): a DEK may seal a v2 value only
+ * once a registry row for it exists that commits with the sealing
+ * transaction or has already committed.  Each backend finds such a row
+ * (by the wrapped DEK, under the latest snapshot) or inserts one under a
+ * fresh random reference, in its own transaction: the row then shares the
+ * fate of the values (abort, savepoint rollback, crash before commit,
+ * PREPARE TRANSACTION, failover: same transaction, same WAL).  Random
+ * references make two backends' inserts never conflict, so no writer ever
+ * waits for another transaction (a backend that sees no committed row
+ * inserts its own, even while another backend's insert for the same DEK is
+ * in progress).  A backend-local map remembers per DEK the reference and
+ * whether its row is committed (then never checked again) or inserted in a
+ * (sub)transaction still open (forgotten when that aborts or is prepared).
+ * The per-row path checks one epoch number on the cached DEK.
+ *
+ * Writes go through fixed SQL run by SPI as the table's owner with
+ * search_path pinned; they need a writable primary and a transaction that
+ * is not read-only or in parallel mode.
+ *-------------------------------------------------------------------------
+ */
+#include "kms_dek_registry.h"
+#include "kms_guc.h"
+#include "kms_key_grants.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/parallel.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#define REGISTRY_TABLE	"kms_dek_registry"
+#define REG_NATTS		7
+#define ANUM_REF		1
+#define ANUM_PROVIDER	2
+#define ANUM_KEY_ID		3
+#define ANUM_NAMES		4
+#define ANUM_WRAPPED	5
+#define KMS_REG_MEMO_MAX	8192
+
+/* ---- the table ---- */
+
+static Oid	cached_relid = InvalidOid;
+static bool callbacks_registered = false;
+
+/* A registry row as read (palloc'd fields). */
+typedef struct RegRow
+{
+	uint64		ref;
+	uint8		provider;
+	char	   *key_id;
+	int			key_id_len;
+	uint8	   *names;
+	int			names_len;
+	uint8	   *wrapped;
+	int			wrapped_len;
+	bool		own;			/* inserted (or updated) by this transaction */
+} RegRow;
+
+/* Backend-local memo for decryption: ref -> row. */
+typedef struct MemoEntry
+{
+	uint64		ref;
+	RegRow		row;
+} MemoEntry;
+
+static HTAB *reg_memo = NULL;
+static bool reg_memo_stale = false;	/* cleared at the next fill, never under a caller's pointers */
+static MemoryContext reg_cxt = NULL;
+
+/* Encrypting DEKs of this backend: v1 header hash -> reference and state. */
+#define ENS_INSERTED	1		/* row inserted by an open (sub)transaction */
+#define ENS_COMMITTED	2		/* row committed: durable */
+
+typedef struct EnsureEntry
+{
+	uint64		hkey;
+	uint64		ref;
+	int			state;
+	SubTransactionId subid;		/* ENS_INSERTED: the inserting subtransaction */
+} EnsureEntry;
+
+static HTAB *ens_map = NULL;
+static uint64 ens_epoch = 1;
+
+static void registry_init(void);
+
+static Oid
+registry_relid(void)
+{
+	Oid			ext;
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	Oid			nsp = InvalidOid;
+
+	if (OidIsValid(cached_relid))
+		return cached_relid;
+	ext = get_extension_oid("kms_pg", true);
+	if (!OidIsValid(ext))
+		return InvalidOid;
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	cached_relid = OidIsValid(nsp) ? get_relname_relid(REGISTRY_TABLE, nsp) : InvalidOid;
+	return cached_relid;
+}
+
+static Oid
+registry_relid_or_error(void)
+{
+	Oid			relid;
+
+	registry_init();
+	relid = registry_relid();
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the kms_pg data key registry \"%s\" does not exist", REGISTRY_TABLE),
+				 errdetail("Format 2 values refer to their data keys through the registry."),
+				 errhint("Run ALTER EXTENSION kms_pg UPDATE.")));
+	return relid;
+}
+
+static void
+memo_clear(void)
+{
+	if (reg_memo != NULL)
+	{
+		hash_destroy(reg_memo);
+		reg_memo = NULL;
+	}
+}
+
+/* Another backend (or this one) rewrapped rows, or the table went away. */
+static void
+registry_relcache_cb(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == cached_relid)
+	{
+		reg_memo_stale = true;
+		if (!OidIsValid(relid))
+			cached_relid = InvalidOid;
+	}
+}
+
+/*
+ * End of a (sub)transaction: rows inserted by what ends are committed or
+ * gone; every cached DEK checks its state again at its next use.
+ */
+static void
+registry_xact_cb(XactEvent event, void *arg)
+{
+	HASH_SEQ_STATUS st;
+	EnsureEntry *e;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			break;
+		default:
+			return;
+	}
+	ens_epoch++;
+	if (ens_map == NULL)
+		return;
+	hash_seq_init(&st, ens_map);
+	while ((e = hash_seq_search(&st)) != NULL)
+	{
+		if (e->state != ENS_INSERTED)
+			continue;
+		if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+			e->state = ENS_COMMITTED;
+		else
+		{
+			/*
+			 * Aborted: the row is gone.  Prepared: its fate is decided
+			 * later, maybe by another session; a new reference never waits
+			 * for it.
+			 */
+			hash_search(ens_map, &e->hkey, HASH_REMOVE, NULL);
+		}
+	}
+}
+
+static void
+registry_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS st;
+	EnsureEntry *e;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ens_epoch++;
+	if (ens_map == NULL)
+		return;
+	hash_seq_init(&st, ens_map);
+	while ((e = hash_seq_search(&st)) != NULL)
+	{
+		/* subtransaction ids grow: >= mySubid is the ending subtree */
+		if (e->state != ENS_INSERTED || e->subid < mySubid)
+			continue;
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			hash_search(ens_map, &e->hkey, HASH_REMOVE, NULL);
+		else
+			e->subid = parentSubid;
+	}
+}
+
+static void
+registry_init(void)
+{
+	HASHCTL		info;
+
+	if (callbacks_registered)
+		return;
+	reg_cxt = AllocSetContextCreate(TopMemoryContext, "kms_pg DEK registry",
+									ALLOCSET_SMALL_SIZES);
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(uint64);
+	info.entrysize = sizeof(EnsureEntry);
+	info.hcxt = reg_cxt;
+	ens_map = hash_create("kms_pg registered DEKs", 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterRelcacheCallback(registry_relcache_cb, (Datum) 0);
+	RegisterXactCallback(registry_xact_cb, NULL);
+	RegisterSubXactCallback(registry_subxact_cb, NULL);
+	callbacks_registered = true;
+}
+
+/* ---- reading ---- */
+
+static void
+row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
+{
+	Datum		values[REG_NATTS];
+	bool		nulls[REG_NATTS];
+	text	   *t;
+	bytea	   *b;
+
+	heap_deform_tuple(tup, desc, values, nulls);
+	for (int i = 0; i < ANUM_WRAPPED; i++)
+		if (nulls[i])
+			elog(ERROR, "kms_pg data key registry row has a NULL field");
+	row->ref = (uint64) DatumGetInt64(values[ANUM_REF - 1]);
+	row->provider = (uint8) DatumGetInt16(values[ANUM_PROVIDER - 1]);
+	t = DatumGetTextPP(values[ANUM_KEY_ID - 1]);
+	row->key_id_len = VARSIZE_ANY_EXHDR(t);
+	row->key_id = pnstrdup(VARDATA_ANY(t), row->key_id_len);
+	b = DatumGetByteaPP(values[ANUM_NAMES - 1]);
+	row->names_len = VARSIZE_ANY_EXHDR(b);
+	row->names = palloc(Max(row->names_len, 1));
+	memcpy(row->names, VARDATA_ANY(b), row->names_len);
+	b = DatumGetByteaPP(values[ANUM_WRAPPED - 1]);
+	row->wrapped_len = VARSIZE_ANY_EXHDR(b);
+	row->wrapped = palloc(Max(row->wrapped_len, 1));
+	memcpy(row->wrapped, VARDATA_ANY(b), row->wrapped_len);
+	row->own = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
+}
+
+/*
+ * Look a row up by reference (by_ref) or by wrapped DEK, under snap, as
+ * the calling user.  With match (by wrapped DEK), only a row with the same
+ * provider, key id and name block counts.
+ */
+static bool
+registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
+			  Snapshot snap, RegRow *out)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	Oid			idx = InvalidOid;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	if (by_ref)
+	{
+		idx = RelationGetPrimaryKeyIndex(rel);
+		ScanKeyInit(&key, ANUM_REF, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum((int64) ref));
+	}
+	else
+	{
+		List	   *idxs = RelationGetIndexList(rel);
+		ListCell   *lc;
+		bytea	   *w = palloc(VARHDRSZ + match->wrapped_len);
+
+		SET_VARSIZE(w, VARHDRSZ + match->wrapped_len);
+		memcpy(VARDATA(w), match->wrapped, match->wrapped_len);
+		/* the index on wrapped_dek (the table's only other index) */
+		foreach(lc, idxs)
+			if (lfirst_oid(lc) != RelationGetPrimaryKeyIndex(rel))
+				idx = lfirst_oid(lc);
+		ScanKeyInit(&key, ANUM_WRAPPED, BTEqualStrategyNumber, F_BYTEAEQ, PointerGetDatum(w));
+	}
+	scan = systable_beginscan(rel, idx, OidIsValid(idx), snap, 1, &key);
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		row_from_tuple(tup, RelationGetDescr(rel), out);
+		found = match == NULL ||
+			(out->provider == match->provider &&
+			 out->key_id_len == match->key_id_len &&
+			 memcmp(out->key_id, match->key_id, match->key_id_len) == 0 &&
+			 out->names_len == match->names_len &&
+			 memcmp(out->names, match->names, match->names_len) == 0 &&
+			 out->wrapped_len == match->wrapped_len &&
+			 memcmp(out->wrapped, match->wrapped, match->wrapped_len) == 0);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+static bool
+read_latest(Oid relid, bool by_ref, uint64 ref, const RegRow *match, RegRow *out)
+{
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	bool		found = registry_read(relid, by_ref, ref, match, snap, out);
+
+	UnregisterSnapshot(snap);
+	return found;
+}
+
+static void
+memo_put(const RegRow *row)
+{
+	MemoEntry  *m;
+	bool		found;
+	MemoryContext old;
+
+	if (reg_memo == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(uint64);
+		info.entrysize = sizeof(MemoEntry);
+		info.hcxt = reg_cxt;
+		reg_memo = hash_create("kms_pg registry rows", 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	if (hash_get_num_entries(reg_memo) >= KMS_REG_MEMO_MAX)
+	{
+		memo_clear();
+		memo_put(row);
+		return;
+	}
+	m = hash_search(reg_memo, &row->ref, HASH_ENTER, &found);
+	if (found)
+		return;
+	old = MemoryContextSwitchTo(reg_cxt);
+	m->row = *row;
+	m->row.key_id = pnstrdup(row->key_id, row->key_id_len);
+	m->row.names = palloc(Max(row->names_len, 1));
+	memcpy(m->row.names, row->names, row->names_len);
+	m->row.wrapped = palloc(Max(row->wrapped_len, 1));
+	memcpy(m->row.wrapped, row->wrapped, row->wrapped_len);
+	MemoryContextSwitchTo(old);
+}
+
+void
+kms_dek_registry_fill(KmsEnvelope *env)
+{
+	MemoEntry  *m = NULL;
+	RegRow		row;
+	RegRow	   *r;
+	char	   *detail;
+	KmsError	err;
+
+	registry_init();
+	if (reg_memo_stale)
+	{
+		memo_clear();
+		reg_memo_stale = false;
+	}
+	if (reg_memo != NULL)
+		m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+	if (m != NULL)
+		r = &m->row;
+	else
+	{
+		Oid			relid = registry_relid_or_error();
+		bool		found;
+		Snapshot	snap;
+
+		/* the query's snapshot first; a row committed since, outside parallel mode */
+		snap = RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot());
+		found = registry_read(relid, true, env->dek_ref, NULL, snap, &row);
+		UnregisterSnapshot(snap);
+		if (!found && !IsInParallelMode())
+			found = read_latest(relid, true, env->dek_ref, NULL, &row);
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("data key reference %llu of a format 2 value is not in the kms_pg registry",
+							(unsigned long long) env->dek_ref),
+					 errdetail("A format 2 value can be decrypted only where the kms_dek_registry row of its data key exists."),
+					 errhint("Restore the registry with the data (pg_dump dumps it with the extension), or move values between databases in format 1 (kms_pg.format = 1, kms_reencrypt).")));
+		/* a row of this transaction may still roll back: do not remember it */
+		if (!row.own)
+			memo_put(&row);
+		r = &row;
+		if (!row.own)
+		{
+			m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+			if (m != NULL)
+				r = &m->row;
+		}
+	}
+	err = kms_envelope_set_registry(env, r->provider, r->key_id, r->key_id_len,
+									r->names, r->names_len, r->wrapped, r->wrapped_len, &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+}
+
+/* ---- writing: fixed SQL as the table's owner ---- */
+
+typedef struct OwnerSpi
+{
+	Oid			save_user;
+	int			save_sec;
+	int			nest;
+	char	   *tbl;
+} OwnerSpi;
+
+/* Raise unless this transaction may write registry rows. */
+static void
+check_writable(void)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot encrypt in format 2 during recovery"),
+				 errdetail("A format 2 value needs a row in the kms_pg data key registry, and a hot standby cannot write one."),
+				 errhint("Encrypt on the primary, or SET kms_pg.format = 1 for values made on a standby.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot encrypt in format 2 in a read-only transaction"),
+				 errdetail("A format 2 value needs a row in the kms_pg data key registry, written by the sealing transaction."),
+				 errhint("Encrypt in a read-write transaction, or SET kms_pg.format = 1.")));
+	if (IsInParallelMode() || IsParallelWorker())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("cannot encrypt in format 2 during a parallel operation"),
+				 errdetail("A format 2 value needs a row in the kms_pg data key registry, and parallel operations cannot write."),
+				 errhint("The kms_pg encryption functions are PARALLEL UNSAFE; do not call them from a function marked PARALLEL SAFE or RESTRICTED, or SET kms_pg.format = 1.")));
+}
+
+static void
+owner_begin(OwnerSpi *o, Oid relid)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	o->tbl = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), REGISTRY_TABLE);
+	GetUserIdAndSecContext(&o->save_user, &o->save_sec);
+	SetUserIdAndSecContext(owner, o->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
+	o->nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+owner_end(OwnerSpi *o)
+{
+	SPI_finish();
+	AtEOXact_GUC(true, o->nest);
+	SetUserIdAndSecContext(o->save_user, o->save_sec);
+	CommandCounterIncrement();
+}
+
+static int
+owner_exec(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
+	return (int) SPI_processed;
+}
+
+static Datum
+bytea_datum(const uint8 *p, int len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), p, len);
+	return PointerGetDatum(b);
+}
+
+#define INSERT_SQL \
+	"INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek)" \
+	" VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dek_ref) DO NOTHING"
+
+static void
+registry_insert(Oid relid, const RegRow *row)
+{
+	OwnerSpi	o;
+	Oid			types[5] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID};
+	Datum		values[5];
+
+	owner_begin(&o, relid);
+	values[0] = Int64GetDatum((int64) row->ref);
+	values[1] = Int16GetDatum((int16) row->provider);
+	values[2] = PointerGetDatum(cstring_to_text_with_len(row->key_id, row->key_id_len));
+	values[3] = bytea_datum(row->names, row->names_len);
+	values[4] = bytea_datum(row->wrapped, row->wrapped_len);
+	owner_exec(psprintf(INSERT_SQL, o.tbl), 5, types, values);
+	owner_end(&o);
+}
+
+/* The fields of a v1 header (kms_envelope.h layout) as a registry row. */
+static void
+row_from_header(const uint8 *h, int hlen, RegRow *row)
+{
+	int			off;
+
+	memset(row, 0, sizeof(*row));
+	row->provider = h[5];
+	row->key_id_len = h[6];
+	row->key_id = (char *) h + 7;
+	off = 7 + row->key_id_len;
+	row->names = (uint8 *) h + off;
+	off += 1;
+	for (int i = 0; i < h[7 + row->key_id_len]; i++)
+		off += 1 + h[off];
+	row->names_len = off - (7 + row->key_id_len);
+	row->wrapped_len = (h[off] << 8) | h[off + 1];
+	row->wrapped = (uint8 *) h + off + 2;
+	Assert(off + 2 + row->wrapped_len == hlen);
+}
+
+static uint64
+random_ref(void)
+{
+	uint8		b[8];
+	uint64		ref = 0;
+
+	do
+	{
+		if (!pg_strong_random(b, 7))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random data key reference")));
+		ref = 0;
+		for (int i = 0; i < 7; i++)
+			ref = (ref << 8) | b[i];
+	} while (ref == 0);
+	return ref;
+}
+
+uint64
+kms_dek_registry_ensure(KmsDek *dek)
+{
+	uint64		hkey;
+	EnsureEntry *e;
+	RegRow		want;
+	RegRow		got;
+	Oid			relid;
+	bool		found;
+
+	if (dek->ensured_epoch == ens_epoch && dek->dek_ref != 0)
+		return dek->dek_ref;
+
+	registry_init();
+	hkey = hash_bytes_extended(dek->header, dek->header_len, 0x524547);
+	e = hash_search(ens_map, &hkey, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		dek->dek_ref = e->ref;
+		dek->ensured_epoch = ens_epoch;
+		return e->ref;
+	}
+
+	check_writable();
+	relid = registry_relid_or_error();
+	row_from_header(dek->header, dek->header_len, &want);
+
+	/* a committed row of this DEK (any backend's), or one of this transaction */
+	found = read_latest(relid, false, 0, &want, &got);
+	if (!found)
+	{
+		for (int attempt = 0; !found && attempt < 3; attempt++)
+		{
+			want.ref = random_ref();
+			registry_insert(relid, &want);
+			/* another DEK under the same reference (2^-56): draw again */
+			found = read_latest(relid, true, want.ref, &want, &got);
+		}
+		if (!found)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not register a data key in the kms_pg registry")));
+	}
+	e = hash_search(ens_map, &hkey, HASH_ENTER, NULL);
+	e->ref = got.ref;
+	e->state = got.own ? ENS_INSERTED : ENS_COMMITTED;
+	e->subid = GetCurrentSubTransactionId();
+	dek->dek_ref = got.ref;
+	dek->ensured_epoch = ens_epoch;
+	return got.ref;
+}
+
+#define REWRAP_SQL \
+	"UPDATE %s SET provider = $2, key_id = $3, wrapped_dek = $4, rewrapped_at = pg_catalog.now()" \
+	" WHERE dek_ref = $1 AND wrapped_dek = $5"
+
+static int
+registry_update(Oid relid, uint64 ref, uint8 provider, const KmsWrappedKey *w,
+				const uint8 *old_wrapped, int old_len)
+{
+	OwnerSpi	o;
+	Oid			types[5] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID};
+	Datum		values[5];
+	int			n;
+
+	owner_begin(&o, relid);
+	values[0] = Int64GetDatum((int64) ref);
+	values[1] = Int16GetDatum((int16) provider);
+	values[2] = CStringGetTextDatum(w->key_id);
+	values[3] = bytea_datum(w->wrapped, w->wrapped_len);
+	values[4] = bytea_datum(old_wrapped, old_len);
+	n = owner_exec(psprintf(REWRAP_SQL, o.tbl), 5, types, values);
+	owner_end(&o);
+	return n;
+}
+
+void
+kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrappedKey *w)
+{
+	Oid			relid = registry_relid_or_error();
+
+	check_writable();
+	if (registry_update(relid, env->dek_ref, provider, w, env->wrapped, env->wrapped_len) > 0)
+	{
+		/* every backend (and standby) drops its memo of the row */
+		CacheInvalidateRelcacheByRelid(relid);
+		reg_memo_stale = true;
+	}
+}
+
+/*
+ * SQL: kms_rotate_key_registry(key_id text, new_key_id text DEFAULT NULL,
+ *		OUT deks bigint, OUT rewrapped bigint, OUT skipped bigint)
+ *
+ * Rewrap every registry row of key_id (the key id values record: a local
+ * key's uuid, an AWS key ARN) under new_key_id (NULL: the same key, i.e.
+ * its current version), with the current provider: one provider call per
+ * distinct wrapped DEK, one row update per row, no write to any user table.
+ * Rows whose DEK is bound to provider-context values (kms_pg.kms_context_keys)
+ * cannot be rewrapped without those values and are counted as skipped:
+ * kms_rewrap() each value with its context, or kms_rotate_column().
+ */
+PG_FUNCTION_INFO_V1(kms_rotate_key_registry);
+Datum
+kms_rotate_key_registry(PG_FUNCTION_ARGS)
+{
+	char	   *key;
+	char	   *new_key;
+	Oid			relid;
+	OwnerSpi	o;
+	MemoryContext caller = CurrentMemoryContext;
+	RegRow	   *rows;
+	uint64		nrows;
+	int64		deks = 0;
+	int64		rewrapped = 0;
+	int64		skipped = 0;
+	KmsContext	empty;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {0};
+	bool		checked_src[KMS_PROVIDER_AWS + 1] = {0};
+	bool		checked_target = false;
+	const KmsProviderRoutine *target = kms_provider_current();
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key_id must not be NULL")));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	key = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	new_key = PG_ARGISNULL(1) ? key : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	kms_context_init_empty(&empty);
+	check_writable();
+	relid = registry_relid_or_error();
+	/* one rotation at a time; writers (row inserts) are not blocked */
+	LockRelationOid(relid, ShareUpdateExclusiveLock);
+
+	owner_begin(&o, relid);
+	args[0] = CStringGetTextDatum(key);
+	owner_exec(psprintf("SELECT dek_ref, provider, key_id, name_block, wrapped_dek, NULL, NULL"
+						" FROM %s WHERE key_id = $1 ORDER BY dek_ref", o.tbl),
+			   1, types, args);
+	nrows = SPI_processed;
+	MemoryContextSwitchTo(caller);
+	rows = palloc(sizeof(RegRow) * Max(nrows, 1));
+	for (uint64 i = 0; i < nrows; i++)
+		row_from_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &rows[i]);
+	/* back to the caller for privilege checks and provider calls */
+	SPI_finish();
+	AtEOXact_GUC(true, o.nest);
+	SetUserIdAndSecContext(o.save_user, o.save_sec);
+
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		RegRow		row = rows[i];
+		KmsEnvelope env;
+		char	   *detail;
+		KmsError	err;
+		const KmsProviderRoutine *provider;
+		KmsWrappedKey w;
+
+		deks++;
+		memset(&env, 0, sizeof(env));
+		env.version = KMS_ENVELOPE_V2;
+		env.dek_ref = row.ref;
+		err = kms_envelope_set_registry(&env, row.provider, row.key_id, row.key_id_len,
+										row.names, row.names_len, row.wrapped, row.wrapped_len,
+										&detail);
+		if (err != KMS_OK)
+			kms_report_error(err, detail);
+		if (env.nctxkeys > 0)
+		{
+			skipped++;
+			continue;
+		}
+		provider = kms_provider_by_id(env.provider);
+		if (!checked_src[env.provider])
+		{
+			kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, &empty,
+						  fcinfo->flinfo->fn_oid);
+			checked_src[env.provider] = true;
+		}
+		kms_dek_rewrap(provider, &env, &empty, new_key, &w);
+		if (!checked_target)
+		{
+			kms_key_check(target->id, w.key_id, strlen(w.key_id), KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT,
+						  &empty, fcinfo->flinfo->fn_oid);
+			checked_target = true;
+		}
+		rewrapped += registry_update(relid, row.ref, target->id, &w, row.wrapped, row.wrapped_len);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (rewrapped > 0)
+	{
+		CacheInvalidateRelcacheByRelid(relid);
+		reg_memo_stale = true;
+	}
+	/* encrypting DEKs cached under the old wrapping must not make new rows */
+	kms_dek_cache_forget_key(-1, key);
+	if (skipped > 0)
+		ereport(NOTICE,
+				(errmsg("%lld data keys of key \"%s\" are bound to provider-context values and were not rewrapped",
+						(long long) skipped, key),
+				 errhint("Rewrap their values with kms_rewrap(value, new_key_id, context) or kms_rotate_column().")));
+	values[0] = Int64GetDatum(deks);
+	values[1] = Int64GetDatum(rewrapped);
+	values[2] = Int64GetDatum(skipped);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
