@@ -783,26 +783,34 @@ def v2_from_sql(label, pg, key, py_opts, js_opts, use_js, kms_client=None):
                             ("reference 0", small[:5] + bytes(7) + small[12:], "XX001")]:
         st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)" % (hexs(bad), sql_literal(CASES[1]["sql_ctx"])))
         check("%s: v2: kms_decrypt refuses %s (%s)" % (label, what, want), st == want, st)
+    pg.psql("DELETE FROM %s.kms_dek_registry WHERE dek_ref = %d;" % (schema, bogus))
 
     # rotation in O(DEKs): the registry rows of the key are rewrapped, the
     # values stay byte for byte, and both clients read them with the new rows
+    table = "sqlv2_" + label
+    old = pg.psql("SELECT DISTINCT key_id FROM %s.kms_dek_registry r JOIN %s t"
+                  " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint;"
+                  % (schema, table)).strip()
     if label == "local":
-        old = pg.psql("SELECT DISTINCT key_id FROM %s.kms_dek_registry r JOIN sqlv2_local t"
-                      " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint;" % schema).strip()
         new = pg.psql("SELECT kms_create_key('alias/interop-v2-rotated');").strip()
-        before = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM sqlv2_local;")
-        out = pg.psql("SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(%s, %s);"
-                      % (sql_literal(old), sql_literal(new))).strip()
-        check("local: v2: kms_rotate_key_registry rewraps the rows (deks|rewrapped|skipped %s)" % out,
-              out.split("|")[1] != "0", out)
-        after = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM sqlv2_local;")
-        check("local: v2: the values are unchanged by the rotation", before == after)
+    else:
+        new = "alias/interop-other"
+    before = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM %s;" % table)
+    out = pg.psql("SET kms_pg.provider = %s; SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(%s, %s);"
+                  % (label, sql_literal(old), sql_literal(new))).strip()
+    check("%s: v2: kms_rotate_key_registry rewraps the rows (deks|rewrapped|skipped %s)" % (label, out),
+          out.split("|")[1] != "0", out)
+    after = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM %s;" % table)
+    check("%s: v2: the values are unchanged by the rotation" % label, before == after)
+    if label == "local":
         keyring, _ = export_keyring(pg, os.path.dirname(py_opts["local_keyring"]), "keyring_v2_rotated.json")
         py_opts = dict(py_opts, local_keyring=keyring)
         js_opts = dict(js_opts, keyring=keyring)
-        n_new = pg.psql("SELECT count(*) FROM %s.kms_dek_registry WHERE key_id = %s;" % (schema, sql_literal(new)))
-        check("local: v2: registry rows now under the new key", n_new.strip() != "0", n_new)
-        read_all(" after the registry rotation")
+    moved = pg.psql("SELECT count(*) FROM %s.kms_dek_registry r JOIN %s t"
+                    " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint"
+                    " WHERE r.key_id <> %s AND r.rewrapped_at IS NOT NULL;" % (schema, table, sql_literal(old)))
+    check("%s: v2: registry rows of the values now under the new key" % label, moved.strip() != "0", moved)
+    read_all(" after the registry rotation")
 
 
 def pg_row(pg, schema, ref):
@@ -942,8 +950,9 @@ def local_rotation(pg, tmp):
             "ALTER SYSTEM SET kms_pg.previous_master_key_file = '%s'; SELECT pg_reload_conf();"
             % (new_file, pg.master_key_file))
     time.sleep(1)
+    versions = pg.psql("SELECT count(*) FROM kms_local_key_version;").strip()
     n = pg.psql("SELECT kms_rotate_master_key();").strip()
-    check("local: kms_rotate_master_key() rewraps both versions", n == "2", n)
+    check("local: kms_rotate_master_key() rewraps every key version (%s)" % versions, n == versions, n)
     keyring, _ = export_keyring(pg, tmp, "keyring_new_master.json")
     check("local: after a master key rotation the client reads with the new master key",
           kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=new_mk) == CASES[1]["plain"])
