@@ -19,14 +19,16 @@ that the column holds K DEKs) for each format and provider:
       rewritten);
   v2: the registry rotation of the rows of the old key (no row of the user
       table is written).
-Reported: time (inside the server), provider calls (kms_cache_stats deltas,
-and the emulator's own counters for AWS), pg_stat_user_tables.n_tup_upd of
-the user table (and of kms_dek_registry) before and after, and the time
-beyond the provider calls: total time minus the calls' time, the calls'
-time measured in the same session right after the rotation by K provider
-rewraps of one value each (kms_rewrap of K one-row v1 values whose DEKs are
-distinct, cold cache).  --rot-rows-v1 can be smaller than --rot-rows: a v1
-rotation rewrites every row, which at 10M rows takes long.
+Reported: time (inside the server; v2: median of --v2-reps rotations along
+a chain of keys), provider calls per rotation (kms_cache_stats deltas, and
+the emulator's own counters for AWS), pg_stat_user_tables.n_tup_upd of the
+user table (and of kms_dek_registry, over all repetitions) before and
+after, and the time beyond the provider calls: total time minus K times
+the marginal cost of one provider call, measured right after as the
+difference between kms_rewrap of 2K and of K one-value DEKs (cold cache,
+fresh sessions, median of 3), so that session and TLS set-up cancel out.
+--rot-rows-v1 can be smaller than --rot-rows: a v1 rotation rewrites every
+row, which at 10M rows takes long.
 
 Writes --out (JSON) and prints a table.
 """
@@ -35,6 +37,7 @@ import argparse
 import json
 import os
 import sys
+import statistics
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -163,17 +166,24 @@ END $p$;
     # -- part 2 -------------------------------------------------------------
 
     def provider_call_time(self, pv, k, key):
-        """Milliseconds of k provider rewraps: kms_rewrap of k one-row v1 values
-        with distinct DEKs (dek_max_messages = 1), cold cache, in one statement."""
+        """(milliseconds of k provider rewraps, per-call ms): the marginal cost of a
+        provider call, measured as kms_rewrap of 2k against k one-value DEKs
+        (dek_max_messages = 1; cache flushed first; fresh sessions), so that
+        fixed costs (session, TLS handshake) cancel out; median of 3."""
         st = self.kms(pv, 1) + "SET kms_pg.dek_max_messages = 1;\n"
         self.cl.psql(st + "DROP TABLE IF EXISTS calls;\n"
                      "CREATE TABLE calls AS SELECT i, kms_encrypt(%s, %s) c FROM generate_series(1, %d) i;\n"
-                     % (DATA100, CTX, k))
-        self.cl.psql("SELECT kms_cache_flush();\n")
-        b = self.cl.stats()
-        ms = self.cl.timed("SELECT sum(length(kms_rewrap(c, '%s'))) FROM calls" % key, st)
-        calls = B.delta(b, self.cl.stats())
-        return ms, calls
+                     % (DATA100, CTX, 2 * k))
+        per_call = []
+        for _ in range(3):
+            ms = {}
+            for rows in (k, 2 * k):
+                self.cl.psql("SELECT kms_cache_flush();\n")
+                ms[rows] = self.cl.timed("SELECT sum(length(kms_rewrap(c, '%s'))) FROM calls WHERE i <= %d"
+                                         % (key, rows), st)
+            per_call.append((ms[2 * k] - ms[k]) / k)
+        per = statistics.median(per_call)
+        return k * per, per
 
     def new_key(self, pv, name):
         """A fresh key: its canonical id (local uuid, AWS key ARN)."""
@@ -205,16 +215,26 @@ END $p$;
                 reg0 = self.n_tup_upd("kms_dek_registry") if fmt == 2 else None
                 s0 = self.cl.stats()
                 e0 = self.aws_calls() if pv == "aws" else None
+                reps = []
                 if fmt == 1:
-                    ms = self.cl.timed("CALL kms_rotate_column('%s'::regclass, 'c', '%s', %d)"
-                                       % (t, new_key, self.a.batch), st)
+                    reps.append(self.cl.timed("CALL kms_rotate_column('%s'::regclass, 'c', '%s', %d)"
+                                              % (t, new_key, self.a.batch), st))
                 else:
-                    ms = self.cl.timed(V2_ROTATE % (src_key, new_key), st)
+                    # --v2-reps rotations in a chain of keys (src -> new -> new2 ...), median
+                    cur = src_key
+                    for rep in range(self.a.v2_reps):
+                        nxt = new_key if rep == 0 else self.new_key(pv, "bench-new-%s-v%d-%d" % (pv, fmt, rep))
+                        reps.append(self.cl.timed(V2_ROTATE % (cur, nxt), st))
+                        cur = nxt
+                    new_key = cur
+                ms = statistics.median(reps)
                 calls = B.delta(s0, self.cl.stats())
+                calls = {k: v // len(reps) for k, v in calls.items()}
                 emu = None
                 if e0 is not None:
                     e1 = self.aws_calls()
-                    emu = {k: e1[k] - e0.get(k, 0) for k in e1 if isinstance(e1[k], int)}
+                    emu = {k: (e1[k] - e0.get(k, 0)) // len(reps) for k in e1
+                           if isinstance(e1[k], int) and e1[k] != e0.get(k, 0)}
                 upd1 = self.n_tup_upd(t)
                 reg1 = self.n_tup_upd("kms_dek_registry") if fmt == 2 else None
                 left = int(self.cl.value(
@@ -222,8 +242,9 @@ END $p$;
                 if left:
                     self.note("%s: %d values not under the new key after the rotation" % (t, left))
                 k = calls["rewrap"] + calls["decrypt"] + calls["generate"]
-                call_ms = self.provider_call_time(pv, k, new_key)[0] if k else 0.0
+                call_ms, per_call = self.provider_call_time(pv, k, new_key) if k else (0.0, 0.0)
                 r = {"provider": pv, "format": fmt, "rows": n, "deks_in_column": deks, "ms": round(ms, 1),
+                     "ms_reps": [round(x, 1) for x in reps], "ms_per_provider_call": round(per_call, 3),
                      "provider_calls": calls, "emulator_calls": emu, "n_tup_upd_before": upd0,
                      "n_tup_upd_after": upd1, "registry_n_tup_upd_before": reg0,
                      "registry_n_tup_upd_after": reg1, "provider_calls_ms": round(call_ms, 1),
@@ -290,6 +311,7 @@ def main():
     ap.add_argument("--rot-rows-v1", type=int, default=1000000, help="v1 values rotated (0: none)")
     ap.add_argument("--dek-max-messages", type=int, default=250000)
     ap.add_argument("--batch", type=int, default=10000, help="kms_rotate_column batch size")
+    ap.add_argument("--v2-reps", type=int, default=3, help="registry rotations timed (median)")
     ap.add_argument("--skip-sizes", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
