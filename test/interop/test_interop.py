@@ -154,7 +154,7 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, tmp, env_extra, conf_extra):
+    def __init__(self, tmp, env_extra, conf_extra, master_key=None):
         self.tmp = tmp
         self.data = os.path.join(tmp, "data")
         self.port = free_port()
@@ -163,7 +163,7 @@ class Cluster:
                         "-U", "postgres", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
                        env=self.env)
         self.master_key_file = os.path.join(tmp, "master.key")
-        self.master_key = os.urandom(32).hex()
+        self.master_key = master_key or os.urandom(32).hex()
         fd = os.open(self.master_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, (self.master_key + "\n").encode())
         os.close(fd)
@@ -823,6 +823,40 @@ def pg_row(pg, schema, ref):
     return (int(p), kid, bytes.fromhex(nb[2:]), bytes.fromhex(w[2:]))
 
 
+def v2_example_in_sql(tmp):
+    """kms_pg itself opens the worked v2 example of docs/format.md: a cluster
+    whose master key is the example's, the keyring example's catalog rows and
+    the example's registry row inserted as they are."""
+    ns = {}
+    exec(compile(doc_block("v2-worked-example"), "v2-worked-example", "exec"), ns)
+    d = os.path.join(tmp, "example")
+    os.mkdir(d, 0o700)
+    ex = Cluster(d, {}, "", master_key=bytes(range(32)).hex())
+    try:
+        row = ns["row"]
+        out = ex.psql(
+            "INSERT INTO kms_local_key (key_id, alias, created) VALUES (%s, 'alias/docs', now());\n"
+            "INSERT INTO kms_local_key_version (key_id, version, created, master_key, material) VALUES (%s, 1, now(),"
+            " 'c950a8bad0c65928', '\\xa1a2a3a4a5a6a7a8a9aaabacb96957ee7c19430a145158d091981c66c12865345c4ed6ab33c25b45d4e86dde"
+            "5d7316d07966f33c9adeca516a4c99c9');\n"
+            "INSERT INTO kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek) VALUES"
+            " (%d, 1, %s, decode('%s', 'hex'), decode('%s', 'hex'));\n"
+            "SELECT kms_decrypt_text(decode('%s', 'hex'), '{\"tenant\": \"acme\", \"id\": 42}');\n"
+            % (sql_literal(row["key_id"]), sql_literal(row["key_id"]), ns["ref"], sql_literal(row["key_id"]),
+               hexs(row["name_block"]), hexs(row["wrapped_dek"]), hexs(ns["value"]))).strip()
+        check("v2: kms_decrypt_text opens the worked example of docs/format.md", out == "hello", out)
+        info = ex.psql("SELECT format_version, overhead_bytes FROM kms_ciphertext_info(decode('%s', 'hex'));"
+                       % hexs(ns["value"])).strip()
+        check("v2: kms_ciphertext_info of the worked example: version 2, 40 bytes of overhead", info == "2|40", info)
+        st = ex.psql("CREATE FUNCTION pg_temp.st() RETURNS text LANGUAGE plpgsql AS $f$ BEGIN "
+                     "PERFORM kms_decrypt_text(decode('%s', 'hex'), '{\"tenant\": \"acme\", \"id\": 43}'); "
+                     "RETURN 'none'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$; SELECT pg_temp.st();"
+                     % hexs(ns["value"])).strip()
+        check("v2: ... and refuses it under another context (22000)", st == "22000", st)
+    finally:
+        ex.stop()
+
+
 def v2_format_example(tmp, use_js):
     """The worked v2 example of docs/format.md runs as written; both clients
     read its value with its row and the keyring example's key; the document's
@@ -980,6 +1014,9 @@ def main():
         pg = Cluster(tmp, env, conf)
         load_plaintexts(pg)
         use_js = js_ready(tmp)
+
+        if pg.psql("SELECT to_regclass('kms_dek_registry') IS NOT NULL;").strip() == "t":
+            guarded("v2: the worked example in SQL", v2_example_in_sql, tmp)
 
         # local provider
         guarded("local: format example", local_format_example)
