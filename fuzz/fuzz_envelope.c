@@ -41,8 +41,34 @@ check_parsed(const uint8 *buf, size_t len, const KmsEnvelope *env)
 	char	   *key_id;
 	volatile unsigned sum = 0;
 
-	CHECK(len >= KMS_ENVELOPE_MIN_LEN);
 	CHECK(memcmp(buf, kms_envelope_magic, 4) == 0);
+	if (env->version == KMS_ENVELOPE_V2)
+	{
+		/* format 2: prefix, nonce, body, tag; the registry fields unset */
+		uint64		ref = 0;
+
+		CHECK(buf[4] == KMS_ENVELOPE_V2 && len >= KMS_V2_OVERHEAD);
+		for (int i = 5; i < KMS_V2_PREFIX_LEN; i++)
+			ref = (ref << 8) | buf[i];
+		CHECK(ref != 0 && ref == env->dek_ref && ref <= KMS_DEK_REF_MAX);
+		CHECK(env->key_id == NULL && env->wrapped == NULL && env->provider == 0);
+		CHECK(env->header_len == KMS_V2_PREFIX_LEN);
+		CHECK(env->nonce == buf + KMS_V2_PREFIX_LEN);
+		CHECK(env->body == env->nonce + KMS_NONCE_LEN);
+		CHECK(env->tag == env->body + env->body_len);
+		CHECK((size_t) KMS_V2_OVERHEAD + env->body_len == len);
+		for (int i = 0; i < env->body_len; i++)
+			sum += env->body[i];
+		CHECK(kms_envelope_is_ciphertext(buf, len));
+		{
+			uint8		prefix[KMS_V2_PREFIX_LEN];
+
+			kms_envelope_v2_prefix(ref, prefix);
+			CHECK(memcmp(prefix, buf, KMS_V2_PREFIX_LEN) == 0);
+		}
+		return;
+	}
+	CHECK(len >= KMS_ENVELOPE_MIN_LEN);
 	CHECK(env->version == KMS_ENVELOPE_VERSION && buf[4] == env->version);
 	CHECK(env->provider == KMS_PROVIDER_LOCAL || env->provider == KMS_PROVIDER_AWS);
 	CHECK(env->provider == buf[5]);
@@ -325,6 +351,7 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 	memcpy(ct + hlen, dek, KMS_NONCE_LEN);	/* a nonce from the input */
 	kms_envelope_header_names(header, hlen, &noff, &nlen);
 	aad.prefix = header;
+	aad.prefix_len = 5;
 	aad.names = header + noff;
 	aad.names_len = nlen;
 	aad.context = aadctx;
@@ -354,6 +381,7 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 
 	/* open as kms_open() does, with the AAD taken from the parsed value */
 	aad.prefix = ct;
+	aad.prefix_len = 5;
 	aad.names = env.names_block;
 	aad.names_len = env.names_block_len;
 	/* room for any body a re-parse below may see (it writes via OpenSSL, uninstrumented) */
@@ -379,6 +407,7 @@ seal_open_roundtrip(const uint8 *data, size_t size)
 		if (kms_envelope_parse(ct, ctlen, &e2, NULL) == KMS_OK)
 		{
 			aad.prefix = ct;
+			aad.prefix_len = 5;
 			aad.names = e2.names_block;
 			aad.names_len = e2.names_block_len;
 			CHECK(!kms_gcm_open(ctx, &aad, e2.nonce, e2.body, e2.body_len, e2.tag, out));

@@ -81,7 +81,7 @@ SELECT pg_temp.try_decrypt(set_byte(ct, 0, 0), '{"row": 1}', true) AS bad_magic,
        pg_temp.try_decrypt('\x00'::bytea, '{}', true) AS one_zero_byte,
        pg_temp.try_decrypt('\xc5'::bytea, '{}', true) AS one_magic_byte
 FROM base;
-SELECT pg_temp.try_decrypt(set_byte(ct, 4, 2), '{"row": 1}', true) AS version_2,
+SELECT pg_temp.try_decrypt(set_byte(ct, 4, 3), '{"row": 1}', true) AS version_3,
        pg_temp.try_decrypt(set_byte(ct, 4, 0), '{"row": 1}', true) AS version_0,
        pg_temp.try_decrypt(set_byte(ct, 4, 255), '{"row": 1}', true) AS version_255
 FROM base;
@@ -90,10 +90,11 @@ SELECT pg_temp.try_decrypt(set_byte(ct, 5, 0), '{"row": 1}', true) AS provider_0
        pg_temp.try_decrypt(set_byte(ct, 5, 255), '{"row": 1}', true) AS provider_255
 FROM base;
 -- the version is checked before anything else after the magic: a
--- future version 2 value with an entirely different layout is 0A000
-SELECT pg_temp.try_decrypt('\xc54b5047020000'::bytea, '{}', true) AS short_v2;
+-- future version 3 value with an entirely different layout is 0A000
+-- (version 2 is sql/11_format_v2.sql's)
+SELECT pg_temp.try_decrypt('\xc54b5047030000'::bytea, '{}', true) AS short_v3;
 -- the same errors from kms_ciphertext_info and kms_decrypt_text
-SELECT kms_ciphertext_info(set_byte(ct, 4, 2)) FROM base;
+SELECT kms_ciphertext_info(set_byte(ct, 4, 3)) FROM base;
 SELECT kms_ciphertext_info(''::bytea);
 SELECT kms_decrypt_text(set_byte(ct, 0, 0), '{"row": 1}') FROM base;
 

@@ -179,7 +179,7 @@ RESET ROLE;
 CREATE TABLE kg_rot (id int PRIMARY KEY, v bytea);
 INSERT INTO kg_rot SELECT g, kms_encrypt_text('r' || g, '{}', 'alias/regress_kg_a') FROM generate_series(1, 5) g;
 ALTER TABLE kg_rot OWNER TO regress_kg_rot;
-GRANT EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) TO regress_kg_rot;
+GRANT EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) TO regress_kg_rot;
 GRANT SELECT, INSERT, UPDATE ON kms_rotation_progress TO regress_kg_rot;
 GRANT EXECUTE ON FUNCTION kms_describe_key(text) TO regress_kg_rot;
 GRANT SELECT ON kms_rotation_status TO regress_kg_rot;
@@ -232,7 +232,7 @@ SELECT kms_revoke_key('alias/regress_kg_a', g) FROM unnest(ARRAY['regress_kg_gro
 REVOKE ALL ON kms_rotation_progress FROM regress_kg_rot;
 REVOKE ALL ON FUNCTION kms_describe_key(text) FROM regress_kg_rot;
 REVOKE ALL ON kms_rotation_status FROM regress_kg_rot;
-REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM regress_kg_rot;
+REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) FROM regress_kg_rot;
 REVOKE ALL ON FUNCTION kms_decrypt(bytea, jsonb), kms_decrypt_text(bytea, jsonb),
   kms_decrypt_pairs(bytea, "any"), kms_decrypt_text_pairs(bytea, "any"),
   kms_rewrap(bytea, text, jsonb), kms_reencrypt(bytea, jsonb, text)

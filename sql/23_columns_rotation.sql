@@ -34,7 +34,7 @@ SELECT id, tenant, a, b FROM rot23_decrypted WHERE id IN (1, 2, 51) ORDER BY id;
 -- Only the owner may move a protected column to another key.
 CREATE ROLE regress_col23_updater;
 GRANT SELECT, UPDATE ON rot23 TO regress_col23_updater;
-GRANT EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) TO regress_col23_updater;
+GRANT EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) TO regress_col23_updater;
 GRANT EXECUTE ON FUNCTION kms_describe_key(text), kms_rewrap(bytea, text, jsonb) TO regress_col23_updater;
 GRANT SELECT ON kms_rotation_status TO regress_col23_updater;
 GRANT SELECT, INSERT, UPDATE ON kms_rotation_progress TO regress_col23_updater;
@@ -43,7 +43,7 @@ CALL kms_rotate_column('rot23', 'b', 'alias/regress_col23_b');
 RESET ROLE;
 SELECT column_name, key_id FROM kms_protected_columns_info WHERE table_name = 'rot23'::regclass ORDER BY 1;
 DROP TABLE rot23 CASCADE;
-REVOKE EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM regress_col23_updater;
+REVOKE EXECUTE ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) FROM regress_col23_updater;
 REVOKE EXECUTE ON FUNCTION kms_describe_key(text), kms_rewrap(bytea, text, jsonb) FROM regress_col23_updater;
 REVOKE ALL ON kms_rotation_status, kms_rotation_progress FROM regress_col23_updater;
 DROP ROLE regress_col23_updater;

@@ -99,7 +99,7 @@ DROP SCHEMA app CASCADE;
 REVOKE ALL ON FUNCTION kms_decrypt_pairs(bytea, "any"), kms_blind_index(regclass, name, text),
     kms_blind_index(regclass, name, bytea), kms_rewrap(bytea, text, jsonb), kms_describe_key(text)
     FROM regress_col24_reader, regress_col24_admin;
-REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int) FROM regress_col24_admin;
+REVOKE ALL ON PROCEDURE kms_rotate_column(regclass, name, text, int, text, int, int) FROM regress_col24_admin;
 REVOKE ALL ON kms_rotation_status, kms_rotation_progress FROM regress_col24_admin;
 DROP ROLE regress_col24_writer, regress_col24_reader, regress_col24_auditor, regress_col24_admin,
     regress_col24_inserter, regress_col24_updater;

@@ -71,6 +71,7 @@
 #define ANUM_NAMES		4
 #define ANUM_WRAPPED	5
 #define KMS_REG_MEMO_MAX	8192
+#define KMS_ENS_MAX			65536	/* registered DEKs remembered per backend */
 
 /* ---- the table ---- */
 
@@ -116,6 +117,7 @@ typedef struct EnsureEntry
 
 static HTAB *ens_map = NULL;
 static uint64 ens_epoch = 1;
+static bool ens_any_open = false;	/* an ENS_INSERTED entry may exist: walk at (sub)xact end */
 
 static void registry_init(void);
 
@@ -206,8 +208,9 @@ registry_xact_cb(XactEvent event, void *arg)
 			return;
 	}
 	ens_epoch++;
-	if (ens_map == NULL)
+	if (ens_map == NULL || !ens_any_open)
 		return;
+	ens_any_open = false;
 	hash_seq_init(&st, ens_map);
 	while ((e = hash_seq_search(&st)) != NULL)
 	{
@@ -238,7 +241,7 @@ registry_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		ens_epoch++;
-	if (ens_map == NULL)
+	if (ens_map == NULL || !ens_any_open)
 		return;
 	hash_seq_init(&st, ens_map);
 	while ((e = hash_seq_search(&st)) != NULL)
@@ -436,8 +439,7 @@ kms_dek_registry_fill(KmsEnvelope *env)
 		if (!found)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("data key reference %llu of a format 2 value is not in the kms_pg registry",
-							(unsigned long long) env->dek_ref),
+					 errmsg("the data key of a format 2 value is not in the kms_pg registry"),
 					 errdetail("A format 2 value can be decrypted only where the kms_dek_registry row of its data key exists."),
 					 errhint("Restore the registry with the data (pg_dump dumps it with the extension), or move values between databases in format 1 (kms_pg.format = 1, kms_reencrypt).")));
 		/* a row of this transaction may still roll back: do not remember it */
@@ -646,9 +648,22 @@ kms_dek_registry_ensure(KmsDek *dek)
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("could not register a data key in the kms_pg registry")));
 	}
+	if (hash_get_num_entries(ens_map) >= KMS_ENS_MAX)
+	{
+		/* forget committed rows (found again by wrapped DEK), never open ones */
+		HASH_SEQ_STATUS st;
+		EnsureEntry *x;
+
+		hash_seq_init(&st, ens_map);
+		while ((x = hash_seq_search(&st)) != NULL)
+			if (x->state == ENS_COMMITTED)
+				hash_search(ens_map, &x->hkey, HASH_REMOVE, NULL);
+	}
 	e = hash_search(ens_map, &hkey, HASH_ENTER, NULL);
 	e->ref = got.ref;
 	e->state = got.own ? ENS_INSERTED : ENS_COMMITTED;
+	if (got.own)
+		ens_any_open = true;
 	e->subid = GetCurrentSubTransactionId();
 	dek->dek_ref = got.ref;
 	dek->ensured_epoch = ens_epoch;
@@ -732,7 +747,7 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("key_id must not be NULL")));
+				 errmsg("%s must not be NULL", "key_id")));
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	key = text_to_cstring(PG_GETARG_TEXT_PP(0));

@@ -23,10 +23,8 @@ extern void kms_dek_registry_fill(KmsEnvelope *env);
 /*
  * The reference of an encrypting DEK (a v1 header, from the cache), with a
  * registry row that commits with the current transaction or has already
- * committed.  Returns 0 when the DEK cannot get one (its row was rewrapped
- * since the DEK was cached): the caller retires the DEK and takes another.
- * Raises 25006 on a hot standby or in a read-only transaction, 25000 in
- * parallel mode.
+ * committed.  Raises 25006 on a hot standby or in a read-only transaction,
+ * 25000 in parallel mode.
  */
 extern uint64 kms_dek_registry_ensure(KmsDek *dek);
 

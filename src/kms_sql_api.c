@@ -82,7 +82,7 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 {
 	const KmsProviderRoutine *provider = kms_provider_current();
 	KmsContext	kctx;
-	KmsDek	   *dek = NULL;
+	KmsDek	   *dek;
 	bytea	   *out;
 	uint8	   *p;
 	Size		total;
@@ -97,24 +97,11 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 	else
 		kms_context_init_empty(&kctx);
 
-	for (int attempt = 0; attempt < 3; attempt++)
-	{
-		dek = kms_dek_for_encrypt(provider, key, &kctx, len);
-		kms_key_check_header(dek->header, privmask, ctx, fn_oid);
-		if (format != 2)
-			break;
-		/* a registry row that commits with this transaction, or has */
+	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
+	/* format 2: a registry row that commits with this transaction, or has */
+	if (format == 2)
 		ref = kms_dek_registry_ensure(dek);
-		if (ref != 0)
-			break;
-		/* the DEK's row was rewrapped since it was cached: take a fresh DEK */
-		kms_dek_retire_encrypt(provider, key, &kctx);
-	}
-	if (format == 2 && ref == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("kms_pg could not register a data key for a format 2 value"),
-				 errhint("Retry; if this persists, run kms_cache_flush().")));
 	prefix_len = format == 2 ? KMS_V2_PREFIX_LEN : dek->header_len;
 	total = (Size) prefix_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
 	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
