@@ -681,6 +681,9 @@ def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
             ("a local wrapped DEK of 64 bytes", small, dict(row, provider=1, wrapped_dek=bytes(64)))]:
         ok, what = raises(lambda: kpc.decrypt(bad, c["py_ctx"], registry=reg, **py_opts), kpc.FormatError)
         check("%s: v2: Python refuses %s" % (label, what_bad), ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small[:4] + b"\x03" + small[5:], c["py_ctx"], registry=row, **py_opts),
+                      kpc.FormatError)
+    check("%s: v2: Python refuses format version 3" % label, ok, what)
     ok, what = raises(lambda: kpc.decrypt(small, c["py_ctx"], registry=lambda r: None, **py_opts),
                       kpc.KeyUnavailableError)
     check("%s: v2: Python refuses a value whose row the lookup lacks" % label, ok, what)
@@ -711,6 +714,8 @@ def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
     tests = {
         "js-short": ((small[:39], c["sql_ctx"]), rows, "FormatError"),
         "js-ref0": ((small[:5] + bytes(7) + small[12:], c["sql_ctx"]), rows, "FormatError"),
+        "js-version3": ((small[:4] + b"\x03" + small[5:], c["sql_ctx"]), rows, "FormatError"),
+        "js-local64": ((small, c["sql_ctx"]), {ref: dict(row, provider=1, wrapped_dek=bytes(64))}, "FormatError"),
         "js-unsorted": ((small, c["sql_ctx"]), bad_rows, "FormatError"),
         "js-repeated": ((small, c["sql_ctx"]), {ref: dict(row, name_block=b"\x02\x02id\x02id")}, "FormatError"),
         "js-norow": ((small[:11] + bytes([small[11] ^ 1]) + small[12:], c["sql_ctx"]), rows, "KeyUnavailableError"),
@@ -769,6 +774,15 @@ def v2_from_sql(label, pg, key, py_opts, js_opts, use_js, kms_client=None):
                                               **py_opts), kpc.AuthenticationError)
         check("%s: v2 from SQL %s: Python refuses a wrong context" % (label, c["name"]), ok, what)
     read_all("")
+    # psycopg2 too (bytea comes back as a memoryview there)
+    import psycopg2
+    conn2 = psycopg2.connect(host=pg.tmp, port=pg.port, user="postgres", dbname="interop")
+    try:
+        c = CASES[2]
+        got = kpc.decrypt(sqlct[c["name"]], c["py_ctx"], registry=conn2, registry_schema=schema, **py_opts)
+        check("%s: v2 from SQL %s: Python reads it (psycopg2 connection)" % (label, c["name"]), got == c["plain"])
+    finally:
+        conn2.close()
     # the SQLSTATEs docs/format.md gives for a value without its row, and malformed values
     small = sqlct["small"]
     bogus = (kpc.parse(small).dek_ref ^ 2)
@@ -776,14 +790,24 @@ def v2_from_sql(label, pg, key, py_opts, js_opts, use_js, kms_client=None):
     pg.psql("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek)"
             " VALUES (%d, %d, %s, '\\x020674656e616e74026964'::bytea, decode('%s', 'hex'));"
             % (schema, bogus, row[0], sql_literal(row[1]), hexs(row[3])))
+    bogus2 = (kpc.parse(small).dek_ref ^ 4)
+    pg.psql("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek)"
+            " VALUES (%d, 1, %s, '\\x00'::bytea, decode('%s', 'hex'));"
+            % (schema, bogus2, sql_literal(row[1]), "01" * 64))
     for what, bad, want in [("a registry row whose name block is out of order",
-                             small[:5] + bogus.to_bytes(7, "big") + small[12:], "XX001"),("a reference without a registry row",
+                             small[:5] + bogus.to_bytes(7, "big") + small[12:], "XX001"),
+                            ("a registry row with a local wrapped DEK of 64 bytes",
+                             small[:5] + bogus2.to_bytes(7, "big") + small[12:], "XX001"),
+                            ("format version 3", small[:4] + b"\x03" + small[5:], "0A000"),("a reference without a registry row",
                              small[:5] + (kpc.parse(small).dek_ref ^ 1).to_bytes(7, "big") + small[12:], "42704"),
                             ("39 bytes", small[:39], "XX001"),
                             ("reference 0", small[:5] + bytes(7) + small[12:], "XX001")]:
         st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)" % (hexs(bad), sql_literal(CASES[1]["sql_ctx"])))
         check("%s: v2: kms_decrypt refuses %s (%s)" % (label, what, want), st == want, st)
-    pg.psql("DELETE FROM %s.kms_dek_registry WHERE dek_ref = %d;" % (schema, bogus))
+    st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)"
+                      % (hexs(small), sql_literal(json.dumps(wrong_context(CASES[1])))))
+    check("%s: v2: kms_decrypt refuses a wrong context (22000)" % label, st == "22000", st)
+    pg.psql("DELETE FROM %s.kms_dek_registry WHERE dek_ref IN (%d, %d);" % (schema, bogus, bogus2))
 
     # rotation in O(DEKs): the registry rows of the key are rewrapped, the
     # values stay byte for byte, and both clients read them with the new rows
