@@ -235,3 +235,31 @@ kms_citus_shard_origin(Oid relid, const char *tgname, Oid *logical_relid, char *
 		*logical_tgname = pnstrdup(tgname, tglen - sufflen);
 	return found;
 }
+
+/*
+ * Whether relid is in Citus's metadata (a distributed, reference or Citus
+ * local table).  Its rows then live in shards reached only through Citus's
+ * planner, so a protected column's view must write it with a statement,
+ * never straight into the coordinator's shell table.  False without the
+ * citus extension, without asking anything else.
+ */
+bool
+kms_citus_table(Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	bool		found;
+
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return false;
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_dist_partition p"
+							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read Citus table metadata");
+	found = SPI_processed == 1;
+	SPI_finish();
+	return found;
+}

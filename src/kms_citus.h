@@ -28,6 +28,9 @@ extern void kms_citus_after_change(void);
  * from.  Looked up in Citus's metadata (pg_dist_shard) only when the citus
  * extension is installed; false otherwise, and when relid is not a shard.
  */
+/* Whether relid is a Citus table (false without the citus extension). */
+extern bool kms_citus_table(Oid relid);
+
 extern bool kms_citus_shard_origin(Oid relid, const char *tgname,
 								   Oid *logical_relid, char **logical_tgname);
 

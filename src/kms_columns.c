@@ -1627,7 +1627,8 @@ view_result(KmsView *v, TupleDesc vdesc, HeapTuple newtup, HeapTuple tabrow, Tup
  * Whatever the direct path would not do exactly as an INSERT or UPDATE
  * statement does stays on SPI: tables with row-level security, rules,
  * statement-level triggers or transition tables, partitioned tables,
- * tables with columns the view lacks, UPDATE under REPEATABLE READ or
+ * tables with columns the view lacks, Citus tables (their rows are in
+ * shards that only a statement planned by Citus reaches), UPDATE under REPEATABLE READ or
  * SERIALIZABLE (the row is looked up by primary key with the latest
  * snapshot, as READ COMMITTED does), and a row that writes a GENERATED
  * ALWAYS identity column (SPI raises the usual error).
@@ -1688,6 +1689,9 @@ view_direct_usable(KmsView *v, bool update)
 	if (ok && update)
 		ok = OidIsValid(kms_relation_pkey_index(rel));
 	table_close(rel, NoLock);
+	/* a Citus table's rows are in its shards: only a statement reaches them */
+	if (ok)
+		ok = !kms_citus_table(v->relid);
 	return ok;
 }
 

@@ -630,14 +630,14 @@ ring_read(uint64 pos, int len, uint8 *out)
 /* ---- the index (partition lock; caller holds the slot's stripe lock exclusively) ---- */
 
 static uint32
-index_hash(const uint8 *id)
+cache_index_hash(const uint8 *id)
 {
 	return get_hash_value(kms_cache_index, id);
 }
 
 /* Slot of id, or -1; takes the partition lock shared for the probe only. */
 static int
-index_lookup(const uint8 *id, uint32 h)
+cache_index_lookup(const uint8 *id, uint32 h)
 {
 	KmsIndexEntry *e;
 	int			slot;
@@ -650,9 +650,9 @@ index_lookup(const uint8 *id, uint32 h)
 }
 
 static void
-index_remove(const uint8 *id)
+cache_index_remove(const uint8 *id)
 {
-	uint32		h = index_hash(id);
+	uint32		h = cache_index_hash(id);
 
 	LWLockAcquire(PART_LOCK(h), LW_EXCLUSIVE);
 	hash_search_with_hash_value(kms_cache_index, id, h, HASH_REMOVE, NULL);
@@ -664,7 +664,7 @@ index_remove(const uint8 *id)
  * to afterwards: slot (added), another slot, or -1 when the index is full.
  */
 static int
-index_insert(const uint8 *id, uint32 h, int slot)
+cache_index_insert(const uint8 *id, uint32 h, int slot)
 {
 	bool		found;
 	KmsIndexEntry *e;
@@ -721,15 +721,15 @@ static void
 slot_clear(KmsCacheSlot *s)
 {
 	if (s->has_dec)
-		index_remove(s->dec_id);
+		cache_index_remove(s->dec_id);
 	if (s->has_enc)
-		index_remove(s->enc_id);
+		cache_index_remove(s->enc_id);
 	if (s->has_ref)
 	{
 		uint8		rid[KMS_ID_LEN];
 
 		ref_id(s->ref_db, s->dek_ref, rid);
-		index_remove(rid);
+		cache_index_remove(rid);
 		key_name_unref(s->names_ref, false);
 		s->names_ref = KMS_NO_KEY;
 		s->has_ref = false;
@@ -753,7 +753,7 @@ slot_retire_encrypt(KmsCacheSlot *s)
 {
 	if (s->has_enc)
 	{
-		index_remove(s->enc_id);
+		cache_index_remove(s->enc_id);
 		s->has_enc = false;
 		s->has_header = false;
 		pg_atomic_fetch_add_u64(&kms_cache->stat_rotations, 1);
@@ -932,9 +932,9 @@ release_filling_slot(bool keep_error, int sqlstate, const char *message)
 		{
 			/* waiters of this fill get the same error; the slot is reusable */
 			if (s->has_dec)
-				index_remove(s->dec_id);
+				cache_index_remove(s->dec_id);
 			if (s->has_enc)
-				index_remove(s->enc_id);
+				cache_index_remove(s->enc_id);
 			s->has_dec = s->has_enc = false;
 			s->state = SLOT_FAILED;
 			s->filler_pid = 0;
@@ -1269,7 +1269,7 @@ slot_add_ref(int idx, uint32 gen, const KmsEnvelope *env)
 
 		if (nref != KMS_NO_KEY)
 		{
-			if (index_insert(rid, index_hash(rid), idx) == idx)
+			if (cache_index_insert(rid, cache_index_hash(rid), idx) == idx)
 			{
 				s->has_ref = true;
 				s->names_ref = nref;
@@ -1317,7 +1317,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
 					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
 {
-	uint32		h = index_hash(id);
+	uint32		h = cache_index_hash(id);
 	bool		header_lost = false;
 
 	for (;;)
@@ -1327,7 +1327,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 		uint32		gen;
 		TimestampTz now = GetCurrentTimestamp();
 
-		idx = index_lookup(id, h);
+		idx = cache_index_lookup(id, h);
 		if (idx >= 0)
 		{
 			s = &kms_cache->slots[idx];
@@ -1442,7 +1442,7 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 		}
 		s = &kms_cache->slots[idx];
 		{
-			int			mapped = index_insert(id, h, idx);
+			int			mapped = cache_index_insert(id, h, idx);
 
 			if (mapped != idx)
 			{
@@ -1526,10 +1526,10 @@ shared_publish(int idx, const uint8 *dek, const uint8 *header, int header_len,
 	}
 	if (dec_id && !s->has_dec)
 	{
-		uint32		h = index_hash(dec_id);
+		uint32		h = cache_index_hash(dec_id);
 
 		memcpy(s->dec_id, dec_id, KMS_ID_LEN);
-		s->has_dec = index_insert(dec_id, h, idx) == idx;
+		s->has_dec = cache_index_insert(dec_id, h, idx) == idx;
 	}
 	s->expires = expires;
 	s->max_messages = maxm;
@@ -1844,7 +1844,7 @@ kms_dek_retire_encrypt(const KmsProviderRoutine *provider, const char *key,
 	if (e != NULL)
 		l1_remove(e);
 	sha256_id('E', ident, ident_len, id);
-	idx = index_lookup(id, index_hash(id));
+	idx = cache_index_lookup(id, cache_index_hash(id));
 	if (idx >= 0)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[idx];
@@ -2053,7 +2053,7 @@ kms_dek_for_decrypt_ref(KmsEnvelope *env)
 	}
 
 	ref_id(MyDatabaseId, env->dek_ref, rid);
-	idx = index_lookup(rid, index_hash(rid));
+	idx = cache_index_lookup(rid, cache_index_hash(rid));
 	if (idx < 0)
 		return NULL;
 	s = &kms_cache->slots[idx];
@@ -2131,7 +2131,7 @@ kms_dek_cache_forget_ref(uint64 ref)
 	kms_dek_cache_require();
 	l1_clear();
 	ref_id(MyDatabaseId, ref, rid);
-	idx = index_lookup(rid, index_hash(rid));
+	idx = cache_index_lookup(rid, cache_index_hash(rid));
 	if (idx >= 0)
 	{
 		KmsCacheSlot *s = &kms_cache->slots[idx];

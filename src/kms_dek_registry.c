@@ -342,7 +342,7 @@ registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 
 	if (by_ref)
 	{
-		idx = RelationGetPrimaryKeyIndex(rel);
+		idx = kms_relation_pkey_index(rel);
 		ScanKeyInit(&key, ANUM_REF, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum((int64) ref));
 	}
 	else

@@ -293,7 +293,8 @@ for my $w (@workers)
 like($err, qr/no key given and kms_pg.key_id is not set/,
 	'plain SET: a pushed-down kms_encrypt_text() on the workers has no kms_pg.key_id');
 is($coord->safe_psql('postgres',
-		qq{SET kms_pg.key_id = 'alias/cit'; INSERT INTO vals VALUES (1000, 'x', kms_encrypt_text('x', '{"id": 1000}')) RETURNING kms_ciphertext_key_id(ct)}),
+		qq{SET kms_pg.key_id = 'alias/cit'; INSERT INTO vals VALUES (1000, 'x', kms_encrypt_text('x', '{"id": 1000}'));
+		   SELECT kms_ciphertext_key_id(ct) FROM vals WHERE id = 1000}),
 	$kid, 'plain SET: an INSERT ... VALUES encrypts on the coordinator with the SET key');
 is($coord->safe_psql('postgres', q{SET citus.propagate_set_commands = 'local'; BEGIN; SET LOCAL kms_pg.key_id = 'alias/cit'; } . $pushed_enc . '; COMMIT;'),
 	$kid, "SET LOCAL with citus.propagate_set_commands = 'local': the pushed-down kms_encrypt_text() uses the key");

@@ -1,4 +1,4 @@
-// kms_pg_reader.mjs: an independent reader of kms_pg ciphertexts, format v1.
+// kms_pg_reader.mjs: an independent reader of kms_pg ciphertexts, formats v1 and v2.
 //
 // Written from docs/format.md only; it shares no code with the extension or
 // with clients/python.  AWS-provider values are unwrapped with
@@ -14,6 +14,13 @@
 // Pass the context as JSON text when it holds numbers that a JavaScript
 // number cannot represent exactly (12345678901234567890.123): the text is
 // parsed here with every digit kept.
+//
+// A format 2 value carries only a 7-byte reference to its data key; the key
+// id, provider-context names and wrapped data key are a row of the database's
+// kms_dek_registry.  Pass opts.registry: that row ({provider, key_id,
+// name_block, wrapped_dek}), an (async) function dekRef (a BigInt) -> row
+// (null when there is none), or a `pg` Client or Pool, on which the one query
+// REGISTRY_QUERY runs (opts.registrySchema qualifies the table).
 
 import { createDecipheriv, createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -32,9 +39,17 @@ const LOCAL_WRAP_AAD = Buffer.from("kms_pg local wrap v1\0", "latin1");
 const MATERIAL_AAD = Buffer.from("kms_pg local key material v1\0", "latin1");
 const FINGERPRINT_LABEL = Buffer.from("kms_pg master key fingerprint v1\0", "latin1");
 
+const V2_HEADER_LEN = 12;                  // magic, version 2, 7-byte DEK reference
+const V2_OVERHEAD = V2_HEADER_LEN + NONCE_LEN + TAG_LEN;
+
 export class FormatError extends Error {}
 export class ContextError extends Error {}
 export class AuthenticationError extends Error {}
+export class KeyUnavailableError extends Error {}
+
+// The one query that finds a format 2 value's registry row (docs/format.md).
+export const REGISTRY_QUERY =
+  "SELECT provider, key_id, name_block, wrapped_dek FROM kms_dek_registry WHERE dek_ref = $1";
 
 const AUTH_MSG = "kms_pg ciphertext failed authentication: wrong encryption context, or the value was altered";
 
@@ -157,12 +172,96 @@ function u32(n) {
 
 // ---- ciphertext ----
 
+// A provider-context name block: count C (0..32), then C times u8 length
+// (1..255) and the name, strictly ascending by bytes (no name twice).
+// exact: nothing may follow the last name.  Returns { names, length }.
+export function parseNameBlock(block, exact = true) {
+  const b = Buffer.from(block);
+  if (b.length < 1) throw new FormatError("kms_pg ciphertext is truncated");
+  const count = b[0];
+  if (count > MAX_CONTEXT_KEYS) throw new FormatError("kms_pg ciphertext header is malformed: too many provider-context keys");
+  let off = 1;
+  const names = [];
+  for (let i = 0; i < count; i++) {
+    if (off + 1 > b.length) throw new FormatError("kms_pg ciphertext is truncated");
+    const l = b[off++];
+    if (l === 0) throw new FormatError("kms_pg ciphertext header is malformed: empty context key name");
+    if (off + l > b.length) throw new FormatError("kms_pg ciphertext is truncated");
+    const name = b.subarray(off, off + l);
+    if (names.length > 0 && Buffer.compare(names[names.length - 1], name) >= 0)
+      throw new FormatError("kms_pg ciphertext header is malformed: provider-context key names are not strictly ascending");
+    names.push(name);
+    off += l;
+  }
+  if (exact && off !== b.length)
+    throw new FormatError("kms_pg DEK registry row is malformed: bytes after the name block");
+  return { names, length: off };
+}
+
+function parseV2(b) {
+  const n = b.length;
+  if (n < V2_OVERHEAD)
+    throw new FormatError(`kms_pg ciphertext is truncated: a version 2 value has at least ${V2_OVERHEAD} bytes, this one ${n}`);
+  const dekRef = b.readBigUInt64BE(4) & 0xffffffffffffffn;   // bytes 5..11
+  if (dekRef === 0n) throw new FormatError("kms_pg ciphertext header is malformed: DEK reference 0");
+  return {
+    version: 2, dekRef, header: b.subarray(0, V2_HEADER_LEN), nonce: b.subarray(V2_HEADER_LEN, V2_HEADER_LEN + NONCE_LEN),
+    body: b.subarray(V2_HEADER_LEN + NONCE_LEN, n - TAG_LEN), tag: b.subarray(n - TAG_LEN),
+  };
+}
+
+function bytesColumn(v, what) {
+  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return Buffer.from(v);
+  if (typeof v === "string" && v.startsWith("\\x")) return Buffer.from(v.slice(2), "hex");
+  throw new FormatError(`kms_pg DEK registry row is malformed: ${what} is not bytea`);
+}
+
+// A checked registry row ({provider, key_id, name_block, wrapped_dek}; bytea as
+// Buffer or '\\x..' text, as `pg` returns them).
+export function registryRow(row, dekRef) {
+  if (row === null || row === undefined)
+    throw new KeyUnavailableError(`kms_pg DEK registry has no row for dek_ref ${dekRef}: the value cannot be opened without it`);
+  if (row.dek_ref !== undefined && row.dek_ref !== null && dekRef !== undefined && BigInt(row.dek_ref) !== dekRef)
+    throw new KeyUnavailableError(`the registry row given is for dek_ref ${row.dek_ref}, the value refers to ${dekRef}`);
+  const provider = Number(row.provider);
+  if (provider !== PROVIDER_LOCAL && provider !== PROVIDER_AWS)
+    throw new FormatError("kms_pg DEK registry row names an unknown key provider");
+  const keyId = String(row.key_id ?? "");
+  if (keyId.length < 1 || keyId.length > 255 || !/^[\x21-\x7e]+$/.test(keyId))
+    throw new FormatError("kms_pg DEK registry row is malformed: key id is not 1 to 255 printable ASCII bytes");
+  const nameBlock = bytesColumn(row.name_block, "name_block");
+  const { names } = parseNameBlock(nameBlock, true);
+  const wrapped = bytesColumn(row.wrapped_dek, "wrapped_dek");
+  if (wrapped.length === 0 || wrapped.length > MAX_WRAPPED_LEN)
+    throw new FormatError("kms_pg DEK registry row is malformed: wrapped data key length");
+  if (provider === PROVIDER_LOCAL && (wrapped.length !== LOCAL_WRAP_LEN || wrapped[0] !== 1))
+    throw new FormatError("kms_pg local wrapped data key is malformed");
+  return { provider, keyId, nameBlock, names, wrapped };
+}
+
+async function lookupRegistry(registry, dekRef, schema) {
+  if (registry === undefined || registry === null)
+    throw new Error("this is a format 2 value: pass opts.registry (its kms_dek_registry row, a function of the reference, or a pg Client)");
+  let row;
+  if (typeof registry.query === "function") {
+    const table = schema ? `"${schema.replaceAll('"', '""')}".kms_dek_registry` : "kms_dek_registry";
+    const res = await registry.query(REGISTRY_QUERY.replace("kms_dek_registry", table), [dekRef.toString()]);
+    row = res.rows[0] ?? null;
+  } else if (typeof registry === "function") {
+    row = await registry(dekRef);
+  } else {
+    row = registry;
+  }
+  return registryRow(row, dekRef);
+}
+
 export function parse(buf) {
   const b = Buffer.from(buf);
   const n = b.length;
   if (n === 0) throw new FormatError("kms_pg ciphertext is empty");
   if (!b.subarray(0, 4).equals(MAGIC.subarray(0, Math.min(4, n)))) throw new FormatError("value is not a kms_pg ciphertext");
   if (n < 5) throw new FormatError("kms_pg ciphertext is truncated");
+  if (b[4] === 2) return parseV2(b);
   if (b[4] !== 1) throw new FormatError(`unsupported kms_pg ciphertext format version ${b[4]}`);
   const need = (off, len) => { if (off + len > n) throw new FormatError("kms_pg ciphertext is truncated"); };
   need(0, 4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + NONCE_LEN + TAG_LEN);
@@ -177,17 +276,8 @@ export function parse(buf) {
   if (kid.some((c) => c < 0x21 || c > 0x7e)) throw new FormatError("kms_pg ciphertext header is malformed");
   off += klen;
   const namesStart = off;
-  const count = b[off++];
-  if (count > MAX_CONTEXT_KEYS) throw new FormatError("kms_pg ciphertext header is malformed");
-  const names = [];
-  for (let i = 0; i < count; i++) {
-    need(off, 1);
-    const l = b[off++];
-    if (l === 0) throw new FormatError("kms_pg ciphertext header is malformed");
-    need(off, l);
-    names.push(b.subarray(off, off + l));
-    off += l;
-  }
+  const { names, length } = parseNameBlock(b.subarray(off), false);
+  off += length;
   const namesBlock = b.subarray(namesStart, off);
   need(off, 2);
   const wlen = b.readUInt16BE(off);
@@ -279,11 +369,19 @@ function localUnwrap(keyringPath, masterKeyHex, keyId, wrapped, providerCanonica
 }
 
 // Decrypt one value.  opts: { kmsClient } for AWS values, { keyringPath, masterKey (hex) }
-// for local ones (no masterKey for a 1.0 keyring file).
+// for local ones (no masterKey for a 1.0 keyring file); format 2 values also
+// { registry, registrySchema } (see the top of this file).
 export async function decrypt(ciphertext, context, opts = {}) {
-  const env = parse(ciphertext);
+  const parsed = parse(ciphertext);
   const pairs = contextPairs(context);
   const canonical = serialiseContext(pairs);
+  let env = parsed, aadPrefix = parsed.header.subarray(0, 5);
+  if (parsed.version === 2) {
+    const row = await lookupRegistry(opts.registry, parsed.dekRef, opts.registrySchema);
+    env = { ...parsed, provider: row.provider, keyId: row.keyId, contextKeys: row.names,
+      namesBlock: row.nameBlock, wrapped: row.wrapped };
+    aadPrefix = parsed.header;                // bytes 0..11: magic, version, reference
+  }
   const ppairs = providerPairs(pairs, env.contextKeys);
   let dek;
   if (env.provider === PROVIDER_AWS) {
@@ -298,8 +396,7 @@ export async function decrypt(ciphertext, context, opts = {}) {
   }
   if (dek.length !== DEK_LEN) throw new Error(`the key provider returned a ${dek.length}-byte data key`);
   try {
-    return gcmOpen(dek, env.nonce, env.body, env.tag,
-      Buffer.concat([env.header.subarray(0, 5), env.namesBlock, canonical]));
+    return gcmOpen(dek, env.nonce, env.body, env.tag, Buffer.concat([aadPrefix, env.namesBlock, canonical]));
   } finally {
     dek.fill(0);
   }

@@ -1,9 +1,10 @@
 """kms_pg_client: read and write kms_pg ciphertexts in the application.
 
-A small reference implementation of the kms_pg ciphertext format, version 1
-(docs/format.md), written from the specification only: it shares no code
-with the extension.  It needs Python 3, boto3 and cryptography (Debian:
-python3-boto3, python3-cryptography).
+A small reference implementation of the kms_pg ciphertext formats, versions 1
+and 2 (docs/format.md), written from the specification only: it shares no
+code with the extension.  It needs Python 3, boto3 and cryptography (Debian:
+python3-boto3, python3-cryptography); reading version 2 values from the
+database's DEK registry needs a DB-API connection (psycopg or psycopg2).
 
     import boto3, kms_pg_client
     kms = boto3.client("kms", region_name="eu-west-1")
@@ -23,6 +24,13 @@ keyring catalog tables kms_local_key and kms_local_key_version as JSON,
 docs/format.md "Local key material") and the master key that wraps their
 material: that is meant for tests and for offline recovery, not for
 applications.  A kms_pg 1.0 keyring file (no master key) is read as well.
+
+A version 2 value carries only a 7-byte reference to its data key; the key
+id, provider-context names and wrapped data key are in the registry table
+kms_dek_registry of the database that wrote it.  decrypt() takes registry=:
+the value's registry row, a function of the reference that returns it, or a
+database connection on which it runs the one query REGISTRY_QUERY.  This
+module writes version 1 only.
 """
 
 import base64
@@ -36,13 +44,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "decrypt", "encrypt", "parse", "canonical_context", "canonical_value",
-    "import_reference_envelope", "master_key_fingerprint", "Envelope",
+    "import_reference_envelope", "master_key_fingerprint", "Envelope", "RegistryRow",
+    "registry_row", "parse_name_block", "REGISTRY_QUERY",
     "KmsPgError", "FormatError", "ContextError", "AuthenticationError", "KeyUnavailableError",
     "PROVIDER_LOCAL", "PROVIDER_AWS",
 ]
 
 MAGIC = b"\xc5KPG"
 FORMAT_VERSION = 1
+FORMAT_VERSION_2 = 2
+V2_HEADER_LEN = 12              # magic, version, 7-byte DEK reference
+V2_REF_LEN = 7
+V2_OVERHEAD = V2_HEADER_LEN + 12 + 16
 PROVIDER_LOCAL = 1
 PROVIDER_AWS = 2
 NONCE_LEN = 12
@@ -84,7 +97,14 @@ class AuthenticationError(KmsPgError):
 
 
 class KeyUnavailableError(KmsPgError):
-    """The key is unknown, disabled or has no such version in the local keyring."""
+    """The key is unknown, disabled or has no such version in the local keyring,
+    or (format 2) the DEK registry has no row for the value's reference."""
+
+
+# The one query that finds the registry row of a version 2 value (docs/format.md).
+# The table is in the extension's schema: on the search_path, or pass schema=.
+REGISTRY_QUERY = ("SELECT provider, key_id, name_block, wrapped_dek FROM {table} "
+                  "WHERE dek_ref = %s")
 
 
 # ---------------------------------------------------------------------------
@@ -217,9 +237,11 @@ class Envelope:
     """A parsed kms_pg ciphertext (nothing decrypted)."""
 
     __slots__ = ("version", "provider", "key_id", "context_keys", "names_block",
-                 "wrapped", "header", "nonce", "body", "tag")
+                 "wrapped", "header", "nonce", "body", "tag", "dek_ref")
 
     def __repr__(self):
+        if self.version == FORMAT_VERSION_2:
+            return "Envelope(version=2, dek_ref=%d, body=%d bytes)" % (self.dek_ref, len(self.body))
         return ("Envelope(version=%d, provider=%d, key_id=%r, context_keys=%r, wrapped=%d bytes, "
                 "body=%d bytes)" % (self.version, self.provider, self.key_id,
                                     [n.decode("utf-8", "replace") for n in self.context_keys],
@@ -227,7 +249,41 @@ class Envelope:
 
     @property
     def aad_prefix(self):
-        return self.header[:5]
+        """The value's own bytes in the AAD: 0..4 in version 1, 0..11 in version 2."""
+        return self.header[:5] if self.version == FORMAT_VERSION else self.header[:V2_HEADER_LEN]
+
+
+def parse_name_block(block, exact=True):
+    """[names] of a provider-context name block: count byte C (0..32), then C
+    times u8 length (1..255) + name, strictly ascending by bytes (no repeats).
+    exact: the block must end after its last name.  Returns (names, length)."""
+    b = bytes(block)
+    if len(b) < 1:
+        raise FormatError("kms_pg ciphertext is truncated")
+    count = b[0]
+    if count > MAX_CONTEXT_KEYS:
+        raise FormatError("kms_pg ciphertext header is malformed: %d provider-context keys" % count)
+    off = 1
+    names = []
+    for _ in range(count):
+        if off + 1 > len(b):
+            raise FormatError("kms_pg ciphertext is truncated")
+        ln = b[off]
+        off += 1
+        if ln == 0:
+            raise FormatError("kms_pg ciphertext header is malformed: empty context key name")
+        if off + ln > len(b):
+            raise FormatError("kms_pg ciphertext is truncated")
+        name = b[off:off + ln]
+        if names and not names[-1] < name:
+            raise FormatError("kms_pg ciphertext header is malformed: provider-context key names "
+                              "are not strictly ascending")
+        names.append(name)
+        off += ln
+    if exact and off != len(b):
+        raise FormatError("kms_pg DEK registry row is malformed: %d bytes after the name block"
+                          % (len(b) - off))
+    return names, off
 
 
 def parse(ciphertext):
@@ -240,6 +296,8 @@ def parse(ciphertext):
         raise FormatError("value is not a kms_pg ciphertext")
     if n < 5:
         raise FormatError("kms_pg ciphertext is truncated")
+    if b[4] == FORMAT_VERSION_2:
+        return _parse_v2(b)
     if b[4] != FORMAT_VERSION:
         raise FormatError("unsupported kms_pg ciphertext format version %d" % b[4])
     min_len = 4 + 1 + 1 + 1 + 1 + 1 + 2 + 1 + NONCE_LEN + TAG_LEN
@@ -263,22 +321,8 @@ def parse(ciphertext):
     env.key_id = kid.decode("ascii")
     off += klen
     names_start = off
-    count = b[off]
-    off += 1
-    if count > MAX_CONTEXT_KEYS:
-        raise FormatError("kms_pg ciphertext header is malformed: %d provider-context keys" % count)
-    names = []
-    for _ in range(count):
-        if off + 1 > n:
-            raise FormatError("kms_pg ciphertext is truncated")
-        ln = b[off]
-        off += 1
-        if ln == 0:
-            raise FormatError("kms_pg ciphertext header is malformed: empty context key name")
-        if off + ln > n:
-            raise FormatError("kms_pg ciphertext is truncated")
-        names.append(b[off:off + ln])
-        off += ln
+    names, used = parse_name_block(b[off:], exact=False)
+    off += used
     env.context_keys = names
     env.names_block = b[names_start:off]
     if off + 2 > n:
@@ -298,6 +342,110 @@ def parse(ciphertext):
     env.body = b[off + NONCE_LEN:n - TAG_LEN]
     env.tag = b[n - TAG_LEN:]
     return env
+
+
+def _parse_v2(b):
+    """Version 2: magic, 02, 7-byte DEK reference (never 0), nonce, body, tag."""
+    n = len(b)
+    if n < V2_OVERHEAD:
+        raise FormatError("kms_pg ciphertext is truncated: a version 2 value has at least %d bytes, "
+                          "this one %d" % (V2_OVERHEAD, n))
+    env = Envelope()
+    env.version = FORMAT_VERSION_2
+    env.dek_ref = int.from_bytes(b[5:V2_HEADER_LEN], "big")
+    if env.dek_ref == 0:
+        raise FormatError("kms_pg ciphertext header is malformed: DEK reference 0")
+    env.header = b[:V2_HEADER_LEN]
+    env.nonce = b[V2_HEADER_LEN:V2_HEADER_LEN + NONCE_LEN]
+    env.body = b[V2_HEADER_LEN + NONCE_LEN:n - TAG_LEN]
+    env.tag = b[n - TAG_LEN:]
+    env.provider = env.key_id = env.names_block = env.wrapped = None
+    env.context_keys = None
+    return env
+
+
+class RegistryRow:
+    """The four columns of a kms_dek_registry row that a reader uses, checked."""
+
+    __slots__ = ("dek_ref", "provider", "key_id", "name_block", "names", "wrapped_dek")
+
+    def __repr__(self):
+        return ("RegistryRow(dek_ref=%r, provider=%d, key_id=%r, names=%r, wrapped_dek=%d bytes)"
+                % (self.dek_ref, self.provider, self.key_id,
+                   [x.decode("utf-8", "replace") for x in self.names], len(self.wrapped_dek)))
+
+
+def registry_row(row, dek_ref=None):
+    """A checked RegistryRow from a mapping (provider, key_id, name_block,
+    wrapped_dek, optionally dek_ref) or a sequence (provider, key_id,
+    name_block, wrapped_dek) as the query returns it."""
+    if isinstance(row, RegistryRow):
+        r = row
+    else:
+        r = RegistryRow()
+        if hasattr(row, "keys"):
+            r.dek_ref = row.get("dek_ref")
+            vals = (row["provider"], row["key_id"], row["name_block"], row["wrapped_dek"])
+        else:
+            vals = tuple(row)
+            if len(vals) != 4:
+                raise FormatError("a kms_dek_registry row has 4 columns (provider, key_id, name_block, "
+                                  "wrapped_dek), got %d" % len(vals))
+            r.dek_ref = None
+        provider, key_id, name_block, wrapped = vals
+        r.provider = int(provider)
+        if r.provider not in (PROVIDER_LOCAL, PROVIDER_AWS):
+            raise FormatError("kms_pg DEK registry row names an unknown key provider (%d)" % r.provider)
+        kid = key_id.encode("ascii", "replace") if isinstance(key_id, str) else bytes(key_id)
+        if not 1 <= len(kid) <= MAX_KEY_ID_LEN or any(c < 0x21 or c > 0x7E for c in kid):
+            raise FormatError("kms_pg DEK registry row is malformed: key id is not 1 to 255 printable "
+                              "ASCII bytes")
+        r.key_id = kid.decode("ascii")
+        r.name_block = _bytes_column(name_block)
+        r.names, _ = parse_name_block(r.name_block, exact=True)
+        r.wrapped_dek = _bytes_column(wrapped)
+        if not 1 <= len(r.wrapped_dek) <= MAX_WRAPPED_LEN:
+            raise FormatError("kms_pg DEK registry row is malformed: wrapped data key of %d bytes"
+                              % len(r.wrapped_dek))
+        if r.provider == PROVIDER_LOCAL and (len(r.wrapped_dek) != LOCAL_WRAP_LEN
+                                             or r.wrapped_dek[0] != LOCAL_WRAP_FORMAT):
+            raise FormatError("kms_pg local wrapped data key is malformed")
+    if dek_ref is not None and r.dek_ref is not None and int(r.dek_ref) != dek_ref:
+        raise KeyUnavailableError("the registry row given is for dek_ref %d, the value refers to %d"
+                                  % (int(r.dek_ref), dek_ref))
+    return r
+
+
+def _bytes_column(v):
+    """bytea as bytes, memoryview (psycopg) or '\\x..' text."""
+    if isinstance(v, str):
+        if not v.startswith("\\x"):
+            raise FormatError("a bytea column in hex form ('\\x...') is expected")
+        return bytes.fromhex(v[2:])
+    return bytes(v)
+
+
+def _lookup_registry(registry, dek_ref, schema=None):
+    """The RegistryRow of dek_ref from a row, a function or a DB-API connection."""
+    if registry is None:
+        raise KmsPgError("this is a format 2 value: pass registry (its kms_dek_registry row, a "
+                         "function of the reference, or a database connection)")
+    if hasattr(registry, "cursor"):
+        table = "kms_dek_registry" if schema is None else '"%s".kms_dek_registry' % schema.replace('"', '""')
+        cur = registry.cursor()
+        try:
+            cur.execute(REGISTRY_QUERY.format(table=table), (dek_ref,))
+            row = cur.fetchone()
+        finally:
+            cur.close()
+    elif callable(registry):
+        row = registry(dek_ref)
+    else:
+        row = registry
+    if row is None:
+        raise KeyUnavailableError("kms_pg DEK registry has no row for dek_ref %d: the value cannot be "
+                                  "opened without it" % dek_ref)
+    return registry_row(row, dek_ref)
 
 
 def _build_header(provider, key_id, names, wrapped):
@@ -460,34 +608,49 @@ def _local_wrap(keyring, master_key, key, dek, provider_canonical):
 # Public API
 # ---------------------------------------------------------------------------
 
-def decrypt(ciphertext, context, kms_client=None, local_keyring=None, master_key=None):
+def decrypt(ciphertext, context, kms_client=None, local_keyring=None, master_key=None,
+            registry=None, registry_schema=None):
     """Decrypt a kms_pg ciphertext written by kms_encrypt() (or encrypt()).
 
     context is the same encryption context the value was written with.
     AWS-provider values need kms_client (a boto3 KMS client); local-provider
     values need local_keyring (a keyring export: path or parsed JSON,
     docs/format.md) and master_key (32 bytes or 64 hex characters).
+
+    Format 2 values also need registry: their kms_dek_registry row (a mapping
+    with provider, key_id, name_block, wrapped_dek, or the query's 4-tuple),
+    a function dek_ref -> row (None when there is none), or a DB-API
+    connection (psycopg, psycopg2) on which REGISTRY_QUERY runs, with the
+    table schema-qualified by registry_schema when given.  Version 1 values
+    ignore registry.
     """
     env = parse(ciphertext)
     pairs = _context_pairs(context)
     canonical = _serialise(pairs)
-    provider_pairs = _provider_pairs(pairs, env.context_keys)
-    if env.provider == PROVIDER_AWS:
+    if env.version == FORMAT_VERSION_2:
+        row = _lookup_registry(registry, env.dek_ref, registry_schema)
+        provider, key_id, names, names_block, wrapped = (row.provider, row.key_id, row.names,
+                                                         row.name_block, row.wrapped_dek)
+    else:
+        provider, key_id, names, names_block, wrapped = (env.provider, env.key_id, env.context_keys,
+                                                         env.names_block, env.wrapped)
+    provider_pairs = _provider_pairs(pairs, names)
+    if provider == PROVIDER_AWS:
         if kms_client is None:
             raise KmsPgError("this value was wrapped by AWS KMS: pass kms_client")
-        args = {"CiphertextBlob": env.wrapped, "KeyId": env.key_id}
+        args = {"CiphertextBlob": wrapped, "KeyId": key_id}
         if provider_pairs:
             args["EncryptionContext"] = _aws_context(provider_pairs)
         dek = kms_client.decrypt(**args)["Plaintext"]
     else:
         if local_keyring is None:
             raise KmsPgError("this value was wrapped by the local provider: pass local_keyring and master_key")
-        dek = _local_unwrap(local_keyring, master_key, env.key_id, env.wrapped, _serialise(provider_pairs))
+        dek = _local_unwrap(local_keyring, master_key, key_id, wrapped, _serialise(provider_pairs))
     if len(dek) != DEK_LEN:
         raise KmsPgError("the key provider returned a %d-byte data key" % len(dek))
     try:
         return AESGCM(dek).decrypt(env.nonce, env.body + env.tag,
-                                   _aad(env.header, env.names_block, canonical))
+                                   env.aad_prefix + names_block + canonical)
     except InvalidTag:
         raise AuthenticationError("kms_pg ciphertext failed authentication: wrong encryption "
                                   "context, or the value was altered") from None

@@ -17,7 +17,17 @@ provider:
   * (local) the clients read local keys from the keyring export of
     docs/format.md (the query is taken from the document itself) and the
     master key; the document's worked example unwraps; a wrong master key
-    and an altered row are refused.
+    and an altered row are refused;
+  * format 2, built here from docs/format.md alone (independent of the
+    extension's writer): each SQL-written value's data key is unwrapped and
+    the plaintext sealed again as a version 2 value whose registry row holds
+    that value's key id, name block and wrapped DEK; both clients read it with
+    the row given, through a lookup function, and through a database
+    connection running the document's one query; a wrong length, reference 0,
+    an unsorted or repeated name block, a missing row, another reference and
+    a wrong context are refused; the worked v2 example of docs/format.md runs;
+  * format 2 written by SQL (when this build has the DEK registry): read by
+    both clients with the registry query on a database connection.
 
 Cases: empty, small and 1 MiB values, Unicode text, contexts with numbers
 spelt many ways, booleans, keys that sort differently by UTF-8 bytes, jsonb
@@ -144,7 +154,7 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, tmp, env_extra, conf_extra):
+    def __init__(self, tmp, env_extra, conf_extra, master_key=None):
         self.tmp = tmp
         self.data = os.path.join(tmp, "data")
         self.port = free_port()
@@ -153,7 +163,7 @@ class Cluster:
                         "-U", "postgres", "--no-sync"], check=True, stdout=subprocess.DEVNULL,
                        env=self.env)
         self.master_key_file = os.path.join(tmp, "master.key")
-        self.master_key = os.urandom(32).hex()
+        self.master_key = master_key or os.urandom(32).hex()
         fd = os.open(self.master_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, (self.master_key + "\n").encode())
         os.close(fd)
@@ -248,9 +258,9 @@ def load_plaintexts(pg):
             " convert_from(decode(ctx, 'hex'), 'UTF8')::jsonb AS ctx FROM plain_hex;\n")
 
 
-def sql_encrypt_all(pg, provider, key, table):
+def sql_encrypt_all(pg, provider, key, table, settings=""):
     """kms_encrypt every case in SQL into table(name, ct); returns {name: ct bytes}."""
-    stmts = ["SET kms_pg.provider = %s;" % sql_literal(provider),
+    stmts = ["SET kms_pg.provider = %s;" % sql_literal(provider), settings,
              "CREATE TABLE %s (name text PRIMARY KEY, ct bytea);" % table]
     for c in CASES:
         stmts.append("SET kms_pg.kms_context_keys = %s;" % sql_literal(c["keys"]))
@@ -315,7 +325,8 @@ def js_ready(tmp):
     if shutil.which("node") is None or shutil.which("npm") is None:
         print("note: node/npm not installed: the JavaScript reader is not run")
         return False
-    if not os.path.isdir(os.path.join(js, "node_modules", "@aws-sdk", "client-kms")):
+    if not (os.path.isdir(os.path.join(js, "node_modules", "@aws-sdk", "client-kms"))
+            and os.path.isdir(os.path.join(js, "node_modules", "pg"))):
         env = dict(os.environ)        # npm's cache: $HOME/.npm, shared with the other JS step
         if os.environ.get("KMS_NPM_CACHE"):
             env["npm_config_cache"] = os.environ["KMS_NPM_CACHE"]
@@ -327,8 +338,9 @@ def js_ready(tmp):
     return True
 
 
-def js_decrypt(values, emulator=None, keyring=None, master_key_file=None, wrong=False):
+def js_decrypt(values, emulator=None, keyring=None, master_key_file=None, wrong=False, extra=None):
     req = {"values": [{"name": n, "ciphertext_hex": hexs(ct), "context": ctx} for n, (ct, ctx) in values.items()]}
+    req.update(extra or {})
     env = dict(os.environ)
     if emulator:
         req.update(endpoint=emulator.endpoint, region=AWS_REGION, ca_file=emulator.ca)
@@ -357,6 +369,10 @@ def run_provider(label, pg, key, py_opts, js_opts, tmp, use_js, kms_client=None)
     sqlct = sql_encrypt_all(pg, label, key, "sqlct_" + label)
     check("%s: SQL wrote every case" % label, sorted(sqlct) == sorted(c["name"] for c in CASES),
           repr(sorted(sqlct)))
+    guarded("%s: v2 built from the spec" % label, v2_self_built, label, pg, sqlct, py_opts, js_opts, use_js,
+            kms_client=kms_client)
+    guarded("%s: v2 written by SQL" % label, v2_from_sql, label, pg, key, py_opts, js_opts, use_js,
+            kms_client=kms_client)
 
     # SQL -> Python
     for c in CASES:
@@ -548,6 +564,360 @@ def unit_checks():
         check("python: parse refuses %r" % bad[:8], ok, what)
 
 
+# ---------------------------------------------------------------------------
+# Format 2
+# ---------------------------------------------------------------------------
+
+V2_SCHEMA = "v2self"     # a registry table of the spec's shape, for values built here
+
+
+def v2_seal(dek, dek_ref, name_block, canonical, plaintext):
+    """A format 2 value, from docs/format.md: magic, 02, the 7-byte reference,
+    nonce, AES-256-GCM of the plaintext under AAD = bytes 0..11 || name block ||
+    canonical context."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    head = b"\xc5KPG\x02" + dek_ref.to_bytes(7, "big")
+    nonce = os.urandom(12)
+    return head + nonce + AESGCM(dek).encrypt(nonce, plaintext, head + name_block + canonical)
+
+
+def v1_dek(env, py_ctx, py_opts, kms_client):
+    """The plaintext data key of a parsed v1 value (to build v2 values with it)."""
+    pairs = kpc._context_pairs(py_ctx)
+    ppairs = kpc._provider_pairs(pairs, env.context_keys)
+    if env.provider == kpc.PROVIDER_AWS:
+        args = {"CiphertextBlob": env.wrapped, "KeyId": env.key_id}
+        if ppairs:
+            args["EncryptionContext"] = kpc._aws_context(ppairs)
+        return kms_client.decrypt(**args)["Plaintext"]
+    return kpc._local_unwrap(py_opts["local_keyring"], py_opts["master_key"], env.key_id, env.wrapped,
+                             kpc._serialise(ppairs))
+
+
+def js_v2(values, js_opts, registry=None, database=None):
+    """js_decrypt with a registry map {ref: row} or a database to query."""
+    extra = {}
+    if registry is not None:
+        extra["registry"] = {str(ref): {"provider": r["provider"], "key_id": r["key_id"],
+                                        "name_block_hex": hexs(r["name_block"]),
+                                        "wrapped_dek_hex": hexs(r["wrapped_dek"])}
+                             for ref, r in registry.items()}
+    if database is not None:
+        extra["database"] = database
+    return js_decrypt(values, extra=extra, **js_opts)
+
+
+def pg_connect(pg):
+    import psycopg
+    return psycopg.connect(host=pg.tmp, port=pg.port, user="postgres", dbname="interop", autocommit=True)
+
+
+def v2_self_built(label, pg, sqlct, py_opts, js_opts, use_js, kms_client=None):
+    """v2 values built here from SQL-written v1 values' data keys, read by both clients."""
+    rows = {}          # dek_ref -> registry row
+    values = {}        # case name -> (v2 value, case)
+    for c in CASES:
+        env = kpc.parse(sqlct[c["name"]])
+        dek = v1_dek(env, c["py_ctx"], py_opts, kms_client)
+        ref = int.from_bytes(os.urandom(7), "big") or 1
+        rows[ref] = {"dek_ref": ref, "provider": env.provider, "key_id": env.key_id,
+                     "name_block": env.names_block, "wrapped_dek": env.wrapped}
+        values[c["name"]] = (v2_seal(dek, ref, env.names_block, kpc.canonical_context(c["py_ctx"]), c["plain"]),
+                             c, ref)
+    for name, (v, c, ref) in values.items():
+        check("%s: v2 %s: 40 bytes of overhead" % (label, name), len(v) - len(c["plain"]) == 40)
+        env = kpc.parse(v)
+        check("%s: v2 %s: Python parses the reference" % (label, name), env.version == 2 and env.dek_ref == ref,
+              repr(env))
+        for how, reg in [("row", rows[ref]), ("4-tuple", tuple(rows[ref][k] for k in
+                                                                ("provider", "key_id", "name_block", "wrapped_dek"))),
+                         ("lookup function", rows.get)]:
+            try:
+                got = kpc.decrypt(v, c["py_ctx"], registry=reg, **py_opts)
+                check("%s: v2 %s: Python reads it (registry %s)" % (label, name, how), got == c["plain"])
+            except Exception as e:  # noqa: BLE001
+                check("%s: v2 %s: Python reads it (registry %s)" % (label, name, how), False,
+                      "%s: %s" % (type(e).__name__, e))
+        ok, what = raises(lambda: kpc.decrypt(v, wrong_context(c), registry=rows.get, **py_opts),
+                          kpc.AuthenticationError)
+        check("%s: v2 %s: Python refuses a wrong context" % (label, name), ok, what)
+
+    # through a database connection running the one query (psycopg), in a
+    # schema of its own so that the extension's registry is not touched
+    pg.psql("CREATE SCHEMA IF NOT EXISTS %s;\n"
+            "CREATE TABLE IF NOT EXISTS %s.kms_dek_registry (dek_ref bigint PRIMARY KEY CHECK (dek_ref > 0 AND "
+            "dek_ref < 72057594037927936), provider smallint NOT NULL, key_id text NOT NULL, name_block bytea "
+            "NOT NULL, wrapped_dek bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+            "rewrapped_at timestamptz);\n" % (V2_SCHEMA, V2_SCHEMA)
+            + "".join("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek) "
+                      "VALUES (%d, %d, %s, decode('%s', 'hex'), decode('%s', 'hex'));\n"
+                      % (V2_SCHEMA, ref, r["provider"], sql_literal(r["key_id"]), hexs(r["name_block"]),
+                         hexs(r["wrapped_dek"])) for ref, r in rows.items()))
+    with pg_connect(pg) as conn:
+        for name, (v, c, ref) in values.items():
+            try:
+                got = kpc.decrypt(v, c["py_ctx"], registry=conn, registry_schema=V2_SCHEMA, **py_opts)
+                check("%s: v2 %s: Python reads it (psycopg connection)" % (label, name), got == c["plain"])
+            except Exception as e:  # noqa: BLE001
+                check("%s: v2 %s: Python reads it (psycopg connection)" % (label, name), False,
+                      "%s: %s" % (type(e).__name__, e))
+        c = CASES[1]
+        v = bytearray(values["small"][0])
+        v[11] ^= 1                        # another reference: no row
+        ok, what = raises(lambda: kpc.decrypt(bytes(v), c["py_ctx"], registry=conn, registry_schema=V2_SCHEMA,
+                                              **py_opts), kpc.KeyUnavailableError)
+        check("%s: v2: Python reports a reference without a registry row" % label, ok, what)
+
+    # malformed values and rows
+    small, c, ref = values["small"]
+    row = rows[ref]
+    for what_bad, bad, reg in [
+            ("39 bytes", small[:12] + small[12:12 + 27], row),
+            ("a 5-byte value", small[:5], row),
+            ("reference 0", small[:5] + bytes(7) + small[12:], dict(row, dek_ref=None)),
+            ("a name block out of order", small, dict(row, name_block=b"\x02\x06tenant\x02id")),
+            ("a repeated name", small, dict(row, name_block=b"\x02\x02id\x02id")),
+            ("bytes after the name block", small, dict(row, name_block=b"\x00\x00")),
+            ("a local wrapped DEK of 64 bytes", small, dict(row, provider=1, wrapped_dek=bytes(64)))]:
+        ok, what = raises(lambda: kpc.decrypt(bad, c["py_ctx"], registry=reg, **py_opts), kpc.FormatError)
+        check("%s: v2: Python refuses %s" % (label, what_bad), ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small[:4] + b"\x03" + small[5:], c["py_ctx"], registry=row, **py_opts),
+                      kpc.FormatError)
+    check("%s: v2: Python refuses format version 3" % label, ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small, c["py_ctx"], registry=lambda r: None, **py_opts),
+                      kpc.KeyUnavailableError)
+    check("%s: v2: Python refuses a value whose row the lookup lacks" % label, ok, what)
+    other = small[:5] + (ref ^ 1).to_bytes(7, "big") + small[12:]
+    ok, what = raises(lambda: kpc.decrypt(other, c["py_ctx"], registry=dict(row, dek_ref=None), **py_opts),
+                      kpc.AuthenticationError)
+    check("%s: v2: the reference is authenticated (a value relabelled to another reference fails)" % label,
+          ok, what)
+    ok, what = raises(lambda: kpc.decrypt(small, c["py_ctx"], registry=dict(row, dek_ref=ref ^ 1), **py_opts),
+                      kpc.KeyUnavailableError)
+    check("%s: v2: Python refuses the row of another reference" % label, ok, what)
+
+    if not use_js:
+        return
+    jsvals = {n: (v, c["sql_ctx"]) for n, (v, c, _) in values.items()}
+    res = js_v2(jsvals, js_opts, registry=rows)
+    for n, (v, c, _) in values.items():
+        o = res.get(n, {"error": "no answer: %r" % res.get("<none>")})
+        check("%s: v2 %s: JavaScript reads it (registry rows)" % (label, n),
+              o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+    db = {"host": pg.tmp, "port": pg.port, "user": "postgres", "database": "interop", "schema": V2_SCHEMA}
+    res = js_v2(jsvals, js_opts, database=db)
+    for n, (v, c, _) in values.items():
+        o = res.get(n, {"error": "no answer: %r" % res.get("<none>")})
+        check("%s: v2 %s: JavaScript reads it (pg connection, the one query)" % (label, n),
+              o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+    bad_rows = {ref: dict(row, name_block=b"\x02\x06tenant\x02id")}
+    tests = {
+        "js-short": ((small[:39], c["sql_ctx"]), rows, "FormatError"),
+        "js-ref0": ((small[:5] + bytes(7) + small[12:], c["sql_ctx"]), rows, "FormatError"),
+        "js-version3": ((small[:4] + b"\x03" + small[5:], c["sql_ctx"]), rows, "FormatError"),
+        "js-local64": ((small, c["sql_ctx"]), {ref: dict(row, provider=1, wrapped_dek=bytes(64))}, "FormatError"),
+        "js-unsorted": ((small, c["sql_ctx"]), bad_rows, "FormatError"),
+        "js-repeated": ((small, c["sql_ctx"]), {ref: dict(row, name_block=b"\x02\x02id\x02id")}, "FormatError"),
+        "js-norow": ((small[:11] + bytes([small[11] ^ 1]) + small[12:], c["sql_ctx"]), rows, "KeyUnavailableError"),
+        "js-wrongctx": ((small, json.dumps(wrong_context(c))), rows, "AuthenticationError"),
+    }
+    for n, (val, reg, kind) in tests.items():
+        o = js_v2({n: val}, js_opts, registry=reg).get(n, {})
+        check("%s: v2: JavaScript refuses %s (%s)" % (label, n[3:], kind), o.get("kind") == kind, repr(o)[:300])
+
+
+def ext_schema(pg):
+    return pg.psql("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+                   " WHERE e.extname = 'kms_pg';").strip()
+
+
+def v2_from_sql(label, pg, key, py_opts, js_opts, use_js, kms_client=None):
+    """Format 2 values written by kms_encrypt (kms_pg.format = 2) are read by
+    both clients through the registry query on a database connection, before
+    and after the registry rows of their key are rewrapped."""
+    if pg.psql("SELECT to_regclass('kms_dek_registry') IS NOT NULL;").strip() != "t":
+        print("note: this kms_pg build has no DEK registry: SQL-written format 2 values are not tested")
+        return
+    schema = ext_schema(pg)
+    sqlct = sql_encrypt_all(pg, label, key, "sqlv2_" + label, settings="SET kms_pg.format = 2;")
+    check("%s: v2 from SQL: every case written" % label, sorted(sqlct) == sorted(c["name"] for c in CASES))
+
+    def read_all(what):
+        with pg_connect(pg) as conn:
+            for c in CASES:
+                ct = sqlct.get(c["name"])
+                if ct is None:
+                    continue
+                try:
+                    got = kpc.decrypt(ct, c["py_ctx"], registry=conn, registry_schema=schema, **py_opts)
+                    check("%s: v2 from SQL %s: Python reads it%s" % (label, c["name"], what), got == c["plain"])
+                except Exception as e:  # noqa: BLE001
+                    check("%s: v2 from SQL %s: Python reads it%s" % (label, c["name"], what), False,
+                          "%s: %s" % (type(e).__name__, e))
+        if use_js:
+            db = {"host": pg.tmp, "port": pg.port, "user": "postgres", "database": "interop", "schema": schema}
+            res = js_v2({n: (ct, c["sql_ctx"]) for c in CASES for n, ct in sqlct.items() if n == c["name"]},
+                        js_opts, database=db)
+            for c in CASES:
+                o = res.get(c["name"], {"error": "no answer: %r" % res.get("<none>")})
+                check("%s: v2 from SQL %s: JavaScript reads it%s" % (label, c["name"], what),
+                      o.get("plaintext_hex") == hexs(c["plain"]), o.get("error", "plaintext differs"))
+
+    for c in CASES:
+        ct = sqlct.get(c["name"])
+        if ct is None:
+            continue
+        env = kpc.parse(ct)
+        check("%s: v2 from SQL %s: format 2, 40 bytes of overhead" % (label, c["name"]),
+              env.version == 2 and len(ct) == len(c["plain"]) + 40, "version %d, %d bytes" % (env.version, len(ct)))
+        ok, what = raises(lambda: kpc.decrypt(ct, wrong_context(c), registry=lambda r: pg_row(pg, schema, r),
+                                              **py_opts), kpc.AuthenticationError)
+        check("%s: v2 from SQL %s: Python refuses a wrong context" % (label, c["name"]), ok, what)
+    read_all("")
+    # psycopg2 too (bytea comes back as a memoryview there)
+    import psycopg2
+    conn2 = psycopg2.connect(host=pg.tmp, port=pg.port, user="postgres", dbname="interop")
+    try:
+        c = CASES[2]
+        got = kpc.decrypt(sqlct[c["name"]], c["py_ctx"], registry=conn2, registry_schema=schema, **py_opts)
+        check("%s: v2 from SQL %s: Python reads it (psycopg2 connection)" % (label, c["name"]), got == c["plain"])
+    finally:
+        conn2.close()
+    # the SQLSTATEs docs/format.md gives for a value without its row, and malformed values
+    small = sqlct["small"]
+    bogus = (kpc.parse(small).dek_ref ^ 2)
+    row = pg_row(pg, schema, kpc.parse(small).dek_ref)
+    pg.psql("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek)"
+            " VALUES (%d, %d, %s, '\\x020674656e616e74026964'::bytea, decode('%s', 'hex'));"
+            % (schema, bogus, row[0], sql_literal(row[1]), hexs(row[3])))
+    bogus2 = (kpc.parse(small).dek_ref ^ 4)
+    pg.psql("INSERT INTO %s.kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek)"
+            " VALUES (%d, 1, %s, '\\x00'::bytea, decode('%s', 'hex'));"
+            % (schema, bogus2, sql_literal(row[1]), "01" * 64))
+    for what, bad, want in [("a registry row whose name block is out of order",
+                             small[:5] + bogus.to_bytes(7, "big") + small[12:], "XX001"),
+                            ("a registry row with a local wrapped DEK of 64 bytes",
+                             small[:5] + bogus2.to_bytes(7, "big") + small[12:], "XX001"),
+                            ("format version 3", small[:4] + b"\x03" + small[5:], "0A000"),("a reference without a registry row",
+                             small[:5] + (kpc.parse(small).dek_ref ^ 1).to_bytes(7, "big") + small[12:], "42704"),
+                            ("39 bytes", small[:39], "XX001"),
+                            ("reference 0", small[:5] + bytes(7) + small[12:], "XX001")]:
+        st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)" % (hexs(bad), sql_literal(CASES[1]["sql_ctx"])))
+        check("%s: v2: kms_decrypt refuses %s (%s)" % (label, what, want), st == want, st)
+    st = sql_sqlstate(pg, "kms_decrypt(decode('%s', 'hex'), %s)"
+                      % (hexs(small), sql_literal(json.dumps(wrong_context(CASES[1])))))
+    check("%s: v2: kms_decrypt refuses a wrong context (22000)" % label, st == "22000", st)
+    pg.psql("DELETE FROM %s.kms_dek_registry WHERE dek_ref IN (%d, %d);" % (schema, bogus, bogus2))
+
+    # rotation in O(DEKs): the registry rows of the key are rewrapped, the
+    # values stay byte for byte, and both clients read them with the new rows
+    table = "sqlv2_" + label
+    old = pg.psql("SELECT DISTINCT key_id FROM %s.kms_dek_registry r JOIN %s t"
+                  " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint;"
+                  % (schema, table)).strip()
+    if label == "local":
+        new = pg.psql("SELECT kms_create_key('alias/interop-v2-rotated');").strip()
+    else:
+        new = "alias/interop-other"
+    before = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM %s;" % table)
+    out = pg.psql("SET kms_pg.provider = %s; SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(%s, %s);"
+                  % (label, sql_literal(old), sql_literal(new))).strip()
+    check("%s: v2: kms_rotate_key_registry rewraps the rows (deks|rewrapped|skipped %s)" % (label, out),
+          out.split("|")[1] != "0", out)
+    after = pg.psql("SELECT string_agg(encode(ct, 'hex'), ',' ORDER BY name) FROM %s;" % table)
+    check("%s: v2: the values are unchanged by the rotation" % label, before == after)
+    if label == "local":
+        keyring, _ = export_keyring(pg, os.path.dirname(py_opts["local_keyring"]), "keyring_v2_rotated.json")
+        py_opts = dict(py_opts, local_keyring=keyring)
+        js_opts = dict(js_opts, keyring=keyring)
+    moved = pg.psql("SELECT count(*) FROM %s.kms_dek_registry r JOIN %s t"
+                    " ON r.dek_ref = ('x' || substr(encode(t.ct, 'hex'), 11, 14))::bit(56)::bigint"
+                    " WHERE r.key_id <> %s AND r.rewrapped_at IS NOT NULL;" % (schema, table, sql_literal(old)))
+    check("%s: v2: registry rows of the values now under the new key" % label, moved.strip() != "0", moved)
+    read_all(" after the registry rotation")
+
+
+def pg_row(pg, schema, ref):
+    """The registry row of ref through the document's query, by psql (a lookup function)."""
+    q = doc_block("v2-registry-query").strip().replace("kms_dek_registry", "%s.kms_dek_registry" % schema)
+    out = pg.psql("PREPARE q(bigint) AS %s;\nEXECUTE q(%d);" % (q, ref)).strip()
+    if not out:
+        return None
+    p, kid, nb, w = out.split("|")
+    return (int(p), kid, bytes.fromhex(nb[2:]), bytes.fromhex(w[2:]))
+
+
+def v2_example_in_sql(tmp):
+    """kms_pg itself opens the worked v2 example of docs/format.md: a cluster
+    whose master key is the example's, the keyring example's catalog rows and
+    the example's registry row inserted as they are."""
+    ns = {}
+    exec(compile(doc_block("v2-worked-example"), "v2-worked-example", "exec"), ns)
+    d = os.path.join(tmp, "example")
+    os.mkdir(d, 0o700)
+    ex = Cluster(d, {}, "", master_key=bytes(range(32)).hex())
+    try:
+        row = ns["row"]
+        out = ex.psql(
+            "INSERT INTO kms_local_key (key_id, alias, created) VALUES (%s, 'alias/docs', now());\n"
+            "INSERT INTO kms_local_key_version (key_id, version, created, master_key, material) VALUES (%s, 1, now(),"
+            " 'c950a8bad0c65928', '\\xa1a2a3a4a5a6a7a8a9aaabacb96957ee7c19430a145158d091981c66c12865345c4ed6ab33c25b45d4e86dde"
+            "5d7316d07966f33c9adeca516a4c99c9');\n"
+            "INSERT INTO kms_dek_registry (dek_ref, provider, key_id, name_block, wrapped_dek) VALUES"
+            " (%d, 1, %s, decode('%s', 'hex'), decode('%s', 'hex'));\n"
+            "SELECT kms_decrypt_text(decode('%s', 'hex'), '{\"tenant\": \"acme\", \"id\": 42}');\n"
+            % (sql_literal(row["key_id"]), sql_literal(row["key_id"]), ns["ref"], sql_literal(row["key_id"]),
+               hexs(row["name_block"]), hexs(row["wrapped_dek"]), hexs(ns["value"]))).strip()
+        check("v2: kms_decrypt_text opens the worked example of docs/format.md", out == "hello", out)
+        info = ex.psql("SELECT format_version, overhead_bytes FROM kms_ciphertext_info(decode('%s', 'hex'));"
+                       % hexs(ns["value"])).strip()
+        check("v2: kms_ciphertext_info of the worked example: version 2, 40 bytes of overhead", info == "2|40", info)
+        st = ex.psql("CREATE FUNCTION pg_temp.st() RETURNS text LANGUAGE plpgsql AS $f$ BEGIN "
+                     "PERFORM kms_decrypt_text(decode('%s', 'hex'), '{\"tenant\": \"acme\", \"id\": 43}'); "
+                     "RETURN 'none'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $f$; SELECT pg_temp.st();"
+                     % hexs(ns["value"])).strip()
+        check("v2: ... and refuses it under another context (22000)", st == "22000", st)
+    finally:
+        ex.stop()
+
+
+def v2_format_example(tmp, use_js):
+    """The worked v2 example of docs/format.md runs as written; both clients
+    read its value with its row and the keyring example's key; the document's
+    registry query is the one both clients run."""
+    code = doc_block("v2-worked-example")
+    r = subprocess.run([PYTHON, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    check("v2: the worked example of docs/format.md runs", r.returncode == 0,
+          r.stdout.decode("utf-8", "replace")[-800:])
+    query = doc_block("v2-registry-query").strip()
+    check("v2: the registry query of docs/format.md is Python's",
+          kpc.REGISTRY_QUERY.format(table="kms_dek_registry").replace("%s", "$1") == query, query)
+    with open(os.path.join(ROOT, "clients", "js", "kms_pg_reader.mjs"), encoding="utf-8") as f:
+        check("v2: ... and the JavaScript reader's", ('"%s"' % query) in f.read())
+    ns = {}
+    exec(compile(code, "v2-worked-example", "exec"), ns)   # the example's own row and value
+    keyring = {"format": "kms_pg local keyring catalog", "version": 1, "keys": [{
+        "key_id": "4d66a3c9-fb6f-49c2-b65c-8681cea6f2fe", "alias": None, "enabled": True,
+        "versions": [{"version": 1, "master_key": "c950a8bad0c65928",
+                      "material": "a1a2a3a4a5a6a7a8a9aaabacb96957ee7c19430a145158d091981c66"
+                                  "c12865345c4ed6ab33c25b45d4e86dde5d7316d07966f33c9adeca516a4c99c9"}]}]}
+    ctx = {"tenant": "acme", "id": 42}
+    got = kpc.decrypt(ns["value"], ctx, local_keyring=keyring, master_key=bytes(range(32)),
+                      registry=dict(ns["row"], dek_ref=ns["ref"]))
+    check("v2: Python reads the worked example", got == b"hello", repr(got))
+    if use_js:
+        kr = os.path.join(tmp, "v2_example_keyring.json")
+        with open(kr, "w") as f:
+            json.dump(keyring, f)
+        mk = os.path.join(tmp, "v2_example_master.key")
+        with open(mk, "w") as f:
+            f.write(bytes(range(32)).hex() + "\n")
+        res = js_v2({"example": (ns["value"], json.dumps(ctx))}, {"keyring": kr, "master_key_file": mk},
+                    registry={ns["ref"]: ns["row"]})
+        check("v2: JavaScript reads the worked example",
+              res.get("example", {}).get("plaintext_hex") == b"hello".hex(), repr(res)[:300])
+
+
 def guarded(name, fn, *args, **kwargs):
     """Run one part; an unexpected exception fails it without hiding the other parts."""
     try:
@@ -638,8 +1008,9 @@ def local_rotation(pg, tmp):
             "ALTER SYSTEM SET kms_pg.previous_master_key_file = '%s'; SELECT pg_reload_conf();"
             % (new_file, pg.master_key_file))
     time.sleep(1)
+    versions = pg.psql("SELECT count(*) FROM kms_local_key_version;").strip()
     n = pg.psql("SELECT kms_rotate_master_key();").strip()
-    check("local: kms_rotate_master_key() rewraps both versions", n == "2", n)
+    check("local: kms_rotate_master_key() rewraps every key version (%s)" % versions, n == versions, n)
     keyring, _ = export_keyring(pg, tmp, "keyring_new_master.json")
     check("local: after a master key rotation the client reads with the new master key",
           kpc.decrypt(ct, CASES[1]["py_ctx"], local_keyring=keyring, master_key=new_mk) == CASES[1]["plain"])
@@ -668,8 +1039,12 @@ def main():
         load_plaintexts(pg)
         use_js = js_ready(tmp)
 
+        if pg.psql("SELECT to_regclass('kms_dek_registry') IS NOT NULL;").strip() == "t":
+            guarded("v2: the worked example in SQL", v2_example_in_sql, tmp)
+
         # local provider
         guarded("local: format example", local_format_example)
+        guarded("v2: format example", v2_format_example, tmp, use_js)
         pg.psql("SELECT kms_create_key('alias/interop', 'interop tests');")
         keyring, doc = export_keyring(pg, tmp)
         check("local: the keyring export holds the key, wrapped",
