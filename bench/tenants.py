@@ -21,7 +21,12 @@ Cases, with the tenant in kms_pg.kms_context_keys and 100-byte... short values:
     unwrap calls from kms_cache_stats deltas; time per row measured inside
     the server with clock_timestamp();
   * --cold-misses N at each --capacities C: N encryptions for N new tenants
-    in a cache already holding C/2 entries (each one a miss), time per miss.
+    in a cache already holding C/2 entries (each one a miss), time per miss;
+  * --format 2: values in format 2 (kms_pg.format = 2, the DEK registry);
+    --restart-encrypt: after the reads, restart the server and encrypt the
+    same rows again (a new table): format 2 reloads each tenant's DEK from
+    the registry (unwraps) where format 1 makes new ones (GenerateDataKey);
+    registry rows before and after are reported.
 """
 
 import argparse
@@ -87,8 +92,9 @@ class Emulator:
 
 
 class Cluster:
-    def __init__(self, pgroot, entries, port, emulator=None):
+    def __init__(self, pgroot, entries, port, emulator=None, fmt=1):
         self.emulator = emulator
+        self.fmt = fmt
         self.bin = os.path.join(pgroot, "usr/lib/postgresql/15/bin")
         self.dir = tempfile.mkdtemp(prefix="kms_tenants_")
         self.data = os.path.join(self.dir, "data")
@@ -118,6 +124,8 @@ jit = off
 max_parallel_workers_per_gather = 0
 max_wal_size = 8GB
 """)
+            if fmt != 1:
+                f.write(f"kms_pg.format = {fmt}\n")
             if emulator:
                 f.write(emulator.conf())
         subprocess.run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l",
@@ -157,6 +165,16 @@ max_wal_size = 8GB
             s["kms_total"] = c.get("total", 0)
         return s
 
+    def restart(self):
+        subprocess.run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l",
+                        os.path.join(self.dir, "log"), "-w", "-m", "fast", "restart"], check=True,
+                       stdout=subprocess.DEVNULL, env=self.emulator.env() if self.emulator else None)
+
+    def registry_rows(self):
+        if self.fmt != 2:
+            return 0
+        return int(self.sql("SELECT count(*) FROM kms_dek_registry"))
+
     def stop(self):
         subprocess.run([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "fast", "stop"],
                        stdout=subprocess.DEVNULL)
@@ -167,7 +185,7 @@ def log(msg):
     print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
-def tenant_case(cl, tenants, rows, order):
+def tenant_case(cl, tenants, rows, order, restart_encrypt=False):
     tex = f"i % {tenants}" if order == "interleaved" else f"(i::bigint * {tenants} / {rows})"
     ctx = f"jsonb_build_object('tenant', {tex})"
     res = {"tenants": tenants, "rows": rows, "order": order}
@@ -199,6 +217,22 @@ def tenant_case(cl, tenants, rows, order):
     res["entries"] = s3["entries"]
     res["capacity"] = s3["capacity"]
     res["shared_memory_bytes"] = s3["shared_memory_bytes"]
+    res["format"] = cl.fmt
+    res["registry_rows"] = cl.registry_rows()
+    if restart_encrypt:
+        cl.restart()
+        s4 = cl.stats()
+        ms = cl.timed(f"CREATE TABLE ct2 AS SELECT i, kms_encrypt_text('value ' || i, {ctx}) AS c "
+                      f"FROM generate_series(0, {rows - 1}) i")
+        s5 = cl.stats()
+        res["restart_encrypt"] = {"ms": ms, "us_per_row": 1000.0 * ms / rows,
+                                  "generate_calls": s5["generate_calls"] - s4["generate_calls"],
+                                  "unwraps": s5["decrypt_calls"] - s4["decrypt_calls"],
+                                  "registry_rows_after": cl.registry_rows()}
+        if cl.emulator:
+            res["restart_encrypt"]["kms_generate"] = s5["kms_generate"] - s4["kms_generate"]
+            res["restart_encrypt"]["kms_decrypt"] = s5["kms_decrypt"] - s4["kms_decrypt"]
+        cl.sql("DROP TABLE ct2;")
     cl.sql("DROP TABLE ct;")
     return res
 
@@ -218,7 +252,7 @@ def cold_misses(cl, n, capacity):
 
 
 def run(a):
-    out = {"label": a.label, "pgroot": a.pgroot, "provider": a.provider, "cases": [],
+    out = {"label": a.label, "pgroot": a.pgroot, "provider": a.provider, "format": a.format, "cases": [],
            "cold_misses": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     port = a.port
     emu = Emulator() if a.provider == "aws" else None
@@ -235,7 +269,7 @@ def run_configs(a, out, port, emu):
     for spec in a.configs:
         entries, tl = spec.split(":")
         entries = int(entries)
-        cl = Cluster(a.pgroot, entries, port, emu)
+        cl = Cluster(a.pgroot, entries, port, emu, a.format)
         try:
             for t in [int(x) for x in tl.split(",")]:
                 for order in a.orders.split(","):
@@ -243,13 +277,13 @@ def run_configs(a, out, port, emu):
                         continue
                     rows = max(a.rows, t)
                     log(f"{a.label}: capacity {entries}, {t} tenants, {rows} rows, {order}")
-                    r = tenant_case(cl, t, rows, order)
+                    r = tenant_case(cl, t, rows, order, a.restart_encrypt)
                     log(f"  {json.dumps(r)}")
                     out["cases"].append(r)
         finally:
             cl.stop()
     for c in [int(x) for x in a.capacities.split(",") if x]:
-        cl = Cluster(a.pgroot, c, port, emu)
+        cl = Cluster(a.pgroot, c, port, emu, a.format)
         try:
             log(f"{a.label}: {a.cold_misses} cold misses at capacity {c}")
             r = cold_misses(cl, a.cold_misses, c)
@@ -341,18 +375,32 @@ def table(runs):
                 f"{c['warm_read']['kms_requests']:,}")
     for run in runs:
         for c in run["cases"]:
-            lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
+            lines.append(f"| {run['label']} | {run.get('provider', 'local')}{' v' + str(run['format']) if run.get('format', 1) != 1 else ''} | {c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
                          f"{c['encrypt']['us_per_row']:.1f} | {c['encrypt']['calls']:,} | "
                          f"{c['cold_read']['us_per_row']:.1f} | {c['cold_read']['calls']:,} | "
                          f"{c['warm_read']['us_per_row']:.1f} | {c['warm_read']['calls']:,} | "
                          f"{kms(c)} | {c['evictions']:,} | {c['shared_memory_bytes'] / 1048576:.1f} MiB |")
-    lines += ["", "| run | provider | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    if any(run["cold_misses"] for run in runs):
+        lines += ["", "| run | provider | capacity | cold misses | prefilled | ms | µs/miss | GenerateDataKey | shared memory |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for c in run["cold_misses"]:
             lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c['capacity']:,} | {c['misses']:,} | {c['prefilled']:,} | "
                          f"{c['ms']:.0f} | {c['us_per_miss']:.1f} | {c['calls']:,} | "
                          f"{c['shared_memory_bytes'] / 1048576:.1f} MiB |")
+    rs = [(run, c) for run in runs for c in run["cases"] if "restart_encrypt" in c]
+    if rs:
+        lines += ["", "| run | provider | format | capacity | tenants | order | rows | registry rows | "
+                  "after restart: encrypt µs/row | GenerateDataKey | unwraps | KMS GenerateDataKey / Decrypt | registry rows after |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for run, c in rs:
+            r = c["restart_encrypt"]
+            lines.append(f"| {run['label']} | {run.get('provider', 'local')} | {c.get('format', 1)} | "
+                         f"{c['capacity']:,} | {c['tenants']:,} | {c['order']} | {c['rows']:,} | "
+                         f"{c.get('registry_rows', 0):,} | {r['us_per_row']:.1f} | {r['generate_calls']:,} | "
+                         f"{r['unwraps']:,} | "
+                         f"{(str(format(r['kms_generate'], ',')) + ' / ' + format(r['kms_decrypt'], ',')) if 'kms_generate' in r else '-'} | "
+                         f"{r['registry_rows_after']:,} |")
     return "\n".join(lines)
 
 
@@ -371,6 +419,10 @@ def main():
                     help="aws: kms_pg.provider = 'aws' against the project's KMS emulator, "
                          "whose request counters are reported beside kms_cache_stats")
     ap.add_argument("--cold-misses", type=int, default=2000)
+    ap.add_argument("--format", type=int, choices=[1, 2], default=1,
+                    help="ciphertext format (kms_pg.format); 2 uses the DEK registry")
+    ap.add_argument("--restart-encrypt", action="store_true",
+                    help="after each case's reads, restart and encrypt the same rows again")
     ap.add_argument("--plot", nargs="*", help="result files to plot and tabulate")
     ap.add_argument("--svg")
     a = ap.parse_args()

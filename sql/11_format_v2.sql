@@ -52,7 +52,8 @@ SELECT kms_is_ciphertext(substr(kms_encrypt('x'::bytea), 1, 39)) AS truncated_is
 SELECT kms_decrypt(overlay(kms_encrypt('x'::bytea) PLACING substr(b, 6, 7) FROM 6 FOR 7))
 FROM (SELECT kms_encrypt('y'::bytea, '{}', 'alias/regress_v2_other') AS b) s;
 
--- One registry row per data key, whatever the number of values.
+-- One registry row per data key, whatever the number of values (after the
+-- flush, the key's current data key is reloaded from the registry: no new row).
 SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) AS rows0 FROM kms_dek_registry WHERE key_id = :'key_v2' \gset
 CREATE TABLE v2_mixed (i int PRIMARY KEY, c bytea);
@@ -84,7 +85,10 @@ SELECT decrypt_calls - :d1 AS warm_decrypt_calls FROM kms_cache_stats;
 
 -- Savepoint rollback: the registry row inserted in the rolled-back
 -- subtransaction is gone, and the next value under the same cached data
--- key registers it again (so it commits with that value).
+-- key registers it again (so it commits with that value).  No data key of
+-- the key is young enough to be reused: the savepoint's value gets a new one.
+SET kms_pg.dek_max_age = 1;
+SELECT pg_sleep(1.2);
 SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) AS rows1 FROM kms_dek_registry WHERE key_id = :'key_v2' \gset
 BEGIN;
@@ -94,6 +98,7 @@ ROLLBACK TO SAVEPOINT s1;
 SELECT count(*) - :rows1 AS rows_after_rollback FROM kms_dek_registry WHERE key_id = :'key_v2';
 INSERT INTO v2_mixed VALUES (1002, kms_encrypt('sp'::bytea, '{"i": 1002}'));
 COMMIT;
+RESET kms_pg.dek_max_age;
 SELECT count(*) - :rows1 AS rows_after_commit FROM kms_dek_registry WHERE key_id = :'key_v2';
 -- An aborted transaction: its row goes, the next transaction registers again.
 BEGIN;
@@ -158,14 +163,37 @@ FROM kms_dek_registry WHERE key_id = :'key_v2';
 SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('i', i)) = ('v' || i)::bytea) AS decrypted
 FROM v2_mixed WHERE i <= 250;
--- Rows whose data key is bound to provider-context values are skipped.
+-- Data keys bound to provider-context values (a tenant in
+-- kms_pg.kms_context_keys) are rewrapped too, with the values their registry
+-- row keeps: 3 tenants, 3 data keys, 3 provider calls, none skipped, no user
+-- row written, and every value decrypts cold afterwards.
 SET kms_pg.kms_context_keys = 'tenant';
-SELECT kms_decrypt_text(kms_encrypt_text('bound', '{"tenant": "t1"}', 'alias/regress_v2_other'), '{"tenant": "t1"}') AS bound_roundtrip;
+SELECT kms_describe_key('alias/regress_v2_other') ->> 'KeyId' AS key_other \gset
+CREATE TABLE v2_tenants (id int PRIMARY KEY, tenant text, c bytea);
+INSERT INTO v2_tenants SELECT i, 't' || (i % 3),
+    kms_encrypt(('row ' || i)::bytea, jsonb_build_object('tenant', 't' || (i % 3)), 'alias/regress_v2_other')
+FROM generate_series(1, 30) i;
+SELECT count(DISTINCT substr(c, 6, 7)) AS tenant_deks FROM v2_tenants;
+SELECT count(*) AS registry_rows, count(*) FILTER (WHERE provider_context IS NULL) AS without_context
+FROM kms_dek_registry WHERE key_id = :'key_other';
+SELECT kms_rotate_key('alias/regress_v2_other') IS NOT NULL AS other_new_version;
+SELECT rewrap_calls AS r1 FROM kms_cache_stats \gset
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_upd AS tu0 FROM pg_stat_user_tables WHERE relname = 'v2_tenants' \gset
+SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(:'key_other');
+SELECT rewrap_calls - :r1 AS tenant_rewrap_calls FROM kms_cache_stats;
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_upd - :tu0 AS tenant_rows_updated FROM pg_stat_user_tables WHERE relname = 'v2_tenants';
+SELECT count(*) FILTER (WHERE rewrapped_at IS NULL) AS tenant_not_rewrapped,
+       count(*) FILTER (WHERE name_block = '\x010674656e616e74'::bytea) AS tenant_rows_rewrapped
+FROM kms_dek_registry WHERE key_id = :'key_other';
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('row ' || id)::bytea) AS tenant_decrypted,
+       count(*) AS tenant_values
+FROM v2_tenants;
+-- The wrong tenant still fails (the provider context binds each data key).
+SELECT pg_temp.try($$SELECT kms_decrypt(c, '{"tenant": "t2"}') FROM v2_tenants WHERE id = 1$$) AS wrong_tenant;
 RESET kms_pg.kms_context_keys;
-SET client_min_messages = warning;    -- its NOTICE names the key id
-SELECT deks >= 2 AS several, skipped AS bound_skipped
-FROM kms_rotate_key_registry(kms_describe_key('alias/regress_v2_other') ->> 'KeyId');
-RESET client_min_messages;
 -- Only a holder of rewrap on the key may rotate it.
 GRANT EXECUTE ON FUNCTION kms_rotate_key_registry(text, text) TO regress_v2_reader;
 SET ROLE regress_v2_reader;
@@ -215,8 +243,91 @@ SELECT format FROM kms_protected_columns WHERE relid = 'v2_prot'::regclass;
 SELECT 'kms_dek_registry'::regclass = ANY (extconfig) AS dumped FROM pg_extension WHERE extname = 'kms_pg';
 SELECT has_table_privilege('public', 'kms_dek_registry', 'SELECT') AS public_can_read;
 
+-- A session decrypting v2 values whose data keys are in the shared cache
+-- makes no registry lookup (index scans of kms_dek_registry): the cache
+-- finds each DEK by its reference, with the key id and name block of its
+-- registry row.  Key privileges are still checked against the value's key.
+SELECT kms_cache_flush() >= 0 AS flushed;
+\c
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('row ' || id)::bytea) AS first_session_decrypted
+FROM v2_tenants;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan AS x0 FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry' \gset
+SELECT decrypt_calls AS dc0 FROM kms_cache_stats \gset
+\c
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('row ' || id)::bytea) AS second_session_decrypted
+FROM v2_tenants;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan - :x0 AS second_session_registry_lookups FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry';
+SELECT decrypt_calls - :dc0 AS second_session_decrypt_calls FROM kms_cache_stats;
+-- A hit by reference on a DEK of a key the reader holds no privilege on is refused.
+GRANT SELECT ON v2_tenants TO regress_v2_reader;
+\c
+SET ROLE regress_v2_reader;
+DO $$
+BEGIN
+  PERFORM kms_decrypt(c, '{"tenant": "t1"}') FROM v2_tenants WHERE id = 1;
+  RAISE NOTICE 'opened';
+EXCEPTION WHEN OTHERS THEN
+  RAISE NOTICE 'refused: %', SQLSTATE;
+END $$;
+RESET ROLE;
+REVOKE SELECT ON v2_tenants FROM regress_v2_reader;
+SELECT pg_stat_force_next_flush();
+SELECT idx_scan - :x0 AS registry_lookups_after_refusal FROM pg_stat_user_tables WHERE relname = 'kms_dek_registry';
+
+-- Encrypt reuses the tenant's data key (format 2): once the cache is
+-- flushed (as by a restart), encrypting for the same tenants reloads each
+-- tenant's current DEK from the registry (one unwrap each, and one lease of
+-- its budget recorded in its row) instead of making a new one.
+SET kms_pg.provider = 'local';
+SET kms_pg.key_id = 'alias/regress_v2';
+SET kms_pg.format = 2;
+SET kms_pg.kms_context_keys = 'tenant';
+CREATE TABLE v2_reuse (id int PRIMARY KEY, tenant text, c bytea);
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(1, 50) i;
+SELECT count(*) AS reg0 FROM kms_dek_registry \gset
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g0, decrypt_calls AS d0 FROM kms_cache_stats \gset
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(51, 100) i;
+SELECT generate_calls - :g0 AS generate_after_flush, decrypt_calls - :d0 AS unwraps_after_flush
+FROM kms_cache_stats;
+SELECT count(*) - :reg0 AS new_registry_rows FROM kms_dek_registry;
+SELECT count(DISTINCT substr(c, 6, 7)) AS deks_of_5_tenants FROM v2_reuse;
+-- each tenant's row: two leases of 1/16 of kms_pg.dek_max_messages handed out
+SELECT r.leased_messages / (current_setting('kms_pg.dek_max_messages')::bigint / 16) AS leases, count(*)
+FROM kms_dek_registry r WHERE r.dek_ref IN (SELECT DISTINCT ('x' || encode(substr(c, 6, 7), 'hex'))::bit(56)::bigint FROM v2_reuse)
+GROUP BY 1;
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT count(*) FILTER (WHERE kms_decrypt(c, jsonb_build_object('tenant', tenant)) = ('reuse ' || id)::bytea) AS reuse_decrypted
+FROM v2_reuse;
+-- A DEK older than kms_pg.dek_max_age is not reused: a new one per tenant.
+SET kms_pg.dek_max_age = 1;
+SELECT pg_sleep(1.5);
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g1 FROM kms_cache_stats \gset
+SELECT count(*) AS reg1 FROM kms_dek_registry \gset
+INSERT INTO v2_reuse SELECT i, 'r' || (i % 5),
+    kms_encrypt(('reuse ' || i)::bytea, jsonb_build_object('tenant', 'r' || (i % 5)))
+FROM generate_series(101, 110) i;
+SELECT generate_calls - :g1 AS generate_after_age, (SELECT count(*) - :reg1 FROM kms_dek_registry) AS new_rows_after_age
+FROM kms_cache_stats;
+RESET kms_pg.dek_max_age;
+-- Format 1 keeps no registry: after a flush it makes a new DEK per tenant.
+SET kms_pg.format = 1;
+SELECT kms_cache_flush() >= 0 AS flushed;
+SELECT generate_calls AS g2 FROM kms_cache_stats \gset
+SELECT count(*) AS v1_values FROM (SELECT kms_encrypt('v1'::bytea, jsonb_build_object('tenant', 'r' || i)) FROM generate_series(0, 4) i) s;
+SELECT generate_calls - :g2 AS v1_generate_after_flush FROM kms_cache_stats;
+RESET kms_pg.kms_context_keys;
+DROP TABLE v2_reuse;
+
 RESET kms_pg.format;
-DROP TABLE v2_mixed, v2_conv;
+DROP TABLE v2_mixed, v2_conv, v2_tenants;
 SET client_min_messages = warning;
 SELECT kms_unprotect_column('v2_prot', 'ssn');
 RESET client_min_messages;

@@ -58,6 +58,31 @@ SELECT kms_cache_flush() >= 0 AS flushed;
 SELECT count(*) FILTER (WHERE convert_from(kms_decrypt(c, jsonb_build_object('id', id)), 'UTF8') = 'aws ' || id) AS decrypted
 FROM aws_v2;
 
+-- Data keys bound to a tenant (kms_pg.kms_context_keys) rotate too, with
+-- the provider context their registry row keeps: 3 tenants, 3 ReEncrypt
+-- (with the tenant as encryption context), none skipped, no user row
+-- written, and every value decrypts cold.
+SET kms_pg.kms_context_keys = 'tenant';
+CREATE TABLE aws_v2_tenants (id int PRIMARY KEY, tenant text, c bytea);
+INSERT INTO aws_v2_tenants SELECT i, 't' || (i % 3),
+    kms_encrypt(convert_to('tenant ' || i, 'UTF8'), jsonb_build_object('tenant', 't' || (i % 3)))
+FROM generate_series(1, 30) i;
+SELECT count(DISTINCT substr(c, 6, 7)) AS tenant_deks FROM aws_v2_tenants;
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_upd AS tu0 FROM pg_stat_user_tables WHERE relname = 'aws_v2_tenants' \gset
+\! /usr/bin/python3 $KMS_PG_ROOT/test/emulator/emuctl.py --cafile $KMS_EMULATOR_CA reset >/dev/null
+SELECT deks, rewrapped, skipped FROM kms_rotate_key_registry(:'test_arn', 'alias/kms-pg-other');
+\! /usr/bin/python3 $KMS_PG_ROOT/test/emulator/emuctl.py --cafile $KMS_EMULATOR_CA counters --ops ReEncrypt,Decrypt,GenerateDataKey,Encrypt
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_upd - :tu0 AS tenant_rows_updated FROM pg_stat_user_tables WHERE relname = 'aws_v2_tenants';
+SELECT count(*) FILTER (WHERE kms_ciphertext_key_id(c) = :'other_arn') AS tenant_under_other_key FROM aws_v2_tenants;
+SELECT kms_cache_flush() >= 0 AS flushed;
+\! /usr/bin/python3 $KMS_PG_ROOT/test/emulator/emuctl.py --cafile $KMS_EMULATOR_CA reset >/dev/null
+SELECT count(*) FILTER (WHERE convert_from(kms_decrypt(c, jsonb_build_object('tenant', tenant)), 'UTF8') = 'tenant ' || id) AS tenant_decrypted
+FROM aws_v2_tenants;
+\! /usr/bin/python3 $KMS_PG_ROOT/test/emulator/emuctl.py --cafile $KMS_EMULATOR_CA counters --ops Decrypt
+RESET kms_pg.kms_context_keys;
+
 RESET kms_pg.format;
 RESET kms_pg.key_id;
-DROP TABLE aws_v2;
+DROP TABLE aws_v2, aws_v2_tenants;

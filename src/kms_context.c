@@ -262,3 +262,62 @@ kms_context_from_pairs(KmsContextPair *pairs, int npairs, KmsContext *out, char 
 	kms_context_serialize(pairs, npairs, &out->canonical);
 	return KMS_OK;
 }
+
+/*
+ * Rebuild a context from its canonical bytes (as kms_context_serialize
+ * wrote them, e.g. kept in the data key registry).  The pairs point into a
+ * copy owned by out.  False when the bytes are not canonical.
+ */
+bool
+kms_context_from_canonical(const uint8 *data, int len, KmsContext *out)
+{
+	uint8	   *copy;
+	int			off = 4;
+	uint32		n;
+
+	memset(out, 0, sizeof(*out));
+	if (len < 4 || len > KMS_CTX_MAX_BYTES)
+		return false;
+	copy = palloc(len + 1);
+	memcpy(copy, data, len);
+	n = ((uint32) copy[0] << 24) | ((uint32) copy[1] << 16) | ((uint32) copy[2] << 8) | copy[3];
+	if (n > KMS_CTX_MAX_PAIRS)
+		return false;
+	out->pairs = n > 0 ? palloc(sizeof(KmsContextPair) * n) : NULL;
+	for (uint32 i = 0; i < n; i++)
+	{
+		uint32		kl;
+		uint32		vl;
+
+		if (len - off < 4)
+			return false;
+		kl = ((uint32) copy[off] << 24) | ((uint32) copy[off + 1] << 16) |
+			((uint32) copy[off + 2] << 8) | copy[off + 3];
+		off += 4;
+		if (kl == 0 || (uint32) (len - off) < kl + 5)
+			return false;
+		out->pairs[i].key = (const char *) copy + off;
+		out->pairs[i].keylen = (int) kl;
+		off += kl;
+		out->pairs[i].type = copy[off++];
+		vl = ((uint32) copy[off] << 24) | ((uint32) copy[off + 1] << 16) |
+			((uint32) copy[off + 2] << 8) | copy[off + 3];
+		off += 4;
+		if ((uint32) (len - off) < vl)
+			return false;
+		out->pairs[i].value = (const char *) copy + off;
+		out->pairs[i].valuelen = (int) vl;
+		off += vl;
+		if (out->pairs[i].type < KMS_CTX_TYPE_STRING || out->pairs[i].type > KMS_CTX_TYPE_BOOLEAN ||
+			(i > 0 && kms_context_pair_cmp(&out->pairs[i - 1], &out->pairs[i]) >= 0))
+			return false;
+	}
+	if (off != len)
+		return false;
+	out->npairs = (int) n;
+	out->canonical.data = (char *) copy;
+	out->canonical.len = len;
+	out->canonical.maxlen = len + 1;
+	out->canonical.cursor = 0;
+	return true;
+}

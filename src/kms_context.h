@@ -72,4 +72,7 @@ extern void kms_context_init_empty(KmsContext *ctx);
 extern const KmsContextPair *kms_context_find(const KmsContext *ctx,
 											  const char *key, int keylen);
 
+/* Rebuild a context from canonical bytes; false when not canonical. */
+extern bool kms_context_from_canonical(const uint8 *data, int len, KmsContext *out);
+
 #endif							/* KMS_CONTEXT_H */

@@ -63,6 +63,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_dek_cache.h"
+#include "kms_dek_registry.h"
 #include "kms_guc.h"
 #include "kms_aws_json.h"
 
@@ -105,6 +106,7 @@
 #define KMS_KEY_NAMES		1024	/* distinct key names recorded */
 #define KMS_FAIL_RING		32		/* recent fill errors */
 #define KMS_NO_KEY			0xFFFF	/* key name reference: none */
+#define KMS_REUSE_LEASES	16		/* format 2: a DEK's budget in leases */
 
 typedef struct KmsCacheSlot
 {
@@ -114,6 +116,10 @@ typedef struct KmsCacheSlot
 	bool		has_enc;
 	bool		key_unknown;	/* a name was not recorded: any key matches */
 	bool		has_header;
+	bool		has_ref;		/* also found by its format 2 reference */
+	uint16		names_ref;		/* has_ref: the registry row's name block (hex, as a key name) */
+	Oid			ref_db;			/* has_ref: the database of dek_ref */
+	uint64		dek_ref;		/* has_ref: the registry reference */
 	uint16		key_id_ref;		/* wrapping key id as recorded in values */
 	uint16		key_req_ref;	/* the key as requested for encryption */
 	int32		filler_pid;
@@ -219,7 +225,9 @@ typedef struct KmsLocalDek
 	char	   *ident;
 	int			ident_len;
 	KmsDek		dek;
-	uint8	   *header_buf;
+	uint8	   *header_buf;		/* encrypt: v1 header; by reference: provider, key id, names */
+	int			info_len;		/* by reference: bytes in header_buf */
+	bool		ref_noted;		/* encrypt: the slot was given its format 2 reference */
 } KmsLocalDek;
 
 static HTAB *kms_l1 = NULL;
@@ -249,11 +257,17 @@ rewrap_memo_clear(void)
 	kms_rewrap_memo = NULL;
 }
 
-/* Index entries: two identities per slot at most, plus one claim per partition in flight. */
+/*
+ * Index entries: two identities per slot (decrypt, encrypt) plus one claim
+ * per partition in flight, and a quarter more: a format 2 reference is
+ * added only while the index holds fewer than two entries per slot, so a
+ * claim always finds room (a decrypt-only v2 entry has two identities:
+ * its decrypt identity and its reference).
+ */
 static long
 kms_cache_index_size(void)
 {
-	return 2L * kms_guc_cache_entries + KMS_CACHE_PARTITIONS;
+	return 2L * kms_guc_cache_entries + kms_guc_cache_entries / 4 + KMS_CACHE_PARTITIONS;
 }
 
 static Size
@@ -332,7 +346,7 @@ kms_cache_shmem_startup(void)
 			KmsCacheSlot *s = &kms_cache->slots[i];
 
 			s->state = SLOT_FREE;
-			s->key_id_ref = s->key_req_ref = KMS_NO_KEY;
+			s->key_id_ref = s->key_req_ref = s->names_ref = KMS_NO_KEY;
 			pg_atomic_init_u32(&s->generation, 1);
 			pg_atomic_init_u32(&s->usage, 0);
 			pg_atomic_init_u64(&s->messages, 0);
@@ -670,9 +684,32 @@ cache_index_insert(const uint8 *id, uint32 h, int slot)
 	return r;
 }
 
+/*
+ * The identity of a format 2 DEK by reference: not a hash, the database and
+ * the reference themselves (a reference names one registry row of one
+ * database, and the DEK of a row never changes: rotation rewraps it).
+ */
+static void
+ref_id(Oid db, uint64 ref, uint8 *out)
+{
+	memset(out, 0, KMS_ID_LEN);
+	out[0] = 'K';
+	out[1] = 'R';
+	memcpy(out + 2, &db, sizeof(db));
+	memcpy(out + 2 + sizeof(db), &ref, sizeof(ref));
+}
+
 static bool
 slot_holds(KmsCacheSlot *s, const uint8 *id)
 {
+	if (s->has_ref && id[0] == 'K' && id[1] == 'R')
+	{
+		uint8		rid[KMS_ID_LEN];
+
+		ref_id(s->ref_db, s->dek_ref, rid);
+		if (memcmp(rid, id, KMS_ID_LEN) == 0)
+			return true;
+	}
 	return (s->has_dec && memcmp(s->dec_id, id, KMS_ID_LEN) == 0) ||
 		(s->has_enc && memcmp(s->enc_id, id, KMS_ID_LEN) == 0);
 }
@@ -687,6 +724,16 @@ slot_clear(KmsCacheSlot *s)
 		cache_index_remove(s->dec_id);
 	if (s->has_enc)
 		cache_index_remove(s->enc_id);
+	if (s->has_ref)
+	{
+		uint8		rid[KMS_ID_LEN];
+
+		ref_id(s->ref_db, s->dek_ref, rid);
+		cache_index_remove(rid);
+		key_name_unref(s->names_ref, false);
+		s->names_ref = KMS_NO_KEY;
+		s->has_ref = false;
+	}
 	explicit_bzero(s->dek, sizeof(s->dek));
 	s->has_dec = s->has_enc = false;
 	s->has_header = false;
@@ -1018,6 +1065,8 @@ l1_insert(uint64 hkey, bool is_enc, const char *ident, int ident_len, const uint
 	e->expires = expires;
 	e->max_messages = max_messages;
 	e->max_bytes = max_bytes;
+	e->dek.max_messages = max_messages;
+	e->dek.max_bytes = max_bytes;
 	old = MemoryContextSwitchTo(kms_l1_cxt);
 	e->ident = palloc(ident_len);
 	memcpy(e->ident, ident, ident_len);
@@ -1185,6 +1234,55 @@ build_decrypt_ident(uint8 provider, const char *key, int keylen, const uint8 *na
 	return b;
 }
 
+/*
+ * Let a READY slot holding the DEK of v2 value env (generation gen) be
+ * found by env's reference too, with the key id the slot records and the
+ * registry row's name block (kept as a key name, in hex).
+ */
+static void
+slot_add_ref(int idx, uint32 gen, const KmsEnvelope *env)
+{
+	KmsCacheSlot *s = &kms_cache->slots[idx];
+	char		hex[KMS_SLOT_KEY_MAX];
+	int			hlen;
+	uint8		rid[KMS_ID_LEN];
+	static const char digits[] = "0123456789abcdef";
+
+	if (s->has_ref || 1 + 2 * env->names_block_len >= KMS_SLOT_KEY_MAX)
+		return;					/* unlocked pre-check; re-checked below */
+	hex[0] = '#';
+	for (int i = 0; i < env->names_block_len; i++)
+	{
+		hex[1 + 2 * i] = digits[env->names_block[i] >> 4];
+		hex[2 + 2 * i] = digits[env->names_block[i] & 0xf];
+	}
+	hlen = 1 + 2 * env->names_block_len;
+	/* never at the expense of decrypt and encrypt identities (approximate count) */
+	if (hash_get_num_entries(kms_cache_index) >= 2L * kms_cache->nslots + KMS_CACHE_PARTITIONS)
+		return;
+	ref_id(MyDatabaseId, env->dek_ref, rid);
+	LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+	if (s->state == SLOT_READY && pg_atomic_read_u32(&s->generation) == gen && !s->has_ref &&
+		!s->key_unknown && s->key_id_ref != KMS_NO_KEY && s->key_provider == env->provider)
+	{
+		uint16		nref = key_name_ref(env->provider, hex, hlen, false);
+
+		if (nref != KMS_NO_KEY)
+		{
+			if (cache_index_insert(rid, cache_index_hash(rid), idx) == idx)
+			{
+				s->has_ref = true;
+				s->names_ref = nref;
+				s->ref_db = MyDatabaseId;
+				s->dek_ref = env->dek_ref;
+			}
+			else
+				key_name_unref(nref, false);
+		}
+	}
+	LWLockRelease(SLOT_LOCK(idx));
+}
+
 /* ---- the fill protocol ---- */
 
 typedef enum FillOutcome
@@ -1207,14 +1305,20 @@ slot_usable(KmsCacheSlot *s, bool for_encrypt, TimestampTz now)
 /*
  * Find id in the shared table, or claim a FILLING slot for it, waiting
  * for another backend's fill when there is one.  On FILL_FOUND the DEK,
- * header and limits are copied out.
+ * header and limits are copied out.  An encrypting entry whose header the
+ * ring has overwritten is given out with header length 0 when it is a
+ * format 2 DEK (ref_found: its reference), and retired from encryption
+ * otherwise.
  */
+static uint64 ref_found = 0;
+
 static FillOutcome
 shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *gen_out,
 					 uint8 *dek_out, uint8 *header_out, int *header_len_out,
 					 TimestampTz *expires_out, uint64 *maxm_out, uint64 *maxb_out)
 {
 	uint32		h = cache_index_hash(id);
+	bool		header_lost = false;
 
 	for (;;)
 	{
@@ -1234,17 +1338,26 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 				LWLockRelease(SLOT_LOCK(idx));
 				continue;
 			}
+			header_lost = false;
 			if (slot_usable(s, for_encrypt, now))
 			{
 				bool		ok = true;
+				bool		by_ref = false;
 
 				if (header_out)
 					ok = ring_read(s->header_pos, s->header_len, header_out);
+				if (!ok && s->has_ref)
+				{
+					/* a format 2 DEK: the caller rebuilds the header from its registry row */
+					ok = by_ref = true;
+					ref_found = s->dek_ref;
+				}
+				header_lost = !ok;
 				if (ok)
 				{
 					memcpy(dek_out, s->dek, KMS_DEK_LEN);
 					if (header_out)
-						*header_len_out = s->header_len;
+						*header_len_out = by_ref ? 0 : s->header_len;
 					*slot_out = idx;
 					*gen_out = pg_atomic_read_u32(&s->generation);
 					*expires_out = s->expires;
@@ -1305,7 +1418,8 @@ shared_find_or_claim(const uint8 *id, bool for_encrypt, int *slot_out, uint32 *g
 
 			/* READY but expired, exhausted or without header: fix it exclusively */
 			LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
-			if (slot_holds(s, id) && s->state == SLOT_READY && !slot_usable(s, for_encrypt, now))
+			if (slot_holds(s, id) && s->state == SLOT_READY &&
+				(!slot_usable(s, for_encrypt, now) || header_lost))
 			{
 				if (now >= s->expires)
 				{
@@ -1476,14 +1590,35 @@ typedef struct GenerateArgs
 	const KmsProviderRoutine *provider;
 	const char *key;
 	const KmsContext *kctx;
+	int			format;
+	uint64		lease_m;		/* format 2: the budget of one lease */
+	uint64		lease_b;
+	uint64		max_m;			/* the DEK's whole budget */
+	uint64		max_b;
+	bool		reused;			/* out: reloaded from the registry */
+	TimestampTz created_at;		/* out, when reused */
 	KmsWrappedKey wrapped;
 } GenerateArgs;
 
+/*
+ * A DEK to encrypt with: under format 2 the current registry row of (key,
+ * provider context) if one may still seal a lease of values (one unwrap
+ * and one registry write), else a new DEK from the provider.
+ */
 static void
 fill_generate(void *arg, uint8 *dek_out)
 {
 	GenerateArgs *g = (GenerateArgs *) arg;
 
+	if (g->format == 2 &&
+		kms_dek_registry_reuse(g->provider->id, g->key, g->kctx, g->lease_m, g->lease_b,
+							   g->max_m, g->max_b, &g->wrapped, &g->created_at))
+	{
+		g->provider->decrypt_data_key(g->wrapped.key_id, g->wrapped.wrapped, g->wrapped.wrapped_len,
+									  g->kctx, dek_out);
+		g->reused = true;
+		return;
+	}
 	g->provider->generate_data_key(g->key, g->kctx, dek_out, &g->wrapped);
 }
 
@@ -1505,7 +1640,7 @@ header_for(const KmsProviderRoutine *provider, const KmsWrappedKey *w, const Kms
 
 KmsDek *
 kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
-					const KmsContext *kctx, Size nbytes)
+					const KmsContext *kctx, Size nbytes, int format)
 {
 	char		stackbuf[512];
 	int			ident_len;
@@ -1555,8 +1690,30 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 		/* slow path: the shared level */
 		sha256_id('E', ident, ident_len, id);
 		header = palloc(KMS_SLOT_HEADER_MAX);
+		ref_found = 0;
 		outcome = shared_find_or_claim(id, true, &slot, &gen, dek, header, &header_len,
 									   &expires, &maxm, &maxb);
+		if (outcome == FILL_FOUND && header_len == 0)
+		{
+			/* format 2 DEK whose header the ring overwrote: rebuilt from its registry row */
+			uint8	   *h = NULL;
+
+			if (ref_found != 0 && kms_dek_registry_header(ref_found, &h, &header_len) &&
+				header_len <= KMS_SLOT_HEADER_MAX)
+				memcpy(header, h, header_len);
+			else
+			{
+				KmsCacheSlot *s = &kms_cache->slots[slot];
+
+				explicit_bzero(dek, sizeof(dek));
+				LWLockAcquire(SLOT_LOCK(slot), LW_EXCLUSIVE);
+				if (pg_atomic_read_u32(&s->generation) == gen && s->state == SLOT_READY)
+					slot_retire_encrypt(s);
+				LWLockRelease(SLOT_LOCK(slot));
+				pfree(header);
+				continue;
+			}
+		}
 		if (outcome == FILL_FOUND)
 		{
 			PG_TRY();
@@ -1578,7 +1735,7 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 		/* we fill (shared) or make a DEK for this backend only */
 		{
-			GenerateArgs g = {.provider = provider, .key = key, .kctx = kctx};
+			GenerateArgs g = {.provider = provider, .key = key, .kctx = kctx, .format = format};
 			uint8		dec_id[KMS_ID_LEN];
 			char		dstack[512];
 			int			dlen;
@@ -1586,10 +1743,28 @@ kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
 
 			pfree(header);
 			limits_now(now, &expires, &maxm, &maxb);
+			if (format == 2)
+			{
+				/*
+				 * Format 2: the budget is handed out in leases recorded in
+				 * the registry row, so a reload (after a restart or an
+				 * eviction) never counts a value twice.
+				 */
+				g.max_m = maxm;
+				g.max_b = maxb;
+				g.lease_m = Max(maxm / KMS_REUSE_LEASES, 1);
+				g.lease_b = Max(maxb / KMS_REUSE_LEASES, (uint64) nbytes);
+				maxm = g.lease_m;
+				maxb = g.lease_b;
+			}
 			if (outcome == FILL_MINE)
 				run_fill(fill_generate, &g, dek);
 			else
 				fill_generate(&g, dek);
+			/* a reloaded DEK expires as it would have, counted from its creation */
+			if (g.reused)
+				expires = Min(expires, TimestampTzPlusMilliseconds(g.created_at,
+																   (int64) kms_guc_dek_max_age * 1000));
 
 			PG_TRY();
 			{
@@ -1810,8 +1985,162 @@ kms_dek_for_decrypt(const KmsProviderRoutine *provider, const KmsEnvelope *env,
 		explicit_bzero(dek, sizeof(dek));
 	}
 	PG_END_TRY();
+	/* a format 2 DEK: other backends find it by reference, without the registry */
+	if (env->version == KMS_ENVELOPE_V2 && slot >= 0)
+		slot_add_ref(slot, gen, env);
 	last_dec = e;
 	return &e->dek;
+}
+
+/* Fill env's registry fields from a by-reference local entry. */
+static void
+env_from_info(KmsEnvelope *env, const uint8 *info, int info_len)
+{
+	char	   *detail;
+	KmsError	err;
+
+	err = kms_envelope_set_registry_names(env, info[0], (const char *) info + 2, info[1],
+										  info + 2 + info[1], info_len - 2 - info[1], &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+}
+
+static int
+unhex_nibble(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	return c - 'a' + 10;
+}
+
+KmsDek *
+kms_dek_for_decrypt_ref(KmsEnvelope *env)
+{
+	char		ident[2 + sizeof(uint64)];
+	uint64		hkey;
+	KmsLocalDek *e;
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		rid[KMS_ID_LEN];
+	int			idx;
+	KmsCacheSlot *s;
+	uint8		dek[KMS_DEK_LEN];
+	uint8		info[2 + 2 * KMS_SLOT_KEY_MAX];
+	int			info_len;
+	uint32		gen;
+	TimestampTz expires;
+	uint64		maxm;
+	uint64		maxb;
+
+	kms_dek_cache_require();
+	l1_init();
+	if (kms_guc_key_state_check_interval > 0 && now >= next_key_check)
+		key_state_check(now);
+	ident[0] = (char) 0xff;
+	ident[1] = 'R';
+	memcpy(ident + 2, &env->dek_ref, sizeof(uint64));
+	hkey = hash_bytes_extended((const unsigned char *) ident, sizeof(ident), 0x524546);
+	e = l1_find(hkey, false, ident, sizeof(ident));
+	if (e != NULL)
+	{
+		if (l1_valid(e, now) && e->header_buf != NULL)
+		{
+			env_from_info(env, e->header_buf, e->info_len);
+			if (++pending_local_hits >= KMS_STAT_FLUSH_EVERY)
+				flush_pending_stats();
+			return &e->dek;
+		}
+		l1_remove(e);
+	}
+
+	ref_id(MyDatabaseId, env->dek_ref, rid);
+	idx = cache_index_lookup(rid, cache_index_hash(rid));
+	if (idx < 0)
+		return NULL;
+	s = &kms_cache->slots[idx];
+	LWLockAcquire(SLOT_LOCK(idx), LW_SHARED);
+	if (!slot_holds(s, rid) || !s->has_ref || s->state != SLOT_READY || now >= s->expires ||
+		s->key_id_ref == KMS_NO_KEY || s->names_ref == KMS_NO_KEY)
+	{
+		LWLockRelease(SLOT_LOCK(idx));
+		return NULL;
+	}
+	LWLockAcquire(kms_cache->misc_lock, LW_SHARED);
+	{
+		const char *k = kms_cache->key_names[s->key_id_ref].name;
+		const char *n = kms_cache->key_names[s->names_ref].name + 1;	/* after '#' */
+		int			klen = strlen(k);
+		int			nlen = strlen(n) / 2;
+
+		info[0] = s->key_provider;
+		info[1] = (uint8) klen;
+		memcpy(info + 2, k, klen);
+		for (int i = 0; i < nlen; i++)
+			info[2 + klen + i] = (uint8) ((unhex_nibble(n[2 * i]) << 4) | unhex_nibble(n[2 * i + 1]));
+		info_len = 2 + klen + nlen;
+	}
+	LWLockRelease(kms_cache->misc_lock);
+	memcpy(dek, s->dek, KMS_DEK_LEN);
+	gen = pg_atomic_read_u32(&s->generation);
+	expires = s->expires;
+	maxm = s->max_messages;
+	maxb = s->max_bytes;
+	slot_touch(s);
+	LWLockRelease(SLOT_LOCK(idx));
+	pg_atomic_fetch_add_u64(&kms_cache->stat_hits, 1);
+
+	PG_TRY();
+	{
+		e = l1_insert(hkey, false, ident, sizeof(ident), dek, NULL, 0, idx, gen, expires, maxm, maxb);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(dek, sizeof(dek));
+	}
+	PG_END_TRY();
+	e->header_buf = MemoryContextAlloc(kms_l1_cxt, info_len);
+	memcpy(e->header_buf, info, info_len);
+	e->info_len = info_len;
+	env_from_info(env, e->header_buf, e->info_len);
+	return &e->dek;
+}
+
+void
+kms_dek_cache_note_ref(KmsDek *dek, uint64 ref)
+{
+	KmsLocalDek *e = (KmsLocalDek *) ((char *) dek - offsetof(KmsLocalDek, dek));
+	KmsEnvelope env;
+
+	if (e->slot < 0 || e->ref_noted || dek->header == NULL)
+		return;
+	e->ref_noted = true;
+	memset(&env, 0, sizeof(env));
+	env.version = KMS_ENVELOPE_V2;
+	env.dek_ref = ref;
+	env.provider = dek->header[5];
+	env.names_block = dek->header + dek->names_off;
+	env.names_block_len = dek->names_len;
+	slot_add_ref(e->slot, e->slot_gen, &env);
+}
+
+void
+kms_dek_cache_forget_ref(uint64 ref)
+{
+	uint8		rid[KMS_ID_LEN];
+	int			idx;
+
+	kms_dek_cache_require();
+	l1_clear();
+	ref_id(MyDatabaseId, ref, rid);
+	idx = cache_index_lookup(rid, cache_index_hash(rid));
+	if (idx >= 0)
+	{
+		KmsCacheSlot *s = &kms_cache->slots[idx];
+
+		LWLockAcquire(SLOT_LOCK(idx), LW_EXCLUSIVE);
+		if (slot_holds(s, rid) && s->has_ref)
+			slot_clear(s);		/* generation bump: other backends' copies retire */
+		LWLockRelease(SLOT_LOCK(idx));
+	}
 }
 
 /* ---- rewrap ---- */

@@ -22,6 +22,9 @@ typedef struct KmsDek
 	/* format 2 (kms_dek_registry.c): the DEK's reference, 0 until computed */
 	uint64		dek_ref;
 	uint64		ensured_epoch;	/* registry row ensured in this (sub)xact epoch */
+	/* the DEK's budget (values, bytes) as this cache entry allows it */
+	uint64		max_messages;
+	uint64		max_bytes;
 } KmsDek;
 
 /* Provider operations counted in kms_cache_stats. */
@@ -36,10 +39,12 @@ typedef enum KmsStatOp
 
 /*
  * DEK for sealing nbytes under key with provider context kctx.  Counts
- * the value against the DEK's limits (messages, bytes, age).
+ * the value against the DEK's limits (messages, bytes, age).  Under format
+ * 2 a miss reloads the current registry DEK of (key, kctx) when one may
+ * still seal (docs/cache.md), and a new DEK gets one lease of its budget.
  */
 extern KmsDek *kms_dek_for_encrypt(const KmsProviderRoutine *provider, const char *key,
-								   const KmsContext *kctx, Size nbytes);
+								   const KmsContext *kctx, Size nbytes, int format);
 
 /*
  * DEK for opening env.  full_ctx is the caller's whole context; the
@@ -48,6 +53,26 @@ extern KmsDek *kms_dek_for_encrypt(const KmsProviderRoutine *provider, const cha
  */
 extern KmsDek *kms_dek_for_decrypt(const KmsProviderRoutine *provider,
 								   const KmsEnvelope *env, const KmsContext *full_ctx);
+
+/*
+ * DEK of v2 value env (dek_ref set, registry fields not yet) from the cache
+ * by its reference alone: fills env's provider, key id and name block as
+ * the cache recorded them from the registry row, or returns NULL (the
+ * caller then reads the registry and calls kms_dek_for_decrypt).  The
+ * caller must check key privileges before using the DEK.
+ */
+extern KmsDek *kms_dek_for_decrypt_ref(KmsEnvelope *env);
+
+/*
+ * The encrypting DEK dek has registry row ref: its shared entry is also
+ * found by ref, and keeps serving encryption after the header ring has
+ * overwritten its v1 header (rebuilt from the row when it is visible;
+ * otherwise the entry retires from encryption as a v1 entry does).
+ */
+extern void kms_dek_cache_note_ref(KmsDek *dek, uint64 ref);
+
+/* Drop the cached DEK found by v2 reference ref (its row was rewrapped). */
+extern void kms_dek_cache_forget_ref(uint64 ref);
 
 /*
  * Re-wrap the DEK of env under new_key.  Identical wrapped DEKs in one

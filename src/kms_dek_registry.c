@@ -44,6 +44,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "common/hashfn.h"
@@ -64,12 +65,13 @@
 #include "utils/syscache.h"
 
 #define REGISTRY_TABLE	"kms_dek_registry"
-#define REG_NATTS		7
+#define REG_NATTS		11
 #define ANUM_REF		1
 #define ANUM_PROVIDER	2
 #define ANUM_KEY_ID		3
 #define ANUM_NAMES		4
 #define ANUM_WRAPPED	5
+#define ANUM_PCTX		8
 #define KMS_REG_MEMO_MAX	8192
 #define KMS_ENS_MAX			65536	/* registered DEKs remembered per backend */
 
@@ -89,6 +91,11 @@ typedef struct RegRow
 	int			names_len;
 	uint8	   *wrapped;
 	int			wrapped_len;
+	uint8	   *pctx;			/* canonical provider context, NULL if unknown */
+	int			pctx_len;
+	const char *key_req;		/* the key as requested (inserts only) */
+	uint64		leased_messages;	/* inserts only: the budget handed out */
+	uint64		leased_bytes;
 	bool		own;			/* inserted (or updated) by this transaction */
 } RegRow;
 
@@ -286,6 +293,7 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
 	text	   *t;
 	bytea	   *b;
 
+	Assert(desc->natts <= REG_NATTS);
 	heap_deform_tuple(tup, desc, values, nulls);
 	for (int i = 0; i < ANUM_WRAPPED; i++)
 		if (nulls[i])
@@ -303,6 +311,16 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
 	row->wrapped_len = VARSIZE_ANY_EXHDR(b);
 	row->wrapped = palloc(Max(row->wrapped_len, 1));
 	memcpy(row->wrapped, VARDATA_ANY(b), row->wrapped_len);
+	row->pctx = NULL;
+	row->pctx_len = 0;
+	row->key_req = NULL;
+	if (desc->natts >= ANUM_PCTX && !nulls[ANUM_PCTX - 1])
+	{
+		b = DatumGetByteaPP(values[ANUM_PCTX - 1]);
+		row->pctx_len = VARSIZE_ANY_EXHDR(b);
+		row->pctx = palloc(Max(row->pctx_len, 1));
+		memcpy(row->pctx, VARDATA_ANY(b), row->pctx_len);
+	}
 	row->own = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 }
 
@@ -335,10 +353,18 @@ registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 
 		SET_VARSIZE(w, VARHDRSZ + match->wrapped_len);
 		memcpy(VARDATA(w), match->wrapped, match->wrapped_len);
-		/* the index on wrapped_dek (the table's only other index) */
+		/* the index on wrapped_dek: the one whose first column it is */
 		foreach(lc, idxs)
-			if (lfirst_oid(lc) != kms_relation_pkey_index(rel))
+		{
+			HeapTuple	it = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+			if (!HeapTupleIsValid(it))
+				continue;
+			if (((Form_pg_index) GETSTRUCT(it))->indnatts == 1 &&
+				((Form_pg_index) GETSTRUCT(it))->indkey.values[0] == ANUM_WRAPPED)
 				idx = lfirst_oid(lc);
+			ReleaseSysCache(it);
+		}
 		ScanKeyInit(&key, ANUM_WRAPPED, BTEqualStrategyNumber, F_BYTEAEQ, PointerGetDatum(w));
 	}
 	scan = systable_beginscan(rel, idx, OidIsValid(idx), snap, 1, &key);
@@ -402,7 +428,35 @@ memo_put(const RegRow *row)
 	memcpy(m->row.names, row->names, row->names_len);
 	m->row.wrapped = palloc(Max(row->wrapped_len, 1));
 	memcpy(m->row.wrapped, row->wrapped, row->wrapped_len);
+	m->row.pctx = NULL;			/* decryption never needs it */
+	m->row.pctx_len = 0;
+	m->row.key_req = NULL;
 	MemoryContextSwitchTo(old);
+}
+
+bool
+kms_dek_registry_fill_memo(KmsEnvelope *env)
+{
+	MemoEntry  *m = NULL;
+	char	   *detail;
+	KmsError	err;
+
+	registry_init();
+	if (reg_memo_stale)
+	{
+		memo_clear();
+		reg_memo_stale = false;
+	}
+	if (reg_memo != NULL)
+		m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+	if (m == NULL)
+		return false;
+	err = kms_envelope_set_registry(env, m->row.provider, m->row.key_id, m->row.key_id_len,
+									m->row.names, m->row.names_len, m->row.wrapped,
+									m->row.wrapped_len, &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+	return true;
 }
 
 void
@@ -545,15 +599,22 @@ bytea_datum(const uint8 *p, int len)
 }
 
 #define INSERT_SQL \
-	"INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek)" \
-	" VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dek_ref) DO NOTHING"
+	"INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek," \
+	" provider_context, key_requested, leased_messages, leased_bytes)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dek_ref) DO NOTHING"
+
+static SPIPlanPtr insert_plan = NULL;	/* prepared once per backend (and table) */
+static Oid	insert_plan_relid = InvalidOid;
 
 static void
 registry_insert(Oid relid, const RegRow *row)
 {
 	OwnerSpi	o;
-	Oid			types[5] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID};
-	Datum		values[5];
+	Oid			types[9] = {INT8OID, INT2OID, TEXTOID, BYTEAOID, BYTEAOID, BYTEAOID, TEXTOID,
+	INT8OID, INT8OID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			rc;
 
 	owner_begin(&o, relid);
 	values[0] = Int64GetDatum((int64) row->ref);
@@ -561,7 +622,30 @@ registry_insert(Oid relid, const RegRow *row)
 	values[2] = PointerGetDatum(cstring_to_text_with_len(row->key_id, row->key_id_len));
 	values[3] = bytea_datum(row->names, row->names_len);
 	values[4] = bytea_datum(row->wrapped, row->wrapped_len);
-	owner_exec(psprintf(INSERT_SQL, o.tbl), 5, types, values);
+	values[5] = row->pctx != NULL ? bytea_datum(row->pctx, row->pctx_len) : (Datum) 0;
+	nulls[5] = row->pctx != NULL ? ' ' : 'n';
+	values[6] = row->key_req != NULL ? CStringGetTextDatum(row->key_req) : (Datum) 0;
+	nulls[6] = row->key_req != NULL ? ' ' : 'n';
+	values[7] = Int64GetDatum((int64) Min(row->leased_messages, (uint64) PG_INT64_MAX));
+	values[8] = Int64GetDatum((int64) Min(row->leased_bytes, (uint64) PG_INT64_MAX));
+	if (insert_plan == NULL || insert_plan_relid != relid)
+	{
+		SPIPlanPtr	p;
+
+		if (insert_plan != NULL)
+			SPI_freeplan(insert_plan);
+		insert_plan = NULL;
+		p = SPI_prepare(psprintf(INSERT_SQL, o.tbl), 9, types);
+		if (p == NULL)
+			elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		insert_plan = p;
+		insert_plan_relid = relid;
+	}
+	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
 	owner_end(&o);
 }
 
@@ -606,7 +690,7 @@ random_ref(void)
 }
 
 uint64
-kms_dek_registry_ensure(KmsDek *dek)
+kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx)
 {
 	uint64		hkey;
 	EnsureEntry *e;
@@ -631,6 +715,11 @@ kms_dek_registry_ensure(KmsDek *dek)
 	check_writable();
 	relid = registry_relid_or_error();
 	row_from_header(dek->header, dek->header_len, &want);
+	want.pctx = (uint8 *) kctx->canonical.data;
+	want.pctx_len = kctx->canonical.len;
+	want.key_req = key_req;
+	want.leased_messages = dek->max_messages;
+	want.leased_bytes = dek->max_bytes;
 
 	/* a committed row of this DEK (any backend's), or one of this transaction */
 	found = read_latest(relid, false, 0, &want, &got);
@@ -702,6 +791,8 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
 	check_writable();
 	if (registry_update(relid, env->dek_ref, provider, w, env->wrapped, env->wrapped_len) > 0)
 	{
+		/* the key id may have changed: not found by reference under the old one */
+		kms_dek_cache_forget_ref(env->dek_ref);
 		/* every backend (and standby) drops its memo of the row */
 		CacheInvalidateRelcacheByRelid(relid);
 		reg_memo_stale = true;
@@ -717,7 +808,8 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
  * its current version), with the current provider: one provider call per
  * distinct wrapped DEK, one row update per row, no write to any user table.
  * Rows whose DEK is bound to provider-context values (kms_pg.kms_context_keys)
- * cannot be rewrapped without those values and are counted as skipped:
+ * are rewrapped with the values the row keeps (provider_context); only rows
+ * without them (none are made so) are counted as skipped:
  * kms_rewrap() each value with its context, or kms_rotate_column().
  */
 PG_FUNCTION_INFO_V1(kms_rotate_key_registry);
@@ -760,8 +852,8 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 
 	owner_begin(&o, relid);
 	args[0] = CStringGetTextDatum(key);
-	owner_exec(psprintf("SELECT dek_ref, provider, key_id, name_block, wrapped_dek, NULL, NULL"
-						" FROM %s WHERE key_id = $1 ORDER BY dek_ref", o.tbl),
+	owner_exec(psprintf("SELECT dek_ref, provider, key_id, name_block, wrapped_dek, NULL, NULL,"
+						" provider_context FROM %s WHERE key_id = $1 ORDER BY dek_ref", o.tbl),
 			   1, types, args);
 	nrows = SPI_processed;
 	MemoryContextSwitchTo(caller);
@@ -781,6 +873,8 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 		KmsError	err;
 		const KmsProviderRoutine *provider;
 		KmsWrappedKey w;
+		KmsContext	pctx;
+		const KmsContext *use_ctx = &empty;
 
 		deks++;
 		memset(&env, 0, sizeof(env));
@@ -793,22 +887,33 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 			kms_report_error(err, detail);
 		if (env.nctxkeys > 0)
 		{
-			skipped++;
-			continue;
+			/*
+			 * Bound to provider-context values: the row keeps them (rows
+			 * made before it did are skipped).  Privileges may depend on
+			 * the context: checked for each such row.
+			 */
+			if (row.pctx == NULL || !kms_context_from_canonical(row.pctx, row.pctx_len, &pctx))
+			{
+				skipped++;
+				continue;
+			}
+			use_ctx = &pctx;
 		}
 		provider = kms_provider_by_id(env.provider);
-		if (!checked_src[env.provider])
+		if (!checked_src[env.provider] || use_ctx != &empty)
 		{
-			kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, &empty,
+			kms_key_check(env.provider, env.key_id, env.key_id_len, KMS_PRIV_REWRAP, use_ctx,
 						  fcinfo->flinfo->fn_oid);
-			checked_src[env.provider] = true;
+			if (use_ctx == &empty)
+				checked_src[env.provider] = true;
 		}
-		kms_dek_rewrap(provider, &env, &empty, new_key, &w);
-		if (!checked_target)
+		kms_dek_rewrap(provider, &env, use_ctx, new_key, &w);
+		if (!checked_target || use_ctx != &empty)
 		{
 			kms_key_check(target->id, w.key_id, strlen(w.key_id), KMS_PRIV_REWRAP | KMS_PRIV_ENCRYPT,
-						  &empty, fcinfo->flinfo->fn_oid);
-			checked_target = true;
+						  use_ctx, fcinfo->flinfo->fn_oid);
+			if (use_ctx == &empty)
+				checked_target = true;
 		}
 		rewrapped += registry_update(relid, row.ref, target->id, &w, row.wrapped, row.wrapped_len);
 		CHECK_FOR_INTERRUPTS();
@@ -829,4 +934,139 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	values[1] = Int64GetDatum(rewrapped);
 	values[2] = Int64GetDatum(skipped);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* ---- reuse: an encrypting miss reloads the current DEK of (key, provider context) ---- */
+
+#define REUSE_SQL \
+	"UPDATE %s r SET leased_messages = r.leased_messages + $5, leased_bytes = r.leased_bytes + $6" \
+	" WHERE r.dek_ref = (SELECT c.dek_ref FROM %s c" \
+	"   WHERE c.key_requested = $1 AND c.provider = $2" \
+	"     AND pg_catalog.sha256(c.provider_context) = pg_catalog.sha256($3)" \
+	"     AND c.provider_context = $3 AND c.rewrapped_at IS NULL" \
+	"     AND c.created_at > pg_catalog.now() - pg_catalog.make_interval(secs => $4)" \
+	"     AND c.leased_messages + $5 <= $7 AND c.leased_bytes + $6 <= $8" \
+	"   ORDER BY c.created_at DESC LIMIT 1)" \
+	" AND r.rewrapped_at IS NULL AND r.leased_messages + $5 <= $7 AND r.leased_bytes + $6 <= $8" \
+	" RETURNING r.key_id, r.wrapped_dek, r.created_at"
+
+static SPIPlanPtr reuse_plan = NULL;
+static Oid	reuse_plan_relid = InvalidOid;
+
+bool
+kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kctx,
+					   uint64 lease_m, uint64 lease_b, uint64 max_m, uint64 max_b,
+					   KmsWrappedKey *w, TimestampTz *created_at)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			relid;
+	OwnerSpi	o;
+	Datum		values[8];
+	int			rc;
+	bool		found = false;
+
+	/* no registry write possible: format 2 sealing raises later, at registration */
+	if (RecoveryInProgress() || XactReadOnly || IsInParallelMode() || IsParallelWorker())
+		return false;
+	registry_init();
+	relid = registry_relid();
+	if (!OidIsValid(relid))
+		return false;
+	owner_begin(&o, relid);
+	if (reuse_plan == NULL || reuse_plan_relid != relid)
+	{
+		Oid			types[8] = {TEXTOID, INT2OID, BYTEAOID, FLOAT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+		SPIPlanPtr	p;
+
+		if (reuse_plan != NULL)
+			SPI_freeplan(reuse_plan);
+		reuse_plan = NULL;
+		p = SPI_prepare(psprintf(REUSE_SQL, o.tbl, o.tbl), 8, types);
+		if (p == NULL)
+			elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(p) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		reuse_plan = p;
+		reuse_plan_relid = relid;
+	}
+	values[0] = CStringGetTextDatum(key_req);
+	values[1] = Int16GetDatum((int16) provider);
+	values[2] = bytea_datum((const uint8 *) kctx->canonical.data, kctx->canonical.len);
+	values[3] = Float8GetDatum((double) kms_guc_dek_max_age);
+	values[4] = Int64GetDatum((int64) lease_m);
+	values[5] = Int64GetDatum((int64) lease_b);
+	values[6] = Int64GetDatum((int64) Min(max_m, (uint64) PG_INT64_MAX));
+	values[7] = Int64GetDatum((int64) Min(max_b, (uint64) PG_INT64_MAX));
+	rc = SPI_execute_plan(reuse_plan, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		text	   *k = DatumGetTextPP(SPI_getbinval(tup, desc, 1, &isnull));
+		bytea	   *b = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
+
+		w->key_id = MemoryContextStrdup(caller, text_to_cstring(k));
+		w->wrapped_len = VARSIZE_ANY_EXHDR(b);
+		w->wrapped = MemoryContextAlloc(caller, Max(w->wrapped_len, 1));
+		memcpy(w->wrapped, VARDATA_ANY(b), w->wrapped_len);
+		*created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		found = true;
+	}
+	owner_end(&o);
+	return found;
+}
+
+/*
+ * The v1 header of the DEK of registry row ref (an encrypting cache entry
+ * whose header the ring overwrote), or false when the row is not visible.
+ */
+bool
+kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len)
+{
+	MemoEntry  *m = NULL;
+	RegRow		row;
+	RegRow	   *r = &row;
+	KmsEnvelope env;
+	char	   *key_id;
+	const char *names[KMS_CTX_KEYS_MAX];
+	int			lens[KMS_CTX_KEYS_MAX];
+
+	registry_init();
+	if (reg_memo_stale)
+	{
+		memo_clear();
+		reg_memo_stale = false;
+	}
+	if (reg_memo != NULL)
+		m = hash_search(reg_memo, &ref, HASH_FIND, NULL);
+	if (m != NULL)
+		r = &m->row;
+	else
+	{
+		Oid			relid = registry_relid();
+
+		if (!OidIsValid(relid) || IsInParallelMode() || !read_latest(relid, true, ref, NULL, &row))
+			return false;
+		if (!row.own)
+			memo_put(&row);
+	}
+	memset(&env, 0, sizeof(env));
+	env.version = KMS_ENVELOPE_V2;
+	env.dek_ref = ref;
+	if (kms_envelope_set_registry(&env, r->provider, r->key_id, r->key_id_len, r->names, r->names_len,
+								  r->wrapped, r->wrapped_len, NULL) != KMS_OK ||
+		env.nctxkeys > KMS_CTX_KEYS_MAX)
+		return false;
+	for (int i = 0; i < env.nctxkeys; i++)
+	{
+		names[i] = env.ctxkeys[i];
+		lens[i] = env.ctxkeylens[i];
+	}
+	key_id = pnstrdup(r->key_id, r->key_id_len);
+	*header = kms_envelope_build_header(env.provider, key_id, env.nctxkeys, names, lens,
+										env.wrapped, env.wrapped_len, header_len);
+	return true;
 }

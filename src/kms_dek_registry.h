@@ -20,13 +20,19 @@
  */
 extern void kms_dek_registry_fill(KmsEnvelope *env);
 
+/* The same from this backend's memo only; false (env untouched) when not there. */
+extern bool kms_dek_registry_fill_memo(KmsEnvelope *env);
+
 /*
- * The reference of an encrypting DEK (a v1 header, from the cache), with a
+ * The reference of an encrypting DEK (a v1 header, from the cache; key_req
+ * and kctx as the DEK was requested: kept in a new row for rotation and
+ * reuse), with a
  * registry row that commits with the current transaction or has already
  * committed.  Raises 25006 on a hot standby or in a read-only transaction,
  * 25000 in parallel mode.
  */
-extern uint64 kms_dek_registry_ensure(KmsDek *dek);
+extern uint64 kms_dek_registry_ensure(KmsDek *dek, const char *key_req,
+									  const KmsContext *kctx);
 
 /*
  * Record the new wrapping of the DEK of v2 value env (kms_rewrap): the
@@ -34,5 +40,21 @@ extern uint64 kms_dek_registry_ensure(KmsDek *dek);
  */
 extern void kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider,
 									   const KmsWrappedKey *w);
+
+/*
+ * Encrypting miss under format 2: the newest registry row made for
+ * (provider, key as requested, provider context) that is younger than
+ * kms_pg.dek_max_age, not rewrapped since, and whose recorded budget leaves
+ * room for one more lease (lease_m values, lease_b bytes, within max_m and
+ * max_b).  Takes the lease in the row (one registry write) and returns its
+ * key id, wrapped DEK and creation time; false when there is none (or the
+ * transaction cannot write).
+ */
+extern bool kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kctx,
+								   uint64 lease_m, uint64 lease_b, uint64 max_m, uint64 max_b,
+								   KmsWrappedKey *w, TimestampTz *created_at);
+
+/* The v1 header of the DEK of row ref; false when the row is not visible. */
+extern bool kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len);
 
 #endif							/* KMS_DEK_REGISTRY_H */

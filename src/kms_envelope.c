@@ -227,6 +227,27 @@ kms_envelope_set_registry(KmsEnvelope *env, int provider, const char *key_id, in
 						  const uint8 *names, int names_len,
 						  const uint8 *wrapped, int wrapped_len, char **detail)
 {
+	KmsError	err = kms_envelope_set_registry_names(env, provider, key_id, key_id_len,
+													  names, names_len, detail);
+
+	if (err != KMS_OK)
+		return err;
+	if (wrapped_len <= 0 || wrapped_len > KMS_WRAPPED_MAXLEN ||
+		!local_wrap_ok(env->provider, wrapped, wrapped_len))
+	{
+		SET_DETAIL("The registry row's wrapped data key (%d bytes) is not valid for its provider.",
+				   wrapped_len);
+		return KMS_ERR_CT_BAD_FIELD;
+	}
+	env->wrapped = wrapped;
+	env->wrapped_len = wrapped_len;
+	return KMS_OK;
+}
+
+KmsError
+kms_envelope_set_registry_names(KmsEnvelope *env, int provider, const char *key_id, int key_id_len,
+								const uint8 *names, int names_len, char **detail)
+{
 	size_t		off = 0;
 	KmsError	err;
 
@@ -261,15 +282,6 @@ kms_envelope_set_registry(KmsEnvelope *env, int provider, const char *key_id, in
 	}
 	if (err != KMS_OK)
 		return err == KMS_ERR_CT_TRUNCATED ? KMS_ERR_CT_BAD_FIELD : err;
-	if (wrapped_len <= 0 || wrapped_len > KMS_WRAPPED_MAXLEN ||
-		!local_wrap_ok(env->provider, wrapped, wrapped_len))
-	{
-		SET_DETAIL("The registry row's wrapped data key (%d bytes) is not valid for its provider.",
-				   wrapped_len);
-		return KMS_ERR_CT_BAD_FIELD;
-	}
-	env->wrapped = wrapped;
-	env->wrapped_len = wrapped_len;
 	return KMS_OK;
 }
 

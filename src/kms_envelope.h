@@ -98,6 +98,12 @@ extern KmsError kms_envelope_set_registry(KmsEnvelope *env, int provider,
 										  const uint8 *wrapped, int wrapped_len,
 										  char **detail);
 
+/* The same without the wrapped DEK (a v2 DEK served from the cache by reference). */
+extern KmsError kms_envelope_set_registry_names(KmsEnvelope *env, int provider,
+												const char *key_id, int key_id_len,
+												const uint8 *names, int names_len,
+												char **detail);
+
 /* Write the 12-byte prefix of a v2 value. */
 extern void kms_envelope_v2_prefix(uint64 dek_ref, uint8 *out);
 

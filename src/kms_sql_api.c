@@ -97,11 +97,18 @@ kms_seal_format(const char *plain, Size len, const KmsContext *ctx, const char *
 	else
 		kms_context_init_empty(&kctx);
 
-	dek = kms_dek_for_encrypt(provider, key, &kctx, len);
+	dek = kms_dek_for_encrypt(provider, key, &kctx, len, format);
 	kms_key_check_header(dek->header, privmask, ctx, fn_oid);
 	/* format 2: a registry row that commits with this transaction, or has */
 	if (format == 2)
-		ref = kms_dek_registry_ensure(dek);
+	{
+		ref = kms_dek_registry_ensure(dek, key, &kctx);
+		/*
+		 * The shared entry is found by ref too (a row not yet committed is
+		 * merely not found by others: they fall back to the registry).
+		 */
+		kms_dek_cache_note_ref(dek, ref);
+	}
 	prefix_len = format == 2 ? KMS_V2_PREFIX_LEN : dek->header_len;
 	total = (Size) prefix_len + KMS_NONCE_LEN + len + KMS_TAG_LEN;
 	if (len > KMS_MAX_OUTPUT || total > KMS_MAX_OUTPUT)
@@ -170,16 +177,32 @@ kms_open_ext(bytea *ct, const KmsContext *ctx, bool auth_fail_ok, int privmask, 
 {
 	KmsEnvelope env;
 	const KmsProviderRoutine *provider;
-	KmsDek	   *dek;
+	KmsDek	   *dek = NULL;
 	bytea	   *out;
 	KmsAad		aad;
+	char	   *detail;
+	KmsError	err;
 
-	parse_or_error(ct, &env);
+	err = kms_envelope_parse((const uint8 *) VARDATA_ANY(ct), VARSIZE_ANY_EXHDR(ct), &env, &detail);
+	if (err != KMS_OK)
+		kms_report_error(err, detail);
+	/*
+	 * Format 2: the registry row from this backend's memo, else the DEK
+	 * from the shared cache by reference (no registry lookup), else the
+	 * registry.
+	 */
+	if (env.version == KMS_ENVELOPE_V2 && !kms_dek_registry_fill_memo(&env))
+	{
+		dek = kms_dek_for_decrypt_ref(&env);
+		if (dek == NULL)
+			kms_dek_registry_fill(&env);
+	}
 	provider = kms_provider_by_id(env.provider);
 	if (provider == NULL)
 		kms_report_error(KMS_ERR_CT_BAD_PROVIDER, NULL);
 	kms_key_check(env.provider, env.key_id, env.key_id_len, privmask, ctx, fn_oid);
-	dek = kms_dek_for_decrypt(provider, &env, ctx);
+	if (dek == NULL)
+		dek = kms_dek_for_decrypt(provider, &env, ctx);
 
 	aad.prefix = (const uint8 *) VARDATA_ANY(ct);
 	aad.prefix_len = env.version == KMS_ENVELOPE_V2 ? KMS_V2_PREFIX_LEN : 5;

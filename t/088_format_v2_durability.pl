@@ -16,6 +16,11 @@
 #     format 1 when asked; after promotion it decrypts and encrypts format 2;
 #   - pg_dump and restore into a fresh database (the registry is dumped
 #     with the extension's data).
+# Each case encrypts under a key of its own: an encrypting miss under
+# format 2 reloads the key's current DEK from the registry (docs/cache.md),
+# so a fresh key is what makes a case start with a new DEK.  After the
+# kill -9, encrypting again under that case's key reloads its DEK: one
+# unwrap, no new DEK, no new registry row.
 use strict;
 use warnings;
 
@@ -41,14 +46,16 @@ $node->start;
 $node->safe_psql('postgres', q{
 CREATE EXTENSION kms_pg;
 SELECT kms_create_key('alias/t088');
+SELECT kms_create_key('alias/t088_' || i) FROM generate_series(1, 6) i;
 CREATE TABLE vals (id int PRIMARY KEY, ct bytea NOT NULL);
 });
 
-# A value of id i is 'v<i>' under context {"id": i}.
+# A value of id i is 'v<i>' under context {"id": i}, under key $key.
+my $key = 'alias/t088';
 sub ins
 {
 	my ($lo, $hi) = @_;
-	return "INSERT INTO vals SELECT i, kms_encrypt_text('v' || i, jsonb_build_object('id', i))"
+	return "INSERT INTO vals SELECT i, kms_encrypt_text('v' || i, jsonb_build_object('id', i), '$key')"
 	  . " FROM generate_series($lo, $hi) i;";
 }
 
@@ -72,7 +79,9 @@ sub gen_calls
 }
 
 # 1. Abort and savepoint rollback of the transaction that made the DEK.
+$key = 'alias/t088_1';
 $node->safe_psql('postgres', 'SELECT kms_cache_flush(); BEGIN; ' . ins(1, 10) . ' ROLLBACK; ' . ins(1, 10));
+$key = 'alias/t088_2';
 $node->safe_psql('postgres',
 	'SELECT kms_cache_flush(); BEGIN; SAVEPOINT a; ' . ins(11, 20) . ' ROLLBACK TO SAVEPOINT a; ' . ins(11, 20) . ' COMMIT;');
 is($node->safe_psql('postgres', "SELECT count(DISTINCT substr(ct, 6, 7)) FROM vals"), '2',
@@ -82,11 +91,13 @@ is(cold_ok($node), '20/20', 'abort, savepoint rollback: the values decrypt cold'
 
 # 2. PREPARE TRANSACTION: the prepared registry row's fate is decided later;
 # values committed meanwhile with the same cached DEK must not depend on it.
+$key = 'alias/t088_3';
 $node->safe_psql('postgres',
 	'SELECT kms_cache_flush(); BEGIN; ' . ins(21, 30) . " PREPARE TRANSACTION 'p1'; " . ins(31, 40));
 is($node->safe_psql('postgres', 'SELECT count(*) FROM vals WHERE id BETWEEN 21 AND 40'), '10',
 	'only the values outside the prepared transaction are visible');
 $node->safe_psql('postgres', "COMMIT PREPARED 'p1'");
+$key = 'alias/t088_4';
 $node->safe_psql('postgres',
 	'SELECT kms_cache_flush(); BEGIN; ' . ins(41, 50) . " PREPARE TRANSACTION 'p2'; " . ins(51, 60));
 $node->safe_psql('postgres', "ROLLBACK PREPARED 'p2'");
@@ -96,6 +107,7 @@ is($node->safe_psql('postgres', $orphans), '0', 'prepared transactions: no orpha
 is(cold_ok($node), '50/50', 'prepared transactions: the values decrypt cold');
 
 # 3. Two sessions share a cached DEK; the one that made it aborts, the other commits.
+$key = 'alias/t088_5';
 $node->safe_psql('postgres', 'SELECT kms_cache_flush()');
 my $first = $node->background_psql('postgres', on_error_stop => 1);
 $first->query_safe('BEGIN');
@@ -114,6 +126,7 @@ is(cold_ok($node), '60/60', 'shared DEK, first session aborted: the values decry
 # 4. kill -9 of the postmaster right after the KMS call, before commit: a
 # session holds an open transaction that made a new DEK (its registry row
 # not committed), another session committed values with that DEK.
+$key = 'alias/t088_6';
 $node->safe_psql('postgres', 'SELECT kms_cache_flush()');
 my $victim = $node->background_psql('postgres', on_error_stop => 1);
 $victim->query_safe('BEGIN');
@@ -143,6 +156,21 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM vals WHERE id BETWEEN 81 A
 	'only the committed session\'s values survived');
 is($node->safe_psql('postgres', $orphans), '0', 'kill -9: no orphaned reference');
 is(cold_ok($node), '70/70', 'kill -9: every committed value decrypts cold');
+
+# 4b. After the restart, encrypting under that key again reloads its DEK
+# from the registry: one unwrap, no GenerateDataKey, no new registry row.
+my ($g0, $d0) = split /\|/, $node->safe_psql('postgres', 'SELECT generate_calls, decrypt_calls FROM kms_cache_stats');
+my $rows0 = $node->safe_psql('postgres', 'SELECT count(*) FROM kms_dek_registry');
+$node->safe_psql('postgres', 'SELECT kms_cache_flush(); ' . ins(131, 140));
+my ($g1, $d1) = split /\|/, $node->safe_psql('postgres', 'SELECT generate_calls, decrypt_calls FROM kms_cache_stats');
+is($g1 - $g0, 0, 'restart then encrypt: no new DEK');
+is($d1 - $d0, 1, 'restart then encrypt: one unwrap of the key\'s current DEK');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM kms_dek_registry'), $rows0,
+	'restart then encrypt: no new registry row');
+is($node->safe_psql('postgres', "SELECT count(DISTINCT substr(ct, 6, 7)) FROM vals WHERE id BETWEEN 91 AND 140"),
+	'1', 'restart then encrypt: the values before and after share the DEK');
+$node->safe_psql('postgres', 'DELETE FROM vals WHERE id BETWEEN 131 AND 140');
+$key = 'alias/t088';
 
 # 5. A standby from pg_basebackup, then failover.
 $node->safe_psql('postgres', ins(101, 110));

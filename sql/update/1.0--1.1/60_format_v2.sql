@@ -17,10 +17,19 @@ CREATE TABLE kms_dek_registry (
     name_block   bytea NOT NULL,            -- provider-context key names, as in a v1 header
     wrapped_dek  bytea NOT NULL,            -- provider-wrapped DEK, as in a v1 header
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    rewrapped_at timestamptz                -- last O(DEKs) rotation
+    rewrapped_at timestamptz,               -- last O(DEKs) rotation
+    -- Columns below are the extension's own (readers use the ones above).
+    provider_context bytea,                 -- canonical provider context the DEK is bound to
+    key_requested    text,                  -- the key as named when the DEK was made
+    leased_messages  bigint NOT NULL DEFAULT 0, -- values the DEK may have sealed (leases handed out)
+    leased_bytes     bigint NOT NULL DEFAULT 0  -- bytes likewise
 );
 -- A backend finds an existing row of the data key it seals with.
 CREATE INDEX kms_dek_registry_wrapped ON kms_dek_registry (wrapped_dek);
+-- An encrypting miss finds the current data key of (key, provider context).
+CREATE INDEX kms_dek_registry_reuse ON kms_dek_registry
+    (key_requested, pg_catalog.sha256(provider_context), created_at)
+    WHERE rewrapped_at IS NULL;
 SELECT pg_catalog.pg_extension_config_dump('kms_dek_registry', '');
 REVOKE ALL ON kms_dek_registry FROM PUBLIC;
 COMMENT ON TABLE kms_dek_registry IS
