@@ -405,6 +405,9 @@ is(cq(q{SELECT string_agg(id || ':' || owner, ',' ORDER BY id) FROM acct_decrypt
 	'1:ann,2:BOB,3:cid,4:dan', 'its values read back through the view');
 is(cq(q{SELECT count(*) FROM acct WHERE NOT kms_is_ciphertext(owner)}), '0',
 	'and are stored encrypted');
+($ret, $out, $err) = $coord->psql('postgres', q{UPDATE acct_decrypted SET owner = 'x' WHERE id = 1});
+like($err, qr/cannot modify views when the query contains citus tables/,
+	'its view, made before the table was distributed, has no rules: Citus refuses an UPDATE through it');
 
 # ---------- a worker added later, and a shard moved to it ----------
 cq(q{CREATE TABLE rt (id int PRIMARY KEY, body text);
