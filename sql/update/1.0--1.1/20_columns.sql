@@ -246,9 +246,13 @@ DECLARE
     cols    name[];
     keyq    text;
     updq    text;
+    r       record;
 BEGIN
-    EXECUTE format('DROP RULE IF EXISTS kms_update ON %I.%I', vschema, vname);
-    EXECUTE format('DROP RULE IF EXISTS kms_delete ON %I.%I', vschema, vname);
+    FOR r IN SELECT w.rulename FROM pg_catalog.pg_rewrite w
+             WHERE w.ev_class = format('%I.%I', vschema, vname)::pg_catalog.regclass
+               AND w.rulename IN ('kms_update', 'kms_delete') LOOP
+        EXECUTE format('DROP RULE %I ON %I.%I', r.rulename, vschema, vname);
+    END LOOP;
     SELECT string_agg(format('%s.%I OPERATOR(pg_catalog.=) old.%I', tref, a.attname, a.attname), ' AND ')
       INTO keyq
     FROM pg_catalog.pg_index i
