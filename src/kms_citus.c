@@ -28,6 +28,9 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "catalog/namespace.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/planner.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
@@ -262,4 +265,67 @@ kms_citus_table(Oid relid)
 	found = SPI_processed == 1;
 	SPI_finish();
 	return found;
+}
+
+/*
+ * UPDATE and DELETE through the decrypting view of a Citus table
+ * (kms_pc_citus_view_rules, sql/install/20_columns.sql): the view's rule
+ * turns the statement into an UPDATE or DELETE of the table whose FROM
+ * holds the view (the rule's OLD and NEW: the statement's original result
+ * relation).  The rewriter leaves that range-table entry marked as not
+ * written in FROM (inFromCl false), and Citus, which deparses the query
+ * for each shard the way ruleutils does, leaves such entries out of the
+ * FROM list: the shard's statement then names a relation it does not
+ * have.  This hook, which runs before Citus's planner, marks the entry as
+ * in FROM.  It touches only UPDATE and DELETE statements whose WHERE calls
+ * kms_pc_view_write_check() (only the rules do), and only subquery
+ * entries; the flag changes nothing in PostgreSQL's planning.
+ */
+static planner_hook_type prev_planner = NULL;
+
+static bool
+calls_write_check(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, FuncExpr))
+	{
+		FuncExpr   *f = (FuncExpr *) node;
+		char	   *name = get_func_name(f->funcid);
+
+		if (name != NULL && strcmp(name, "kms_pc_view_write_check") == 0 && kms_catalog_present() &&
+			get_func_namespace(f->funcid) == get_namespace_oid(kms_catalog_schema(), true))
+			return true;
+	}
+	return expression_tree_walker(node, calls_write_check, context);
+}
+
+static PlannedStmt *
+kms_citus_planner(Query *parse, const char *query_string, int cursor_options, ParamListInfo bound_params)
+{
+	if ((parse->commandType == CMD_UPDATE || parse->commandType == CMD_DELETE) &&
+		parse->jointree != NULL && parse->jointree->quals != NULL &&
+		OidIsValid(get_extension_oid("citus", true)) &&
+		calls_write_check(parse->jointree->quals, NULL))
+	{
+		ListCell   *lc;
+
+		foreach(lc, parse->rtable)
+		{
+			RangeTblEntry *rte = (RangeTblEntry *) lfirst(lc);
+
+			if (rte->rtekind == RTE_SUBQUERY && !rte->inFromCl)
+				rte->inFromCl = true;
+		}
+	}
+	if (prev_planner != NULL)
+		return prev_planner(parse, query_string, cursor_options, bound_params);
+	return standard_planner(parse, query_string, cursor_options, bound_params);
+}
+
+void
+kms_citus_init(void)
+{
+	prev_planner = planner_hook;
+	planner_hook = kms_citus_planner;
 }

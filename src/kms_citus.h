@@ -34,4 +34,10 @@ extern bool kms_citus_table(Oid relid);
 extern bool kms_citus_shard_origin(Oid relid, const char *tgname,
 								   Oid *logical_relid, char **logical_tgname);
 
+/*
+ * The planner hook for UPDATE and DELETE through the decrypting view of a
+ * Citus table (kms_citus.c); from _PG_init.
+ */
+extern void kms_citus_init(void);
+
 #endif							/* KMS_CITUS_H */

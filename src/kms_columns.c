@@ -1548,6 +1548,63 @@ view_to_table(KmsView *v, int c, Datum d)
 	}
 }
 
+/*
+ * SQL: kms_pc_view_assign(newval anyelement, oldval anyelement, cur kms_sealed)
+ *      RETURNS kms_sealed
+ * The value an UPDATE through the decrypting view of a Citus table writes
+ * to a protected column (the view's rules, kms_pc_citus_view_rules): the
+ * stored value cur when the view column is unchanged (as the INSTEAD OF
+ * trigger decides it: both NULL, or the same datum; for a role that may not
+ * decrypt both are NULL, so a context-column change re-seals cur through
+ * the table's trigger), else the new value as kms_sealed plaintext, exactly
+ * as view_to_table makes it, for the table's trigger to seal.  Declared
+ * IMMUTABLE because Citus refuses non-IMMUTABLE functions with column
+ * arguments in a distributed UPDATE: its only setting-dependent part is
+ * the output function of a non-text type, whose text the trigger on the
+ * same node reads back under the same settings.
+ */
+PG_FUNCTION_INFO_V1(kms_pc_view_assign);
+Datum
+kms_pc_view_assign(PG_FUNCTION_ARGS)
+{
+	bool		nnull = PG_ARGISNULL(0);
+	bool		onull = PG_ARGISNULL(1);
+	Oid			typ = get_fn_expr_argtype(fcinfo->flinfo, 0);
+	int16		typlen;
+	bool		typbyval;
+
+	if (!OidIsValid(typ))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("kms_pc_view_assign: could not determine the argument type")));
+	get_typlenbyval(typ, &typlen, &typbyval);
+	if (nnull == onull &&
+		(nnull || datumIsEqual(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), typbyval, typlen)))
+	{
+		if (PG_ARGISNULL(2))
+			PG_RETURN_NULL();
+		PG_RETURN_DATUM(PG_GETARG_DATUM(2));
+	}
+	if (nnull)
+		PG_RETURN_NULL();
+	if (typ == BYTEAOID || typ == TEXTOID)
+	{
+		bytea	   *b = PG_GETARG_BYTEA_PP(0);
+
+		PG_RETURN_BYTEA_P(sealed_pending(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b)));
+	}
+	else
+	{
+		Oid			outfn;
+		bool		isvarlena;
+		char	   *s;
+
+		getTypeOutputInfo(typ, &outfn, &isvarlena);
+		s = OidOutputFunctionCall(outfn, PG_GETARG_DATUM(0));
+		PG_RETURN_BYTEA_P(sealed_pending(s, strlen(s)));
+	}
+}
+
 static SPIPlanPtr
 view_plan(KmsView *v, List **plans, Bitmapset *cols, const char *sql, int nargs, Oid *argtypes)
 {

@@ -6,6 +6,7 @@
  */
 #include "kms_pg.h"
 #include "kms_key_grants.h"
+#include "kms_citus.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -27,4 +28,5 @@ _PG_init(void)
 	kms_dek_cache_init();
 	kms_http_init();
 	kms_key_grants_init();
+	kms_citus_init();
 }

@@ -14,8 +14,9 @@
 #    changed context column) and INSERT and COPY through the view are
 #    encrypted on the workers and read back through the view;
 #  - a ciphertext of another row is refused by a shard's trigger;
-#  - UPDATE and DELETE through the view are refused by Citus (documented),
-#    and the same changes through the table work;
+#  - UPDATE and DELETE through the view (the view's rules on a Citus table),
+#    by the writer too, a changed context column re-sealed on the workers;
+#    RETURNING refused, a role without the table privilege refused;
 #  - kms_blind_index in a query pushed down to the workers, and on each
 #    worker directly, gives the coordinator's value;
 #  - kms_rotate_column moves every value, on every shard and placement,
@@ -145,13 +146,36 @@ my $other = cq(q{SELECT ssn::bytea FROM patient WHERE id = 5});
 like($err, qr/is a kms_pg ciphertext that does not belong to this row/,
 	'a ciphertext of another row is refused on the worker');
 
-# UPDATE and DELETE through the view: Citus 13.2 refuses them
-($ret, $out, $err) = $coord->psql('postgres', q{UPDATE patient_decrypted SET ssn = 'x' WHERE id = 7});
-isnt($ret, 0, 'UPDATE through the view of a distributed table fails');
-like($err, qr/view/, 'Citus refuses the UPDATE of the view: ' . ($err =~ /ERROR:\s+([^\n]*)/)[0]);
-($ret, $out, $err) = $coord->psql('postgres', q{DELETE FROM patient_decrypted WHERE id = 7});
-isnt($ret, 0, 'DELETE through the view of a distributed table fails');
-like($err, qr/cannot modify views when the query contains citus tables/, 'Citus refuses the DELETE of the view');
+# UPDATE and DELETE through the view: on a Citus table the view's rules make
+# them an UPDATE or DELETE of the table, which Citus plans on the shards
+my %ct_before = map { $_ => cq("SELECT md5(ssn::bytea) FROM patient WHERE id = $_") } (8, 20);
+($ret, $out, $err) = $coord->psql('postgres', q{
+INSERT INTO patient VALUES (105, 1, 'delete me by id', '2001-01-01'), (106, 2, 'delete me by value', '2001-01-01');
+UPDATE patient_decrypted SET ssn = 'via the view' WHERE id = 17;
+UPDATE patient_decrypted SET tenant = 8 WHERE id = 8;
+UPDATE patient_decrypted SET dob = '1999-09-09', ssn = 'both \x41' WHERE id = 9;
+UPDATE patient_decrypted SET tenant = 5 WHERE id BETWEEN 20 AND 25;
+UPDATE patient_decrypted SET ssn = ssn || ' matched' WHERE ssn = 'ssn-30';
+DELETE FROM patient_decrypted WHERE id = 105;
+DELETE FROM patient_decrypted WHERE ssn = 'delete me by value';
+}, on_error_stop => 1);
+is($ret, 0, 'UPDATE and DELETE through the view of a distributed table (one shard and many)') or diag($err);
+is(cq(q{SELECT string_agg(id || ':' || tenant || ':' || ssn || ':' || dob, ' | ' ORDER BY id)
+       FROM patient_decrypted WHERE id IN (17, 8, 9, 20, 25, 30, 105, 106)}),
+	'8:8:ssn-8:2000-01-09 | 9:0:both \x41:1999-09-09 | 17:2:via the view:2000-01-18 | 20:5:ssn-20:2000-01-21 | 25:5:ssn-25:2000-01-26 | 30:0:ssn-30 matched:2000-01-31',
+	'what was updated through the view reads back; the deleted rows are gone');
+for my $id (8, 20)
+{
+	isnt(cq("SELECT md5(ssn::bytea) FROM patient WHERE id = $id"), $ct_before{$id},
+		"row $id: a context column changed through the view re-sealed the protected value on the worker");
+}
+is(cq(q{SELECT count(*) FROM patient WHERE NOT kms_is_ciphertext(ssn) OR NOT kms_is_ciphertext(dob)}),
+	'0', 'every value written through the view was encrypted on the workers');
+like(cq(q{EXPLAIN (COSTS OFF) UPDATE patient_decrypted SET ssn = 'x' WHERE id = 7}),
+	qr/Task Count: 1\b/, 'an UPDATE through the view by primary key goes to one shard');
+($ret, $out, $err) = $coord->psql('postgres', q{UPDATE patient_decrypted SET id = 1000 WHERE id = 7});
+is($ret, 0, 'a change of the distribution column through the view runs (and matches no row)') or diag($err);
+is(cq(q{SELECT count(*) FROM patient WHERE id IN (7, 1000)}), '1', 'and row 7 is unchanged');
 
 # blind index: pushed down to the workers, and on each worker directly
 is(cq(q{SELECT string_agg(id::text, ',') FROM patient WHERE ssn_bidx = kms_blind_index('patient', 'ssn', 'ssn-7')}),
@@ -222,13 +246,30 @@ SET ROLE cit_writer;
 INSERT INTO patient (id, tenant, ssn) VALUES (300, 1, 'by the writer');
 INSERT INTO patient_decrypted (id, tenant, ssn) VALUES (301, 2, 'by the writer, view');
 UPDATE patient SET ssn = 'changed by the writer' WHERE id = 1;
+INSERT INTO patient (id, tenant, ssn) VALUES (303, 1, 'to delete'), (304, 1, 'to update');
+UPDATE patient_decrypted SET ssn = 'by the writer, updated through the view' WHERE id = 304;
+UPDATE patient_decrypted SET tenant = 1 WHERE id = 301;
+DELETE FROM patient_decrypted WHERE id = 303;
 }, on_error_stop => 1);
-is($ret, 0, 'the writer writes through the table and the view (encrypted on the workers as the writer)') or diag($err);
+is($ret, 0, 'the writer writes through the table and the view, UPDATE and DELETE included (encrypted on the workers as the writer)') or diag($err);
+is(cq(q{SELECT count(*) FROM patient WHERE id = 303}), '0', 'the writer\'s DELETE through the view removed the row');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_writer; UPDATE patient_decrypted SET ssn = 'r' WHERE id = 300 RETURNING ssn});
+like($err, qr/cannot perform UPDATE RETURNING on relation "patient_decrypted"/,
+	'UPDATE ... RETURNING through the view of a Citus table is refused (no plaintext back)');
+is($out, '', 'and returns nothing');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_writer; DELETE FROM patient_decrypted WHERE id = 300 RETURNING *});
+like($err, qr/cannot perform DELETE RETURNING on relation "patient_decrypted"/, 'so is DELETE ... RETURNING');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_auditor; UPDATE patient_decrypted SET tenant = 2 WHERE id = 300});
+like($err, qr/permission denied for table (public\.)?patient/, 'a role without UPDATE on the table cannot UPDATE through the view');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_auditor; DELETE FROM patient_decrypted WHERE id = 300});
+like($err, qr/permission denied for table (public\.)?patient/, 'nor DELETE through it');
+is(cq(q{SELECT tenant FROM patient WHERE id = 300}), '1', 'row 300 is unchanged');
 is($coord->safe_psql('postgres', q{SET ROLE cit_writer; SELECT count(ssn) FROM patient_decrypted WHERE id IN (1, 300, 301)}),
 	'0', 'the writer reads no plaintext back through the view');
 is($coord->safe_psql('postgres', q{SET ROLE cit_reader;
-	SELECT string_agg(id || ':' || ssn, ',' ORDER BY id) FROM patient_decrypted WHERE id IN (1, 300, 301)}),
-	'1:changed by the writer,300:by the writer,301:by the writer, view', 'the reader reads the plaintext (decrypted on the workers)');
+	SELECT string_agg(id || ':' || ssn, ',' ORDER BY id) FROM patient_decrypted WHERE id IN (1, 300, 301, 304)}),
+	'1:changed by the writer,300:by the writer,301:by the writer, view,304:by the writer, updated through the view',
+	'the reader reads the plaintext (decrypted on the workers; 301 re-sealed under its new tenant as the writer)');
 is($coord->safe_psql('postgres', q{SET ROLE cit_reader;
 	SELECT string_agg(id::text, ',') FROM patient WHERE ssn_bidx = kms_blind_index('patient', 'ssn', 'by the writer')}),
 	'300', 'the reader searches the blind index (on the workers)');
@@ -244,6 +285,8 @@ cq(q{SELECT kms_create_key('alias/col3')});
 is($ret, 0, 'a second rotation') or diag($err);
 ($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_writer; INSERT INTO patient (id, tenant, ssn) VALUES (302, 1, 'x')});
 like($err, qr/permission denied for kms_pg key/, 'after it the writer cannot encrypt on the workers under the new key');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE cit_writer; UPDATE patient_decrypted SET ssn = 'x' WHERE id = 300});
+like($err, qr/permission denied for kms_pg key/, 'nor through an UPDATE of the view');
 ($ret, $out, $err) = $coord->psql('postgres', q{SELECT kms_grant_access('patient', 'cit_writer', 'writer');
 	SET ROLE cit_writer; INSERT INTO patient (id, tenant, ssn) VALUES (302, 1, 'x')}, on_error_stop => 1);
 is($ret, 0, 'kms_grant_access again: the writer writes under the new key') or diag($err);
@@ -257,17 +300,21 @@ CALL kms_protect_column('doc', 'body', NULL, 'alias/col1', blind_index => true);
 INSERT INTO doc VALUES (3, 'gamma');
 INSERT INTO doc_decrypted VALUES (4, 'delta');
 UPDATE doc SET body = 'BETA' WHERE id = 2;
+INSERT INTO doc VALUES (5, 'epsilon'), (6, 'zeta');
+UPDATE doc_decrypted SET body = 'DELTA' WHERE id = 4;
+DELETE FROM doc_decrypted WHERE id = 5;
+DELETE FROM doc_decrypted WHERE body = 'zeta';
 }, on_error_stop => 1);
-is($ret, 0, 'a reference table: protect, INSERT through the table and the view, UPDATE') or diag($err);
+is($ret, 0, 'a reference table: protect, INSERT through the table and the view, UPDATE, UPDATE and DELETE through the view') or diag($err);
 is(cq(q{SELECT string_agg(id || ':' || body, ',' ORDER BY id) FROM doc_decrypted}),
-	'1:alpha,2:BETA,3:gamma,4:delta', 'the reference table reads back through the view');
+	'1:alpha,2:BETA,3:gamma,4:DELTA', 'the reference table reads back through the view');
 my $shard = cq(q{SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'doc'::regclass});
 for my $n (@nodes)
 {
 	is($n->safe_psql('postgres',
 			"SELECT string_agg(id || ':' || convert_from(kms_decrypt_pairs(body::bytea, 'kms_pg:column', c.column_id::text), 'UTF8'), ',' ORDER BY id)"
 			  . " FROM doc_$shard, kms_protected_columns c WHERE c.relid = 'doc'::regclass"),
-		'1:alpha,2:BETA,3:gamma,4:delta', $n->name . ': its placement holds ciphertexts of the same values');
+		'1:alpha,2:BETA,3:gamma,4:DELTA', $n->name . ': its placement holds ciphertexts of the same values');
 }
 my %ct = map { $_->safe_psql('postgres', "SELECT md5(body::bytea) FROM doc_$shard WHERE id = 3") => 1 } @nodes;
 is(scalar(keys %ct), 3, 'each placement sealed its own ciphertext of the same value');
@@ -285,8 +332,40 @@ is($ret, 0, 'kms_unprotect_column on a reference table') or diag($err);
 for my $n (@nodes)
 {
 	is($n->safe_psql('postgres', "SELECT string_agg(id || ':' || body, ',' ORDER BY id) FROM doc_$shard"),
-		'1:alpha,2:BETA,3:gamma,4:delta', $n->name . ': its placement has the plaintext back');
+		'1:alpha,2:BETA,3:gamma,4:DELTA', $n->name . ': its placement has the plaintext back');
 }
+
+# ---------- a reference table with a context column, written by the writer through the view ----------
+($ret, $out, $err) = $coord->psql('postgres', q{
+CREATE TABLE rdoc (id int PRIMARY KEY, grp int NOT NULL, body text);
+SELECT create_reference_table('rdoc');
+INSERT INTO rdoc VALUES (1, 1, 'one'), (2, 1, 'two'), (3, 1, 'three');
+CALL kms_protect_column('rdoc', 'body', '{grp}', 'alias/col3');
+SELECT kms_grant_access('rdoc', 'cit_writer', 'writer');
+SELECT kms_grant_access('rdoc', 'cit_reader', 'reader');
+}, on_error_stop => 1);
+is($ret, 0, 'a reference table with a context column, protected, writer and reader granted') or diag($err);
+my $rdshard = cq(q{SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'rdoc'::regclass});
+my %rd_before = map { $_->name => $_->safe_psql('postgres', "SELECT md5(body::bytea) FROM rdoc_$rdshard WHERE id = 1") } @nodes;
+($ret, $out, $err) = $coord->psql('postgres', q{
+SET ROLE cit_writer;
+UPDATE rdoc_decrypted SET body = 'TWO' WHERE id = 2;
+UPDATE rdoc_decrypted SET grp = 5 WHERE id = 1;
+DELETE FROM rdoc_decrypted WHERE id = 3;
+}, on_error_stop => 1);
+is($ret, 0, 'the writer updates (a context column too) and deletes through the view of the reference table') or diag($err);
+is($coord->safe_psql('postgres', q{SET ROLE cit_writer; SELECT count(body) FROM rdoc_decrypted}), '0',
+	'the writer reads no plaintext back');
+is($coord->safe_psql('postgres', q{SET ROLE cit_reader; SELECT string_agg(id || ':' || grp || ':' || body, ',' ORDER BY id) FROM rdoc_decrypted}),
+	'1:5:one,2:1:TWO', 'the reader reads what the writer wrote, row 1 under its new context');
+for my $n (@nodes)
+{
+	is($n->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM rdoc_$rdshard WHERE kms_is_ciphertext(body)"),
+		'1,2', $n->name . ': its placement has the rows left, encrypted');
+	isnt($n->safe_psql('postgres', "SELECT md5(body::bytea) FROM rdoc_$rdshard WHERE id = 1"), $rd_before{$n->name},
+		$n->name . ': its placement re-sealed row 1 under the new context');
+}
+cq(q{DROP TABLE rdoc CASCADE});
 
 # ---------- a long column name (Citus shortens long shard trigger names) ----------
 my $long = 'a_column_name_long_enough_for_citus_to_shorten_it';
@@ -326,6 +405,13 @@ is(cq(q{SELECT string_agg(id || ':' || owner, ',' ORDER BY id) FROM acct_decrypt
 	'1:ann,2:BOB,3:cid,4:dan', 'its values read back through the view');
 is(cq(q{SELECT count(*) FROM acct WHERE NOT kms_is_ciphertext(owner)}), '0',
 	'and are stored encrypted');
+is(cq(q{SELECT string_agg(rulename, ',' ORDER BY rulename) FROM pg_rewrite WHERE ev_class = 'acct_decrypted'::regclass AND rulename <> '_RETURN'}),
+	'kms_delete,kms_update', 'the ALTER TABLE of the documented steps remade its view with the rules');
+($ret, $out, $err) = $coord->psql('postgres', q{UPDATE acct_decrypted SET owner = 'ANN' WHERE id = 1; DELETE FROM acct_decrypted WHERE id = 4},
+	on_error_stop => 1);
+is($ret, 0, 'UPDATE and DELETE through its view') or diag($err);
+is(cq(q{SELECT string_agg(id || ':' || owner, ',' ORDER BY id) FROM acct_decrypted}),
+	'1:ANN,2:BOB,3:cid', 'read back through the view');
 
 # ---------- a worker added later, and a shard moved to it ----------
 cq(q{CREATE TABLE rt (id int PRIMARY KEY, body text);

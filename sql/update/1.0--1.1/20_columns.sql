@@ -178,6 +178,122 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'kms_protected_view_trigger'
 LANGUAGE C;
 
+-- UPDATE and DELETE through the decrypting view of a Citus table.  Citus
+-- plans no write to a view (its INSTEAD OF trigger never runs: "cannot
+-- modify views when the query contains citus tables"), so on a Citus table
+-- the view also gets two rules (kms_pc_citus_view_rules) that turn the
+-- write into an UPDATE or DELETE of the table, found by primary key, which
+-- Citus plans on the shards; the table's trigger seals on the workers as
+-- the writer.  A rule's table is accessed with its owner's privileges, so
+-- the rule first calls kms_pc_view_write_check(), which runs as the caller
+-- and checks the caller's own privileges on the table.  The rules have no
+-- RETURNING: UPDATE/DELETE ... RETURNING through such a view is refused.
+-- The view of a Citus table is a security_barrier view: the planner then
+-- keeps it a subquery instead of flattening its STABLE decrypt calls into
+-- the rule's SET list, where Citus refuses STABLE functions with column
+-- arguments.  Citus deparses only FROM items marked inFromCl, which the
+-- view's entry (the rule's OLD and NEW) is not: kms_pg's planner hook
+-- marks it (src/kms_citus.c, kms_citus_planner).
+CREATE FUNCTION kms_pc_view_assign(newval anyelement, oldval anyelement, cur @extschema@.kms_sealed)
+RETURNS @extschema@.kms_sealed
+AS 'MODULE_PATHNAME', 'kms_pc_view_assign'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+-- The caller's privileges for a write through a rule of the view: priv
+-- ('UPDATE' on every column in cols, or 'DELETE') on tbl.  Tables with row
+-- security are refused (the rule would apply the owner's policies).
+CREATE FUNCTION kms_pc_view_write_check(tbl regclass, priv text, cols name[])
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    IF (SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
+        RAISE EXCEPTION 'kms_pg: cannot % through the decrypting view of Citus table %: it has row-level security', priv, tbl
+              USING ERRCODE = 'feature_not_supported',
+                    HINT = 'Write to the table itself.';
+    END IF;
+    IF priv = 'DELETE' AND NOT pg_catalog.has_table_privilege(tbl, 'DELETE') OR
+       priv = 'UPDATE' AND EXISTS (SELECT 1 FROM unnest(cols) AS u(c)
+                                    WHERE NOT pg_catalog.has_column_privilege(tbl, u.c, 'UPDATE')) THEN
+        RAISE EXCEPTION 'permission denied for table %', tbl
+              USING ERRCODE = 'insufficient_privilege',
+                    DETAIL = format('%s through the decrypting view of a Citus table needs %s on the table%s.',
+                                    priv, priv, CASE WHEN priv = 'UPDATE' THEN ' (every column but the distribution column and generated ones)' ELSE '' END);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The rules of the decrypting view vschema.vname of the Citus table tbl
+-- (made again on every call; none without a primary key).  UPDATE: every
+-- writable column but the distribution column (Citus does not change it;
+-- a changed one matches no row) and the blind index; protected columns
+-- through kms_pc_view_assign (unchanged: the stored ciphertext).
+CREATE FUNCTION kms_pc_citus_view_rules(tbl oid, vschema name, vname name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    distcol name;
+    prot    name[] := '{}';
+    skip    name[] := '{}';
+    n       name[];
+    pr      @extschema@.kms_protected_columns;
+    tref    text := format('%I', (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = tbl));
+    sets    text;
+    cols    name[];
+    keyq    text;
+    updq    text;
+    r       record;
+BEGIN
+    FOR r IN SELECT w.rulename FROM pg_catalog.pg_rewrite w
+             WHERE w.ev_class = format('%I.%I', vschema, vname)::pg_catalog.regclass
+               AND w.rulename IN ('kms_update', 'kms_delete') LOOP
+        EXECUTE format('DROP RULE %I ON %I.%I', r.rulename, vschema, vname);
+    END LOOP;
+    SELECT string_agg(format('%s.%I OPERATOR(pg_catalog.=) old.%I', tref, a.attname, a.attname), ' AND ')
+      INTO keyq
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+    WHERE i.indrelid = tbl AND i.indisprimary;
+    IF keyq IS NULL THEN
+        RETURN;     -- as the INSTEAD OF trigger: UPDATE and DELETE need a primary key
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)'
+            ' FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1 AND p.partkey IS NOT NULL'
+       INTO distcol USING tbl;
+    FOR pr IN SELECT * FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LOOP
+        n := @extschema@.kms_pc_attnames(pr.relid, pr.trigger_name);
+        prot := prot || n[1];
+        IF pr.blind_index_key IS NOT NULL THEN
+            skip := skip || n[cardinality(n)];
+        END IF;
+    END LOOP;
+    SELECT string_agg(CASE WHEN a.attname = ANY (prot)
+                           THEN format('%I = @extschema@.kms_pc_view_assign(new.%I, old.%I, %s.%I)',
+                                       a.attname, a.attname, a.attname, tref, a.attname)
+                           ELSE format('%I = new.%I', a.attname, a.attname) END,
+                      ', ' ORDER BY a.attnum),
+           array_agg(a.attname ORDER BY a.attnum)
+      INTO sets, cols
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+      AND a.attname IS DISTINCT FROM distcol AND NOT a.attname = ANY (skip);
+    updq := keyq;
+    IF distcol IS NOT NULL THEN
+        updq := updq || format(' AND %s.%I OPERATOR(pg_catalog.=) new.%I', tref, distcol, distcol);
+    END IF;
+    EXECUTE format('CREATE RULE kms_update AS ON UPDATE TO %I.%I DO INSTEAD UPDATE %s SET %s WHERE %s'
+                   ' AND @extschema@.kms_pc_view_write_check(%L::pg_catalog.regclass, %L, %L::pg_catalog.name[])',
+                   vschema, vname, tbl::regclass, sets, updq, tbl::regclass, 'UPDATE', cols);
+    EXECUTE format('CREATE RULE kms_delete AS ON DELETE TO %I.%I DO INSTEAD DELETE FROM %s WHERE %s'
+                   ' AND @extschema@.kms_pc_view_write_check(%L::pg_catalog.regclass, %L, %L::pg_catalog.name[])',
+                   vschema, vname, tbl::regclass, keyq, tbl::regclass, 'DELETE', '{}');
+END
+$$;
+
 CREATE OR REPLACE FUNCTION kms_pc_ensure_view(tbl oid)
 RETURNS void
 LANGUAGE plpgsql
@@ -193,6 +309,7 @@ DECLARE
     pr      @extschema@.kms_protected_columns;
     n       name[];
     exprs   jsonb := '{}';
+    citus   boolean := @extschema@.kms_pc_citus_table(tbl);
 BEGIN
     SELECT c.view_schema, c.view_name INTO vschema, vname
     FROM @extschema@.kms_protected_columns c WHERE c.relid = tbl LIMIT 1;
@@ -233,8 +350,9 @@ BEGIN
             EXECUTE format('ALTER VIEW %s RENAME COLUMN %I TO %I', vrel::regclass, r.vcol, r.tcol);
         END LOOP;
         BEGIN
-            EXECUTE format('CREATE OR REPLACE VIEW %I.%I WITH (security_invoker = true) AS SELECT %s FROM %s t',
-                           vschema, vname, sel, tbl::regclass);
+            EXECUTE format('CREATE OR REPLACE VIEW %I.%I WITH (security_invoker = true%s) AS SELECT %s FROM %s t',
+                           vschema, vname,
+                           CASE WHEN citus THEN ', security_barrier = true' ELSE '' END, sel, tbl::regclass);
         EXCEPTION WHEN invalid_table_definition THEN
             -- A column changed type: only a new view will do.
             EXECUTE format('DROP VIEW %s', vrel::regclass);
@@ -242,8 +360,9 @@ BEGIN
         END;
     END IF;
     IF vrel IS NULL THEN
-        EXECUTE format('CREATE VIEW %I.%I WITH (security_invoker = true) AS SELECT %s FROM %s t',
-                       vschema, vname, sel, tbl::regclass);
+        EXECUTE format('CREATE VIEW %I.%I WITH (security_invoker = true%s) AS SELECT %s FROM %s t',
+                       vschema, vname,
+                           CASE WHEN citus THEN ', security_barrier = true' ELSE '' END, sel, tbl::regclass);
         EXECUTE format('CREATE TRIGGER kms_write INSTEAD OF INSERT OR UPDATE OR DELETE ON %I.%I'
                        ' FOR EACH ROW EXECUTE FUNCTION @extschema@.kms_protected_view_trigger()',
                        vschema, vname);
@@ -257,6 +376,10 @@ BEGIN
         WHERE c.oid = to_regclass(format('%I.%I', vschema, vname)))
        IS DISTINCT FROM (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = tbl) THEN
         EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', vschema, vname, owner);
+    END IF;
+    -- A Citus table: UPDATE and DELETE through the view as rules (above).
+    IF citus THEN
+        PERFORM @extschema@.kms_pc_citus_view_rules(tbl, vschema, vname);
     END IF;
 END
 $$;
