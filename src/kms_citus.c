@@ -20,6 +20,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_citus.h"
+#include "kms_dek_registry.h"
 #include "kms_local_catalog.h"
 
 #include "access/htup_details.h"
@@ -34,19 +35,11 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
-typedef enum KmsCitusRole
-{
-	KMS_CITUS_NONE,				/* no citus extension in this database */
-	KMS_CITUS_COORDINATOR,		/* citus_is_coordinator() */
-	KMS_CITUS_WORKER,			/* a node with a group id other than 0 */
-	KMS_CITUS_SINGLE			/* citus installed, no cluster yet */
-} KmsCitusRole;
-
 /* true while a worker applies the coordinator's copy */
 static bool applying = false;
 
-static KmsCitusRole
-citus_role(void)
+KmsCitusRole
+kms_citus_role(void)
 {
 	KmsCitusRole role = KMS_CITUS_SINGLE;
 	bool		isnull;
@@ -74,7 +67,7 @@ kms_citus_check_change_allowed(void)
 
 	if (applying || creating_extension)
 		return false;
-	role = citus_role();
+	role = kms_citus_role();
 	if (role == KMS_CITUS_COORDINATOR)
 		return true;
 	if (role == KMS_CITUS_WORKER)
@@ -86,18 +79,19 @@ kms_citus_check_change_allowed(void)
 	return false;
 }
 
-/* Copy the whole catalog to every worker; returns how many took it. */
-static int
-push_to_workers(void)
+bool
+kms_citus_installed(void)
 {
-	char	   *state = kms_catalog_snapshot_json();
-	char	   *cmd;
+	return OidIsValid(get_extension_oid("citus", true));
+}
+
+int
+kms_citus_run_on_workers(const char *cmd, const char *what)
+{
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	int			n;
 
-	cmd = psprintf("SELECT %s.kms_citus_apply_keyring(%s)",
-				   quote_identifier(kms_catalog_schema()), quote_literal_cstr(state));
 	values[0] = CStringGetTextDatum(cmd);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -115,15 +109,89 @@ push_to_workers(void)
 		if (!DatumGetBool(SPI_getbinval(t, d, 3, &isnull)))
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_EXCEPTION),
-					 errmsg("could not copy the kms_pg keyring to Citus worker %s:%s",
+					 errmsg("could not %s on Citus worker %s:%s", what,
 							SPI_getvalue(t, d, 1), SPI_getvalue(t, d, 2)),
 					 errdetail("The worker answered: %s", SPI_getvalue(t, d, 4)),
 					 errhint("Every node needs kms_pg and the coordinator's master key. "
-							 "Workers that took the copy keep it; run kms_citus_sync_keys() once the worker is fixed.")));
+							 "Workers that took the change keep it; run the function again once the worker is fixed "
+							 "(kms_citus_sync_keys() for the keyring).")));
 	}
 	SPI_finish();
+	return n;
+}
+
+/* Copy the whole catalog to every worker; returns how many took it. */
+static int
+push_to_workers(void)
+{
+	char	   *state = kms_catalog_snapshot_json();
+	char	   *cmd;
+	int			n;
+
+	cmd = psprintf("SELECT %s.kms_citus_apply_keyring(%s)",
+				   quote_identifier(kms_catalog_schema()), quote_literal_cstr(state));
+	n = kms_citus_run_on_workers(cmd, "copy the kms_pg keyring");
+	pfree(cmd);
 	pfree(state);
 	return n;
+}
+
+bool
+kms_citus_reference_placement(Oid relid, Oid *placement)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	bool		isnull;
+	bool		found = false;
+	int64		shardid = 0;
+
+	*placement = InvalidOid;
+	if (!kms_citus_installed())
+		return false;
+	values[0] = ObjectIdGetDatum(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT s.shardid FROM pg_catalog.pg_dist_partition p"
+							  " JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid"
+							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+							  " AND p.partmethod OPERATOR(pg_catalog.=) 'n'"
+							  " AND p.repmodel OPERATOR(pg_catalog.=) 't'",
+							  1, types, values, NULL, true, 2) != SPI_OK_SELECT)
+		elog(ERROR, "could not read Citus table metadata");
+	if (SPI_processed == 1)
+	{
+		shardid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		found = !isnull;
+	}
+	SPI_finish();
+	if (found)
+	{
+		/* a reference table's one shard: <table>_<shardid>, in the table's schema */
+		char	   *relname = get_rel_name(relid);
+
+		if (relname != NULL)
+			*placement = get_relname_relid(psprintf("%s_" INT64_FORMAT, relname, shardid),
+										   get_rel_namespace(relid));
+	}
+	return found;
+}
+
+bool
+kms_citus_has_workers(void)
+{
+	bool		found;
+
+	if (!kms_citus_installed())
+		return false;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_dist_node n"
+					" WHERE n.groupid OPERATOR(pg_catalog.<>) 0 AND n.noderole OPERATOR(pg_catalog.=) 'primary'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read Citus node metadata");
+	found = SPI_processed == 1;
+	SPI_finish();
+	return found;
 }
 
 void
@@ -131,7 +199,7 @@ kms_citus_after_change(void)
 {
 	if (applying || creating_extension)
 		return;
-	if (citus_role() == KMS_CITUS_COORDINATOR)
+	if (kms_citus_role() == KMS_CITUS_COORDINATOR)
 		(void) push_to_workers();
 }
 
@@ -140,7 +208,7 @@ PG_FUNCTION_INFO_V1(kms_citus_sync_keys);
 Datum
 kms_citus_sync_keys(PG_FUNCTION_ARGS)
 {
-	if (citus_role() != KMS_CITUS_COORDINATOR)
+	if (kms_citus_role() != KMS_CITUS_COORDINATOR)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this node is not a Citus coordinator"),
@@ -162,7 +230,7 @@ kms_citus_apply_keyring(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", "state")));
-	if (citus_role() != KMS_CITUS_WORKER)
+	if (kms_citus_role() != KMS_CITUS_WORKER)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this node is not a Citus worker"),
@@ -172,6 +240,8 @@ kms_citus_apply_keyring(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		n = kms_catalog_replace_from_json(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+		/* a key disabled or gone: every backend reads registry rows again */
+		kms_dek_registry_invalidate();
 	}
 	PG_FINALLY();
 	{

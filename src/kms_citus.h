@@ -11,6 +11,39 @@
 
 #include "postgres.h"
 
+/* This node's part in a Citus cluster (KMS_CITUS_NONE without the citus extension). */
+typedef enum KmsCitusRole
+{
+	KMS_CITUS_NONE,				/* no citus extension in this database */
+	KMS_CITUS_COORDINATOR,		/* citus_is_coordinator() */
+	KMS_CITUS_WORKER,			/* a node with a group id other than 0 */
+	KMS_CITUS_SINGLE			/* citus installed, no cluster yet */
+} KmsCitusRole;
+
+extern KmsCitusRole kms_citus_role(void);
+
+/* Whether the citus extension is installed in this database (no SPI). */
+extern bool kms_citus_installed(void);
+
+/*
+ * The DEK registry of format 2 as a Citus reference table
+ * (kms_citus_distribute_registry(), docs/citus.md).  True when relid is a
+ * Citus reference table; *placement is then this node's placement of it
+ * (its one shard), InvalidOid when this node has none.  False without the
+ * citus extension and for any other table.
+ */
+extern bool kms_citus_reference_placement(Oid relid, Oid *placement);
+
+/* On a coordinator: whether the cluster has a node other than the coordinator. */
+extern bool kms_citus_has_workers(void);
+
+/*
+ * On a coordinator: run cmd on every worker (run_command_on_workers, each
+ * in its own transaction); an ERROR naming the first worker that failed
+ * and what (a few words) was being done.  Returns the number of workers.
+ */
+extern int	kms_citus_run_on_workers(const char *cmd, const char *what);
+
 /*
  * Before a keyring change: refuse it on a Citus worker (55000), except
  * while applying the coordinator's copy; true on a Citus coordinator,

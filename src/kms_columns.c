@@ -26,6 +26,7 @@
  */
 #include "kms_columns.h"
 #include "kms_citus.h"
+#include "kms_guc.h"
 #include "kms_envelope.h"
 #include "kms_provider.h"
 #include "kms_secure_mem.h"
@@ -311,6 +312,7 @@ typedef struct KmsColumn
 	char	   *column_id;		/* uuid text */
 	char	   *key_id;			/* as stored */
 	int			format;			/* ciphertext format; 0: kms_pg.format */
+	bool		citus_shard;	/* the trigger of a Citus shard (its table's row) */
 	int			nctx;
 	char	  **ctx_keys;
 	AttrNumber	attnum;			/* the protected column */
@@ -467,6 +469,7 @@ again:
 	table_close(cat, AccessShareLock);
 	if (!found)
 		return false;
+	col->citus_shard = tgname != trig->tgname;
 
 	/* Column numbers from the trigger's column list (they follow renames). */
 	if (trig->tgnattr != 1 + col->nctx + (col->bidx_key_ct ? 1 : 0))
@@ -812,6 +815,28 @@ canonical_plaintext(KmsColumn *col, const char *data, int len)
 	return out;
 }
 
+
+/*
+ * The format of a column's new values.  A Citus table's values are sealed
+ * by its shards' triggers, on the workers (and on the coordinator's
+ * placement of a reference table) as parts of the coordinator's statement,
+ * where the data key registry of format 2 cannot be written: format 2 is
+ * refused there, whatever asked for it (docs/citus.md).
+ */
+static int
+column_format(const KmsColumn *col)
+{
+	int			format = col->format != 0 ? col->format : kms_guc_format;
+
+	if (format == 2 && col->citus_shard)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("format 2 is not available for protected columns of Citus tables"),
+				 errdetail("The values of a Citus table are sealed on its shards, where the kms_pg data key registry cannot be written."),
+				 errhint("SET kms_pg.format = 1 on the nodes, or use kms_set_column_format(table, column, 1).")));
+	return format;
+}
+
 /* The blind index of canonical plaintext: 16 bytes of HMAC-SHA-256. */
 static bytea *
 blind_index(KmsColumn *col, MemoryContext keycxt, const char *pt, Size len)
@@ -952,7 +977,7 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 			pt = canonical_plaintext(col, vdata, (int) vlen);
 			ct = kms_seal_format(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
 								 kms_provider_resolve_key(col->key_id),
-								 KMS_PRIV_ENCRYPT, InvalidOid, col->format);
+								 KMS_PRIV_ENCRYPT, InvalidOid, column_format(col));
 		}
 		else
 		{
@@ -994,7 +1019,7 @@ kms_protected_column_trigger(PG_FUNCTION_ARGS)
 					pt = kms_open_ext(v, &octx, false, KMS_PRIV_ENCRYPT, InvalidOid);
 					ct = kms_seal_format(VARDATA(pt), VARSIZE(pt) - VARHDRSZ, &ctx,
 										 kms_provider_resolve_key(col->key_id),
-										 KMS_PRIV_ENCRYPT, InvalidOid, col->format);
+										 KMS_PRIV_ENCRYPT, InvalidOid, column_format(col));
 				}
 			}
 			else

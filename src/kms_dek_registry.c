@@ -31,9 +31,20 @@
  * Writes go through fixed SQL run by SPI as the table's owner with
  * search_path pinned; they need a writable primary and a transaction that
  * is not read-only or in parallel mode.
+ *
+ * Citus (docs/citus.md; dormant without the citus extension): the table
+ * becomes a reference table (kms_citus_distribute_registry()).  Writes are
+ * then made on the coordinator only, where the same SQL goes through
+ * Citus to every placement within the sealing transaction (Citus's
+ * two-phase commit); a worker refuses format 2 sealing, because the
+ * statements it runs are the coordinator's shard tasks, from which Citus
+ * allows no write to a reference table.  Reads, on every node, scan the
+ * node's own placement (the reference table's one shard) the same way.
+ * After a rotation the coordinator tells the workers to drop their memos.
  *-------------------------------------------------------------------------
  */
 #include "kms_dek_registry.h"
+#include "kms_citus.h"
 #include "kms_guc.h"
 #include "kms_key_grants.h"
 
@@ -53,6 +64,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -79,6 +91,10 @@
 
 static Oid	cached_relid = InvalidOid;
 static bool callbacks_registered = false;
+
+/* where rows are read: the table, or on Citus this node's placement of it */
+static Oid	scan_for = InvalidOid;
+static Oid	scan_relid = InvalidOid;
 
 /* A registry row as read (palloc'd fields). */
 typedef struct RegRow
@@ -124,9 +140,11 @@ typedef struct EnsureEntry
 
 static HTAB *ens_map = NULL;
 static uint64 ens_epoch = 1;
+static bool citus_pending = false;	/* rows in this node's placement only, copied at commit */
 static bool ens_any_open = false;	/* an ENS_INSERTED entry may exist: walk at (sub)xact end */
 
 static void registry_init(void);
+static void citus_copy_pending(void);
 
 static Oid
 registry_relid(void)
@@ -185,9 +203,10 @@ memo_clear(void)
 static void
 registry_relcache_cb(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == cached_relid)
+	if (!OidIsValid(relid) || relid == cached_relid || relid == scan_relid)
 	{
 		reg_memo_stale = true;
+		scan_for = InvalidOid;	/* distributed since, or the placement moved */
 		if (!OidIsValid(relid))
 			cached_relid = InvalidOid;
 	}
@@ -205,6 +224,11 @@ registry_xact_cb(XactEvent event, void *arg)
 
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (citus_pending)
+				citus_copy_pending();
+			return;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_ABORT:
@@ -214,6 +238,7 @@ registry_xact_cb(XactEvent event, void *arg)
 		default:
 			return;
 	}
+	citus_pending = false;
 	ens_epoch++;
 	if (ens_map == NULL || !ens_any_open)
 		return;
@@ -329,11 +354,39 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
  * the calling user.  With match (by wrapped DEK), only a row with the same
  * provider, key id and name block counts.
  */
+/*
+ * The relation rows are read from: the registry itself, or, when it is a
+ * Citus reference table, this node's placement of it (found once per
+ * backend, again after an invalidation of either).
+ */
+static Oid
+registry_scan_relid(Oid relid)
+{
+	Oid			placement;
+	Oid			scan = relid;
+
+	if (scan_for == relid && OidIsValid(scan_relid))
+		return scan_relid;
+	if (kms_citus_reference_placement(relid, &placement))
+	{
+		if (!OidIsValid(placement))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("this Citus node has no placement of the kms_pg data key registry"),
+					 errdetail("The registry is a Citus reference table; each node reads format 2 data keys from its own placement."),
+					 errhint("Add the coordinator to the Citus metadata with citus_set_coordinator_host(), or run replicate_reference_tables().")));
+		scan = placement;
+	}
+	scan_for = relid;
+	scan_relid = scan;
+	return scan;
+}
+
 static bool
 registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 			  Snapshot snap, RegRow *out)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
+	Relation	rel = table_open(registry_scan_relid(relid), AccessShareLock);
 	Oid			idx = InvalidOid;
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -523,6 +576,35 @@ typedef struct OwnerSpi
 	char	   *tbl;
 } OwnerSpi;
 
+/*
+ * On a Citus cluster (only with the citus extension): raise unless this
+ * node writes the registry, i.e. it is the coordinator and the registry a
+ * reference table (or there are no workers yet).
+ */
+static void
+check_citus_writable(Oid relid)
+{
+	KmsCitusRole role;
+	Oid			placement;
+
+	if (!kms_citus_installed())
+		return;
+	role = kms_citus_role();
+	if (role == KMS_CITUS_WORKER)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot encrypt in format 2 on a Citus worker"),
+				 errdetail("A format 2 value needs a row in the kms_pg data key registry, a Citus reference table that the coordinator writes; statements on a worker run as the coordinator's shard tasks, which cannot write it."),
+				 errhint("Encrypt on the coordinator, or SET kms_pg.format = 1 for values sealed on the workers (protected columns of Citus tables use format 1).")));
+	if (role == KMS_CITUS_COORDINATOR &&
+		!kms_citus_reference_placement(relid, &placement) && kms_citus_has_workers())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the kms_pg data key registry is not a Citus reference table"),
+				 errdetail("Format 2 values sealed on the coordinator must be readable on every worker."),
+				 errhint("Run SELECT kms_citus_distribute_registry() on the coordinator, or SET kms_pg.format = 1.")));
+}
+
 /* Raise unless this transaction may write registry rows. */
 static void
 check_writable(void)
@@ -565,6 +647,18 @@ owner_begin(OwnerSpi *o, Oid relid)
 	o->nest = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * Citus: only the coordinator writes the registry (check_citus_writable),
+	 * so its writes need not take Citus's lock on the first worker that
+	 * serialises writes from workers.  That lock, taken again over another
+	 * connection by a later registry write of the same statement (an
+	 * INSERT ... SELECT that streams rows to the shards keeps the first
+	 * one busy), is a distributed deadlock with itself.
+	 */
+	if (kms_citus_installed())
+		(void) set_config_option("citus.allow_modifications_from_workers_to_replicated_tables", "off",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 }
@@ -616,7 +710,16 @@ registry_insert(Oid relid, const RegRow *row)
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
+	Oid			target = registry_scan_relid(relid);
+
 	owner_begin(&o, relid);
+	if (target != relid)
+	{
+		/* Citus: this node's placement now, the others at commit (citus_copy_pending) */
+		o.tbl = quote_qualified_identifier(get_namespace_name(get_rel_namespace(target)),
+										   get_rel_name(target));
+		citus_pending = true;
+	}
 	values[0] = Int64GetDatum((int64) row->ref);
 	values[1] = Int16GetDatum((int16) row->provider);
 	values[2] = PointerGetDatum(cstring_to_text_with_len(row->key_id, row->key_id_len));
@@ -628,7 +731,7 @@ registry_insert(Oid relid, const RegRow *row)
 	nulls[6] = row->key_req != NULL ? ' ' : 'n';
 	values[7] = Int64GetDatum((int64) Min(row->leased_messages, (uint64) PG_INT64_MAX));
 	values[8] = Int64GetDatum((int64) Min(row->leased_bytes, (uint64) PG_INT64_MAX));
-	if (insert_plan == NULL || insert_plan_relid != relid)
+	if (insert_plan == NULL || insert_plan_relid != target)
 	{
 		SPIPlanPtr	p;
 
@@ -641,12 +744,70 @@ registry_insert(Oid relid, const RegRow *row)
 		if (SPI_keepplan(p) != 0)
 			elog(ERROR, "SPI_keepplan failed");
 		insert_plan = p;
-		insert_plan_relid = relid;
+		insert_plan_relid = target;
 	}
 	rc = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "kms_pg data key registry statement failed: %s", SPI_result_code_string(rc));
 	owner_end(&o);
+}
+
+/*
+ * Citus, before commit (or PREPARE): copy the rows this transaction put in
+ * this node's placement of the registry to every placement, through Citus
+ * (ON CONFLICT DO NOTHING: this node's own).  Rows are first written to
+ * the local placement only because a statement that streams rows to the
+ * shards (INSERT ... SELECT, COPY) keeps Citus's connections to the
+ * workers busy, so a write to every placement in the middle of it is
+ * refused; at commit the statements are done, and the copy joins the
+ * distributed transaction: on every node the rows commit with the values
+ * (Citus's two-phase commit), or not at all.  Rows of aborted
+ * subtransactions are gone from ens_map and from the placement.
+ */
+static void
+citus_copy_pending(void)
+{
+	HASH_SEQ_STATUS st;
+	EnsureEntry *e;
+	Datum	   *refs;
+	int			n = 0;
+	Oid			relid;
+	Oid			target;
+	OwnerSpi	o;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	citus_pending = false;
+	if (ens_map == NULL || !ens_any_open)
+		return;
+	relid = registry_relid();
+	if (!OidIsValid(relid))
+		return;
+	target = registry_scan_relid(relid);
+	if (target == relid)
+		return;
+	refs = palloc(sizeof(Datum) * Max(hash_get_num_entries(ens_map), 1));
+	hash_seq_init(&st, ens_map);
+	while ((e = hash_seq_search(&st)) != NULL)
+		if (e->state == ENS_INSERTED)
+			refs[n++] = Int64GetDatum((int64) e->ref);
+	if (n == 0)
+		return;
+	values[0] = PointerGetDatum(construct_array(refs, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	PushActiveSnapshot(GetTransactionSnapshot());
+	owner_begin(&o, relid);
+	owner_exec(psprintf("INSERT INTO %s (dek_ref, provider, key_id, name_block, wrapped_dek, created_at,"
+						" rewrapped_at, provider_context, key_requested, leased_messages, leased_bytes)"
+						" SELECT p.dek_ref, p.provider, p.key_id, p.name_block, p.wrapped_dek, p.created_at,"
+						" p.rewrapped_at, p.provider_context, p.key_requested, p.leased_messages, p.leased_bytes"
+						" FROM %s p WHERE p.dek_ref OPERATOR(pg_catalog.=) ANY ($1)"
+						" ON CONFLICT (dek_ref) DO NOTHING",
+						o.tbl,
+						quote_qualified_identifier(get_namespace_name(get_rel_namespace(target)),
+												   get_rel_name(target))),
+			   1, types, values);
+	owner_end(&o);
+	PopActiveSnapshot();
 }
 
 /* The fields of a v1 header (kms_envelope.h layout) as a registry row. */
@@ -714,6 +875,7 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 
 	check_writable();
 	relid = registry_relid_or_error();
+	check_citus_writable(relid);
 	row_from_header(dek->header, dek->header_len, &want);
 	want.pctx = (uint8 *) kctx->canonical.data;
 	want.pctx_len = kctx->canonical.len;
@@ -789,6 +951,7 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
 	Oid			relid = registry_relid_or_error();
 
 	check_writable();
+	check_citus_writable(relid);
 	if (registry_update(relid, env->dek_ref, provider, w, env->wrapped, env->wrapped_len) > 0)
 	{
 		/* the key id may have changed: not found by reference under the old one */
@@ -847,6 +1010,7 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	kms_context_init_empty(&empty);
 	check_writable();
 	relid = registry_relid_or_error();
+	check_citus_writable(relid);
 	/* one rotation at a time; writers (row inserts) are not blocked */
 	LockRelationOid(relid, ShareUpdateExclusiveLock);
 
@@ -920,8 +1084,16 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	}
 	if (rewrapped > 0)
 	{
+		Oid			placement;
+
 		CacheInvalidateRelcacheByRelid(relid);
 		reg_memo_stale = true;
+		/* Citus: the workers' backends drop their memos and cached DEKs of the key */
+		if (kms_citus_reference_placement(relid, &placement))
+			(void) kms_citus_run_on_workers(psprintf("SELECT %s.kms_citus_registry_rewrapped(%s)",
+													 quote_identifier(get_namespace_name(get_rel_namespace(relid))),
+													 quote_literal_cstr(key)),
+											"pass the kms_pg registry rotation");
 	}
 	/* encrypting DEKs cached under the old wrapping must not make new rows */
 	kms_dek_cache_forget_key(-1, key);
@@ -972,6 +1144,9 @@ kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kc
 	relid = registry_relid();
 	if (!OidIsValid(relid))
 		return false;
+	/* Citus: a lease would be a write to every placement mid-statement; none is taken */
+	if (registry_scan_relid(relid) != relid)
+		return false;
 	owner_begin(&o, relid);
 	if (reuse_plan == NULL || reuse_plan_relid != relid)
 	{
@@ -1017,6 +1192,43 @@ kms_dek_registry_reuse(uint8 provider, const char *key_req, const KmsContext *kc
 	}
 	owner_end(&o);
 	return found;
+}
+
+void
+kms_dek_registry_invalidate(void)
+{
+	Oid			relid;
+
+	registry_init();
+	relid = registry_relid();
+	if (OidIsValid(relid))
+		CacheInvalidateRelcacheByRelid(relid);
+	reg_memo_stale = true;
+}
+
+/*
+ * SQL: kms_citus_registry_rewrapped(key_id text) RETURNS void -- run on
+ * each Citus worker by the coordinator's kms_rotate_key_registry(): every
+ * backend of the worker drops its memo of registry rows, and the worker's
+ * cached DEKs of key_id go (found again under the new wrapping).
+ */
+PG_FUNCTION_INFO_V1(kms_citus_registry_rewrapped);
+Datum
+kms_citus_registry_rewrapped(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", "key_id")));
+	if (kms_citus_role() != KMS_CITUS_WORKER)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this node is not a Citus worker"),
+				 errdetail("kms_citus_registry_rewrapped() is run on the workers by kms_rotate_key_registry() on the coordinator."),
+				 errhint("On the coordinator, run kms_rotate_key_registry().")));
+	kms_dek_registry_invalidate();
+	(void) kms_dek_cache_forget_key(-1, text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }
 
 /*

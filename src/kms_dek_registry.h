@@ -54,6 +54,13 @@ extern bool kms_dek_registry_reuse(uint8 provider, const char *key_req, const Km
 								   uint64 lease_m, uint64 lease_b, uint64 max_m, uint64 max_b,
 								   KmsWrappedKey *w, TimestampTz *created_at);
 
+/*
+ * Every backend of this server reads registry rows again (at its next
+ * transaction): a Citus worker after the coordinator changed them
+ * (kms_citus_registry_rewrapped) or its keyring.
+ */
+extern void kms_dek_registry_invalidate(void);
+
 /* The v1 header of the DEK of row ref; false when the row is not visible. */
 extern bool kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len);
 

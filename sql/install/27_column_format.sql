@@ -17,12 +17,24 @@ BEGIN
         RAISE EXCEPTION 'kms_set_column_format: format must be 1, 2 or NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- A Citus table's values are sealed on its shards, where the registry
+    -- of format 2 cannot be written (docs/citus.md).
+    IF format = 2 AND @extschema@.kms_pc_citus_table(tbl) THEN
+        RAISE EXCEPTION 'format 2 is not available for protected columns of Citus tables'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The values of a Citus table are sealed on its shards, where the kms_pg data key registry cannot be written.',
+                  HINT = 'Keep format 1 for this column; format 2 values can be sealed on the coordinator with kms_encrypt().';
+    END IF;
     UPDATE @extschema@.kms_protected_columns c SET format = kms_set_column_format.format
      WHERE c.relid = tbl AND (@extschema@.kms_pc_attnames(c.relid, c.trigger_name))[1] = col;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
         RAISE EXCEPTION 'kms_set_column_format: column "%" of "%" is not protected, or you do not own its table', col, tbl
             USING ERRCODE = 'undefined_object';
+    END IF;
+    -- the workers' copies of the catalog row (their shards' triggers read it)
+    IF @extschema@.kms_pc_citus_table(tbl) THEN
+        PERFORM @extschema@.kms_citus_sync_columns(tbl);
     END IF;
 END
 $$;

@@ -134,3 +134,63 @@ END
 $$;
 COMMENT ON FUNCTION kms_citus_apply_columns(text, jsonb) IS
   'On a Citus worker: replace the protected-column catalog rows of a Citus table with the coordinator''s copy (run by the coordinator)';
+
+-- Format 2 on Citus (docs/citus.md): the data key registry becomes a
+-- reference table, so that every node reads the rows of the values sealed
+-- on the coordinator from its own placement, and the coordinator's writes
+-- reach every placement in the sealing transaction.  Run once on the
+-- coordinator, which must be in the Citus metadata
+-- (citus_set_coordinator_host()); Citus copies the rows there are, and the
+-- coordinator's local copy is then emptied.  Until it runs, a coordinator
+-- with workers refuses format 2 sealing.  Returns false when the registry
+-- already is a reference table.  Runs as the caller (the registry's owner).
+CREATE FUNCTION kms_citus_distribute_registry()
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    coord   boolean := false;
+    in_meta boolean;
+    done    boolean;
+    reg     regclass := pg_catalog.format('%I.%I', '@extschema@', 'kms_dek_registry')::regclass;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coord;
+    END IF;
+    IF NOT coord THEN
+        RAISE EXCEPTION 'this node is not a Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'kms_citus_distribute_registry() makes the format 2 data key registry a Citus reference table.',
+                  HINT = 'Run it on the coordinator, in a database with the citus extension.';
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node n WHERE n.groupid OPERATOR(pg_catalog.=) 0)'
+        INTO in_meta;
+    IF NOT in_meta THEN
+        RAISE EXCEPTION 'the Citus coordinator is not in the Citus metadata'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The coordinator reads format 2 data keys from its own placement of the registry.',
+                  HINT = 'Run SELECT citus_set_coordinator_host(''<host>'', <port>) first.';
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1)'
+        INTO done USING reg;
+    IF done THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING reg;
+    EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING reg;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION kms_citus_distribute_registry() IS
+  'On a Citus coordinator: make the format 2 data key registry a Citus reference table (once); false when it already is one';
+
+CREATE FUNCTION kms_citus_registry_rewrapped(key_id text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'kms_citus_registry_rewrapped'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION kms_citus_registry_rewrapped(text) IS
+  'On a Citus worker: drop every backend''s memo of registry rows and the cached data keys of key_id (run by kms_rotate_key_registry on the coordinator)';
+
+REVOKE EXECUTE ON FUNCTION kms_citus_distribute_registry() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION kms_citus_registry_rewrapped(text) FROM PUBLIC;
