@@ -109,7 +109,7 @@ kms_citus_run_on_workers(const char *cmd, const char *what)
 		if (!DatumGetBool(SPI_getbinval(t, d, 3, &isnull)))
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_EXCEPTION),
-					 errmsg("could not %s on Citus worker %s:%s", what,
+					 errmsg("could not %s Citus worker %s:%s", what,
 							SPI_getvalue(t, d, 1), SPI_getvalue(t, d, 2)),
 					 errdetail("The worker answered: %s", SPI_getvalue(t, d, 4)),
 					 errhint("Every node needs kms_pg and the coordinator's master key. "
@@ -130,7 +130,7 @@ push_to_workers(void)
 
 	cmd = psprintf("SELECT %s.kms_citus_apply_keyring(%s)",
 				   quote_identifier(kms_catalog_schema()), quote_literal_cstr(state));
-	n = kms_citus_run_on_workers(cmd, "copy the kms_pg keyring");
+	n = kms_citus_run_on_workers(cmd, "copy the kms_pg keyring to");
 	pfree(cmd);
 	pfree(state);
 	return n;

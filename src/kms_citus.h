@@ -40,7 +40,8 @@ extern bool kms_citus_has_workers(void);
 /*
  * On a coordinator: run cmd on every worker (run_command_on_workers, each
  * in its own transaction); an ERROR naming the first worker that failed
- * and what (a few words) was being done.  Returns the number of workers.
+ * and what was being done (words that precede "Citus worker host:port").
+ * Returns the number of workers.
  */
 extern int	kms_citus_run_on_workers(const char *cmd, const char *what);
 

@@ -1093,7 +1093,7 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 			(void) kms_citus_run_on_workers(psprintf("SELECT %s.kms_citus_registry_rewrapped(%s)",
 													 quote_identifier(get_namespace_name(get_rel_namespace(relid))),
 													 quote_literal_cstr(key)),
-											"pass the kms_pg registry rotation");
+											"pass the kms_pg registry rotation to");
 	}
 	/* encrypting DEKs cached under the old wrapping must not make new rows */
 	kms_dek_cache_forget_key(-1, key);
