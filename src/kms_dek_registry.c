@@ -582,7 +582,7 @@ typedef struct OwnerSpi
  * reference table (or there are no workers yet).
  */
 static void
-check_citus_writable(Oid relid)
+check_citus_writable(Oid relid, const char *operation)
 {
 	KmsCitusRole role;
 	Oid			placement;
@@ -593,9 +593,9 @@ check_citus_writable(Oid relid)
 	if (role == KMS_CITUS_WORKER)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot encrypt in format 2 on a Citus worker"),
-				 errdetail("A format 2 value needs a row in the kms_pg data key registry, a Citus reference table that the coordinator writes; statements on a worker run as the coordinator's shard tasks, which cannot write it."),
-				 errhint("Encrypt on the coordinator, or SET kms_pg.format = 1 for values sealed on the workers (protected columns of Citus tables use format 1).")));
+				 errmsg("cannot %s on a Citus worker", operation),
+				 errdetail("This writes the kms_pg data key registry, a Citus reference table that the coordinator writes; statements on a worker run as the coordinator's shard tasks, which cannot write it."),
+				 errhint("Run it on the coordinator (a query on a distributed table runs on the workers: pass the value itself), or SET kms_pg.format = 1 for values sealed on the workers.")));
 	if (role == KMS_CITUS_COORDINATOR &&
 		!kms_citus_reference_placement(relid, &placement) && kms_citus_has_workers())
 		ereport(ERROR,
@@ -875,7 +875,7 @@ kms_dek_registry_ensure(KmsDek *dek, const char *key_req, const KmsContext *kctx
 
 	check_writable();
 	relid = registry_relid_or_error();
-	check_citus_writable(relid);
+	check_citus_writable(relid, "encrypt in format 2");
 	row_from_header(dek->header, dek->header_len, &want);
 	want.pctx = (uint8 *) kctx->canonical.data;
 	want.pctx_len = kctx->canonical.len;
@@ -951,7 +951,7 @@ kms_dek_registry_rewrapped(const KmsEnvelope *env, uint8 provider, const KmsWrap
 	Oid			relid = registry_relid_or_error();
 
 	check_writable();
-	check_citus_writable(relid);
+	check_citus_writable(relid, "rewrap a format 2 value");
 	if (registry_update(relid, env->dek_ref, provider, w, env->wrapped, env->wrapped_len) > 0)
 	{
 		/* the key id may have changed: not found by reference under the old one */
@@ -1010,7 +1010,7 @@ kms_rotate_key_registry(PG_FUNCTION_ARGS)
 	kms_context_init_empty(&empty);
 	check_writable();
 	relid = registry_relid_or_error();
-	check_citus_writable(relid);
+	check_citus_writable(relid, "rotate the kms_pg data key registry");
 	/* one rotation at a time; writers (row inserts) are not blocked */
 	LockRelationOid(relid, ShareUpdateExclusiveLock);
 

@@ -29,7 +29,10 @@
 #  - kms_rotate_key_registry() on the coordinator rewraps every row on every
 #    placement under another key without writing the user table (the stored
 #    bytes are the same); a worker session that read before the rotation
-#    still decrypts after the old key is disabled, and so do new sessions.
+#    still decrypts after the old key is disabled, and so do new sessions;
+#  - a multi-row INSERT ... VALUES with new tenants, and kms_rewrap() of one
+#    format 2 value on the coordinator, which rewraps its registry row on
+#    every placement (refused, 0A000, in a query pushed down to a worker).
 use strict;
 use warnings;
 
@@ -257,5 +260,34 @@ for my $w (@workers)
 			"SELECT convert_from(kms_decrypt(decode('$sample', 'hex'), '{\"tenant\": 1}'), 'UTF8')"),
 		'note-7', $w->name . ': a new session decrypts after the rotation');
 }
+
+# ---------- a multi-row INSERT ... VALUES with new tenants; kms_rewrap of one value ----------
+cq(q{SET kms_pg.format = 2;
+     INSERT INTO notes VALUES (200, 200, kms_encrypt('t200'::bytea, '{"tenant": 200}', 'alias/v2b')),
+                              (201, 201, kms_encrypt('t201'::bytea, '{"tenant": 201}', 'alias/v2b'))});
+my $seven = cq($reg_rows);
+like($seven, qr/^7:/, 'a two-row INSERT ... VALUES with two new tenants: two new rows');
+for my $w (@workers)
+{
+	is($w->safe_psql('postgres', $reg_rows), $seven, $w->name . ': the two rows are on its placement');
+}
+is(cq(q{SELECT string_agg(convert_from(kms_decrypt(body, jsonb_build_object('tenant', tenant)), 'UTF8'), ',' ORDER BY id)
+        FROM notes WHERE id IN (200, 201)}), 't200,t201', 'both decrypt on their workers');
+my $k3_id = cq(q{SELECT kms_describe_key(kms_create_key('alias/v2c')) ->> 'KeyId'});
+my $ref200 = cq(q{SELECT ('x' || encode(substr(body, 6, 7), 'hex'))::bit(56)::bigint FROM notes WHERE id = 200});
+# in a query on the distributed table it runs on the worker: refused
+($ret, $out, $err) = $coord->psql('postgres',
+	q{SELECT kms_rewrap(body, 'alias/v2c', '{"tenant": 200}') FROM notes WHERE id = 200});
+like($err, qr/cannot rewrap a format 2 value on a Citus worker/,
+	'kms_rewrap of a format 2 value in a query pushed down to a worker is refused, saying why');
+my $v200 = cq(q{SELECT encode(body, 'hex') FROM notes WHERE id = 200});
+cq("SELECT length(kms_rewrap(decode('$v200', 'hex'), 'alias/v2c', '{\"tenant\": 200}'))");
+for my $n ($coord, @workers)
+{
+	is($n->safe_psql('postgres', "SELECT key_id FROM kms_dek_registry WHERE dek_ref = $ref200"), $k3_id,
+		$n->name . ': kms_rewrap of a format 2 value rewrapped its registry row on this placement');
+}
+is(cq(q{SELECT convert_from(kms_decrypt(body, '{"tenant": 200}'), 'UTF8') FROM notes WHERE id = 200}),
+	't200', 'the value (same bytes) decrypts under its new wrapping');
 
 done_testing();
