@@ -1,7 +1,7 @@
 --
 -- 10_citus_absent: without the citus extension in the database, kms_pg's
--- Citus code stays dormant: key changes work as on any server, and the two
--- Citus functions refuse (t/090_citus_keys.pl covers a real cluster).
+-- Citus code stays dormant: key changes work as on any server, and the
+-- Citus functions refuse (t/090, t/091 and t/093 cover a real cluster).
 --
 SET kms_pg.provider = 'local';
 SELECT count(*) AS citus_installed FROM pg_extension WHERE extname = 'citus';
@@ -54,3 +54,16 @@ SELECT kms_citus_sync_columns();
 SELECT kms_citus_sync_columns('pg_class');
 SELECT kms_citus_apply_columns('pg_class', '[]');
 SELECT kms_citus_apply_columns(NULL, '[]');
+
+-- Format 2: the registry stays an ordinary table; its Citus functions refuse,
+-- and format 2 sealing, its registry write and a rewrap take the plain path.
+SELECT kms_citus_distribute_registry();
+SELECT kms_citus_registry_rewrapped('alias/regress_citus10');
+SELECT kms_citus_registry_rewrapped(NULL);
+SET kms_pg.format = 2;
+SELECT count(*) AS registry_rows_before FROM kms_dek_registry \gset
+SELECT kms_decrypt_text(kms_encrypt_text('v2 without citus', '{}', 'alias/regress_citus10')) AS v2_roundtrip;
+SELECT count(*) - :registry_rows_before AS new_registry_rows FROM kms_dek_registry;
+SELECT current_setting('citus.allow_modifications_from_workers_to_replicated_tables', true) IS NULL
+       AS citus_setting_unset;
+RESET kms_pg.format;
