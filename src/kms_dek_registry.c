@@ -763,6 +763,12 @@ registry_insert(Oid relid, const RegRow *row)
  * distributed transaction: on every node the rows commit with the values
  * (Citus's two-phase commit), or not at all.  Rows of aborted
  * subtransactions are gone from ens_map and from the placement.
+ *
+ * This runs before Citus's own pre-commit work (its two-phase commit)
+ * because transaction callbacks run newest first, and registry_init()
+ * registers ours at the backend's first registry use, long after Citus's
+ * _PG_init() registered its own, whatever the order of
+ * shared_preload_libraries.
  */
 static void
 citus_copy_pending(void)
