@@ -32,37 +32,13 @@
 use strict;
 use warnings;
 
-use File::Basename qw(dirname);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use KmsPgKeyring;
+use KmsPgCitus;
 
-my $pg_config = $ENV{KMS_CITUS_PG_CONFIG};
-plan skip_all => 'Citus test: set KMS_CITUS_PG_CONFIG to the pg_config of a PostgreSQL with Citus'
-  unless $pg_config;
-my $bindir = `$pg_config --bindir`;
-chomp $bindir;
-my $pkglibdir = `$pg_config --pkglibdir`;
-chomp $pkglibdir;
-plan skip_all => "Citus test: no citus.so in $pkglibdir" unless -f "$pkglibdir/citus.so";
-my $install = dirname($bindir);
-
-sub node
-{
-	my ($name) = @_;
-	my $n = PostgreSQL::Test::Cluster->new($name, install_path => $install);
-	$n->init;
-	$n->append_conf('postgresql.conf',
-		    "shared_preload_libraries = 'citus, kms_pg'\n"
-		  . "max_prepared_transactions = 20\n"
-		  . "listen_addresses = '127.0.0.1'\n"
-		  . "kms_pg.provider = 'local'\n"
-		  . master_key_conf('a'));
-	$n->start;
-	$n->safe_psql('postgres', 'CREATE EXTENSION citus');
-	return $n;
-}
+sub node { return citus_node($_[0], 'a', "kms_pg.provider = 'local'\n"); }
 
 my $coord = node('coord');
 my @workers = (node('w1'), node('w2'));

@@ -87,6 +87,7 @@ case "\$1" in
     --boot|--single|-V|--version|-C|--describe-config)
         exec "$SAN_BIN/postgres.real" "\$@" ;;
 esac
+: >"$OUT/asan_server_started"
 LD_PRELOAD="$PRELOAD" exec "$SAN_BIN/postgres.real" "\$@"
 EOF
 chmod 755 "$SAN_BIN/postgres"
@@ -104,11 +105,20 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$OUT/san"
 (
     cd "$SRC" || exit 1
     export PATH="$SAN_BIN:$PATH"
+    # scripts/common.sh exported the system's PG_CONFIG, which the
+    # Makefile's "PG_CONFIG ?= pg_config" would take: pg_regress would then
+    # run the system's server and installed kms_pg, not this build
+    export PG_CONFIG="$SAN_BIN/pg_config"
     echo "jit = off" >>test/regress.conf
     bash test/run_regress.sh
 ) >"$OUT/regress.log" 2>&1
 rc=$?
 tail -5 "$OUT/regress.log"
+# the suite ran this build's server (the wrapper above), not another one
+if [ ! -e "$OUT/asan_server_started" ]; then
+    echo "-- pg_regress did not start the private server under the ASan runtime"
+    failed=1
+fi
 if [ $rc != 0 ]; then
     echo "-- pg_regress under ASan: FAILED (log: $OUT/regress.log)"
     head -c 20000 "$SRC/regression.diffs" 2>/dev/null
