@@ -33,14 +33,17 @@
  * is not read-only or in parallel mode.
  *
  * Citus (docs/citus.md; dormant without the citus extension): the table
- * becomes a reference table (kms_citus_distribute_registry()).  Writes are
- * then made on the coordinator only, where the same SQL goes through
- * Citus to every placement within the sealing transaction (Citus's
- * two-phase commit); a worker refuses format 2 sealing, because the
- * statements it runs are the coordinator's shard tasks, from which Citus
- * allows no write to a reference table.  Reads, on every node, scan the
- * node's own placement (the reference table's one shard) the same way.
- * After a rotation the coordinator tells the workers to drop their memos.
+ * becomes a reference table (kms_citus_distribute_registry()).  Reads, on
+ * every node, scan the node's own placement (the reference table's one
+ * shard) the same way.  Writes are made on the coordinator only: a new
+ * row goes to the coordinator's placement, and at pre-commit to every
+ * placement through Citus (citus_copy_pending), so that it commits with
+ * the values on every node (Citus's two-phase commit); rotation updates
+ * every placement through Citus, then tells the workers to drop their
+ * memos.  A worker refuses to write (format 2 sealing, rewrap, rotation):
+ * the statements it runs are the coordinator's shard tasks, from which
+ * Citus allows no write to a reference table.  No DEK is reused (leased)
+ * on Citus.
  *-------------------------------------------------------------------------
  */
 #include "kms_dek_registry.h"
@@ -350,11 +353,6 @@ row_from_tuple(HeapTuple tup, TupleDesc desc, RegRow *row)
 }
 
 /*
- * Look a row up by reference (by_ref) or by wrapped DEK, under snap, as
- * the calling user.  With match (by wrapped DEK), only a row with the same
- * provider, key id and name block counts.
- */
-/*
  * The relation rows are read from: the registry itself, or, when it is a
  * Citus reference table, this node's placement of it (found once per
  * backend, again after an invalidation of either).
@@ -382,6 +380,11 @@ registry_scan_relid(Oid relid)
 	return scan;
 }
 
+/*
+ * Look a row up by reference (by_ref) or by wrapped DEK, under snap, as
+ * the calling user.  With match (by wrapped DEK), only a row with the same
+ * provider, key id and name block counts.
+ */
 static bool
 registry_read(Oid relid, bool by_ref, uint64 ref, const RegRow *match,
 			  Snapshot snap, RegRow *out)
