@@ -58,7 +58,7 @@ $(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
 UPDATE_EXPAND = scripts/update_expand.pl
 UPDATE_BASE = sql/versions/$(EXTENSION)--1.0.sql
 $(EXTENSION)--1.0--$(EXTVERSION).sql: $(UPDATE_PARTS) $(INSTALL_PARTS) $(UPDATE_BASE) $(UPDATE_EXPAND)
-	perl $(UPDATE_EXPAND) sql/install $(UPDATE_BASE) $(UPDATE_PARTS) > $@.tmp
+	perl $(UPDATE_EXPAND) sql/install $(UPDATE_BASE) $(UPDATE_PARTS) > $@.tmp || { rm -f $@.tmp; exit 1; }
 	mv $@.tmp $@
 
 .PHONY: unitcheck

@@ -18,12 +18,17 @@
 #   -- @install FILE NAME            the function or procedure NAME of FILE
 #   -- @install FILE NAME(TYPE, ...) the one of that identity (overloads)
 #   -- @install FILE VIEW NAME       the view NAME of FILE
+#   -- @install FILE SECTION NAME    the lines of FILE between "-- @begin NAME"
+#                                    and "-- @end NAME" (for what is not a
+#                                    function or view: types, casts)
 # An object marker expands to the object's CREATE statement (with the comment
 # lines right above it) and every COMMENT ON, GRANT, REVOKE and ALTER
 # statement of FILE naming that object, in FILE's order, byte for byte but
 # for "CREATE" becoming "CREATE OR REPLACE" where BASE_SCRIPT has the object.
 # The build fails, naming the marker, unless the object's CREATE is found
 # exactly once: a renamed object cannot silently drop out of the update.
+# A section is written as it is but for the same CREATE OR REPLACE rule; its
+# begin and end lines must each be found exactly once.
 use strict;
 use warnings;
 
@@ -113,7 +118,7 @@ sub statements
             {
                 my $p = rindex($text, "\n", $lead - 2);
                 my $line = substr($text, $p + 1, $lead - $p - 1);
-                last unless $line =~ /^--/ && $line !~ /^-- \@install/;
+                last unless $line =~ /^--/ && $line !~ /^--\s*\@(?:install|begin|end)\b/;
                 $lead = $p + 1;
             }
             push @stmts, [$lead, $stmt_line, $end];
@@ -321,13 +326,7 @@ sub expand_object
         my $s = substr($text, $st->[1], $st->[2] - $st->[1]);
         if ($st == $create)
         {
-            my $chunk = substr($text, $st->[0], $st->[2] - $st->[0]);
-            if ($in_base{$k})
-            {
-                my $off = $st->[1] - $st->[0];
-                substr($chunk, $off) =~ s/^CREATE(\s+)(?!OR\s+REPLACE\b)/CREATE$1OR REPLACE /i;
-            }
-            $out .= $chunk;
+            $out .= or_replace($text, $st);
             next;
         }
         my $named = names($s);
@@ -338,6 +337,55 @@ sub expand_object
         $out .= substr($text, $st->[0], $st->[2] - $st->[0]);
     }
     return $out;
+}
+
+# CREATE -> CREATE OR REPLACE at the start of the statement at [lead, stmt,
+# end) of $text when the base version has the object it creates.
+sub or_replace
+{
+    my ($text, $st) = @_;
+    my $chunk = substr($text, $st->[0], $st->[2] - $st->[0]);
+    my $o = creates(substr($text, $st->[1], $st->[2] - $st->[1]));
+    if ($o && $in_base{key($o)})
+    {
+        my $off = $st->[1] - $st->[0];
+        substr($chunk, $off) =~ s/^CREATE(\s+)(?!OR\s+REPLACE\b)/CREATE$1OR REPLACE /i;
+    }
+    return $chunk;
+}
+
+# Text of an install part (or a section of one), each statement through
+# or_replace().
+sub rewrite_all
+{
+    my ($path, $text) = @_;
+    my $out = '';
+    my $pos = 0;
+    for my $st (statements($text, $path))
+    {
+        $out .= substr($text, $pos, $st->[0] - $pos) . or_replace($text, $st);
+        $pos = $st->[2];
+    }
+    $out .= substr($text, $pos);
+    $out .= "\n" unless $out eq '' || $out =~ /\n\z/;
+    return $out;
+}
+
+sub expand_section
+{
+    my ($file, $name, $where) = @_;
+    my ($path, $text) = install_part($file, $where);
+    my @begin = grep { /^--\s*\@begin\s+\Q$name\E(\s|$)/ } split(/^/m, $text);
+    my @end = grep { /^--\s*\@end\s+\Q$name\E(\s|$)/ } split(/^/m, $text);
+    die "update_expand.pl: $where: SECTION $name in $path: \"-- \@begin $name\" found " . scalar(@begin)
+        . " times, \"-- \@end $name\" " . scalar(@end) . " times (each must be found once)\n"
+        unless @begin == 1 && @end == 1;
+    my $from = index($text, $begin[0]) + length($begin[0]);
+    my $to = index($text, $end[0]);
+    die "update_expand.pl: $where: SECTION $name in $path: its end comes before its begin\n"
+        unless $to >= $from;
+    my $body = substr($text, $from, $to - $from);
+    return rewrite_all("$path (section $name)", $body);
 }
 
 for my $part (@parts)
@@ -357,9 +405,11 @@ for my $part (@parts)
         $line =~ s/\s+$//;
         if ($line =~ /^--\s*\@install\s+(\S+)$/)
         {
-            my ($path, $itext) = install_part($1, $where);
-            $itext .= "\n" unless $itext =~ /\n\z/;
-            print $itext;
+            print rewrite_all(install_part($1, $where));
+        }
+        elsif ($line =~ /^--\s*\@install\s+(\S+)\s+SECTION\s+(\S+)$/)
+        {
+            print expand_section($1, $2, $where);
         }
         elsif ($line =~ /^--\s*\@install\s+(\S+)\s+(.+)$/)
         {

@@ -12,57 +12,21 @@
 
 -- @install 20_columns.sql kms_pc_citus_worker
 
-CREATE TYPE kms_sealed;
--- @install 20_columns.sql kms_sealed_in
--- @install 20_columns.sql kms_sealed_out
--- @install 20_columns.sql kms_sealed_recv
--- @install 20_columns.sql kms_sealed_send
-CREATE TYPE kms_sealed (
-    INPUT = kms_sealed_in, OUTPUT = kms_sealed_out,
-    RECEIVE = kms_sealed_recv, SEND = kms_sealed_send,
-    INTERNALLENGTH = VARIABLE, STORAGE = extended, CATEGORY = 'U'
-);
-COMMENT ON TYPE kms_sealed IS
-  'a protected column''s value: a kms_pg ciphertext (plaintext written to it is sealed by the column''s trigger)';
+-- The kms_sealed type, its functions and casts.
+-- @install 20_columns.sql SECTION kms_sealed
 
--- @install 20_columns.sql kms_sealed(text)
--- @install 20_columns.sql kms_sealed(bytea)
--- The stored bytes are a kms_pg ciphertext: kms_decrypt(), kms_rewrap(),
--- kms_ciphertext_info() take the column as it is.
-CREATE CAST (kms_sealed AS bytea) WITHOUT FUNCTION AS IMPLICIT;
--- Plaintext of the original type, as the writer's driver sends it.
-CREATE CAST (text AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
-CREATE CAST (varchar AS kms_sealed) WITH FUNCTION kms_sealed(text) AS ASSIGNMENT;
-CREATE CAST (bytea AS kms_sealed) WITH FUNCTION kms_sealed(bytea) AS ASSIGNMENT;
-CREATE CAST (bpchar AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (name AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (smallint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (integer AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (bigint AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (numeric AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (real AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (double precision AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (boolean AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (date AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (time AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (timestamp AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (timestamptz AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (interval AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (uuid AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (json AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-CREATE CAST (jsonb AS kms_sealed) WITH INOUT AS ASSIGNMENT;
-
+-- A row whose table is gone may be deleted by anyone (as in a fresh install).
 CREATE POLICY kms_protected_columns_orphan ON kms_protected_columns FOR DELETE
     USING (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) relid));
 
+-- 1.0 functions that 1.1 does in C, or no longer needs.
 DROP FUNCTION kms_pc_canonical(kms_protected_columns, bytea);
-
 DROP FUNCTION kms_pc_bidx(kms_protected_columns, bytea);
-
 DROP FUNCTION kms_pc_text_forms(anyelement, name[]);
 
 -- @install 20_columns.sql kms_pc_pairs_sql
 
+-- kms_pc_decrypt_sql gained arguments: a new signature.
 DROP FUNCTION kms_pc_decrypt_sql(kms_protected_columns, name, text, text);
 -- @install 20_columns.sql kms_pc_decrypt_sql
 
