@@ -14,7 +14,7 @@
 # PART...      the update parts, concatenated to stdout in the order given
 #
 # Markers (a whole line of an update part):
-#   -- @install FILE                 the whole install part FILE, verbatim
+#   -- @install FILE                 the whole install part FILE
 #   -- @install FILE NAME            the function or procedure NAME of FILE
 #   -- @install FILE NAME(TYPE, ...) the one of that identity (overloads)
 #   -- @install FILE VIEW NAME       the view NAME of FILE
@@ -27,8 +27,10 @@
 # for "CREATE" becoming "CREATE OR REPLACE" where BASE_SCRIPT has the object.
 # The build fails, naming the marker, unless the object's CREATE is found
 # exactly once: a renamed object cannot silently drop out of the update.
-# A section is written as it is but for the same CREATE OR REPLACE rule; its
-# begin and end lines must each be found exactly once.
+# A whole part or a section is written as it is but for the same CREATE OR
+# REPLACE rule; a section's begin and end lines must each be found exactly
+# once.  A statement naming several objects (GRANT ... ON FUNCTION a(), b())
+# is refused when one of them is asked for: write one statement per object.
 use strict;
 use warnings;
 
