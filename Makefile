@@ -44,7 +44,7 @@ PG_CONFIG ?= pg_config
 # -Wno-unused-parameter: every V1 function receives fcinfo, used or not (as in core).
 PG_CPPFLAGS = -Isrc -Wall -Wextra -Wno-unused-parameter
 SHLIB_LINK = -lcurl -lcrypto
-EXTRA_CLEAN = tmp_check results regression.diffs regression.out
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out $(EXTENSION)--1.0--$(EXTVERSION).sql.tmp
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -52,8 +52,14 @@ include $(PGXS)
 $(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
 	cat $^ > $@
 
-$(EXTENSION)--1.0--$(EXTVERSION).sql: $(UPDATE_PARTS)
-	cat $^ > $@
+# The update script: its parts, with each "-- @install" marker replaced by
+# the object it names, taken from the install parts (scripts/update_expand.pl),
+# so that what 1.1 adds or replaces whole is written once.
+UPDATE_EXPAND = scripts/update_expand.pl
+UPDATE_BASE = sql/versions/$(EXTENSION)--1.0.sql
+$(EXTENSION)--1.0--$(EXTVERSION).sql: $(UPDATE_PARTS) $(INSTALL_PARTS) $(UPDATE_BASE) $(UPDATE_EXPAND)
+	perl $(UPDATE_EXPAND) sql/install $(UPDATE_BASE) $(UPDATE_PARTS) > $@.tmp || { rm -f $@.tmp; exit 1; }
+	mv $@.tmp $@
 
 .PHONY: unitcheck
 unitcheck:

@@ -33,6 +33,7 @@
 -- times, uuid and json(b) keep what the driver sent, byte for byte, and the
 -- trigger reads it with the original type's input function.
 
+-- @begin kms_sealed (also in the 1.0--1.1 update: sql/update/1.0--1.1/20_columns.sql)
 CREATE TYPE kms_sealed;
 CREATE FUNCTION kms_sealed_in(cstring) RETURNS kms_sealed
 AS 'MODULE_PATHNAME', 'kms_sealed_in' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
@@ -78,6 +79,7 @@ CREATE CAST (interval AS kms_sealed) WITH INOUT AS ASSIGNMENT;
 CREATE CAST (uuid AS kms_sealed) WITH INOUT AS ASSIGNMENT;
 CREATE CAST (json AS kms_sealed) WITH INOUT AS ASSIGNMENT;
 CREATE CAST (jsonb AS kms_sealed) WITH INOUT AS ASSIGNMENT;
+-- @end kms_sealed
 
 -- One row per protected column.  Rows are dumped by pg_dump (config table).
 CREATE TABLE kms_protected_columns (
