@@ -50,6 +50,7 @@
 #include "kms_citus.h"
 #include "kms_guc.h"
 #include "kms_key_grants.h"
+#include "kms_local_catalog.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -152,27 +153,8 @@ static void citus_copy_pending(void);
 static Oid
 registry_relid(void)
 {
-	Oid			ext;
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	Oid			nsp = InvalidOid;
-
-	if (OidIsValid(cached_relid))
-		return cached_relid;
-	ext = get_extension_oid("kms_pg", true);
-	if (!OidIsValid(ext))
-		return InvalidOid;
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	cached_relid = OidIsValid(nsp) ? get_relname_relid(REGISTRY_TABLE, nsp) : InvalidOid;
+	if (!OidIsValid(cached_relid))
+		cached_relid = kms_extension_table(REGISTRY_TABLE);
 	return cached_relid;
 }
 
@@ -490,21 +472,27 @@ memo_put(const RegRow *row)
 	MemoryContextSwitchTo(old);
 }
 
-bool
-kms_dek_registry_fill_memo(KmsEnvelope *env)
+/* This backend's memo of row ref (after dropping a stale memo), or NULL. */
+static MemoEntry *
+memo_find(uint64 ref)
 {
-	MemoEntry  *m = NULL;
-	char	   *detail;
-	KmsError	err;
-
 	registry_init();
 	if (reg_memo_stale)
 	{
 		memo_clear();
 		reg_memo_stale = false;
 	}
-	if (reg_memo != NULL)
-		m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+	return reg_memo != NULL ? hash_search(reg_memo, &ref, HASH_FIND, NULL) : NULL;
+}
+
+bool
+kms_dek_registry_fill_memo(KmsEnvelope *env)
+{
+	MemoEntry  *m;
+	char	   *detail;
+	KmsError	err;
+
+	m = memo_find(env->dek_ref);
 	if (m == NULL)
 		return false;
 	err = kms_envelope_set_registry(env, m->row.provider, m->row.key_id, m->row.key_id_len,
@@ -518,20 +506,13 @@ kms_dek_registry_fill_memo(KmsEnvelope *env)
 void
 kms_dek_registry_fill(KmsEnvelope *env)
 {
-	MemoEntry  *m = NULL;
+	MemoEntry  *m;
 	RegRow		row;
 	RegRow	   *r;
 	char	   *detail;
 	KmsError	err;
 
-	registry_init();
-	if (reg_memo_stale)
-	{
-		memo_clear();
-		reg_memo_stale = false;
-	}
-	if (reg_memo != NULL)
-		m = hash_search(reg_memo, &env->dek_ref, HASH_FIND, NULL);
+	m = memo_find(env->dek_ref);
 	if (m != NULL)
 		r = &m->row;
 	else
@@ -1247,7 +1228,7 @@ kms_citus_registry_rewrapped(PG_FUNCTION_ARGS)
 bool
 kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len)
 {
-	MemoEntry  *m = NULL;
+	MemoEntry  *m;
 	RegRow		row;
 	RegRow	   *r = &row;
 	KmsEnvelope env;
@@ -1255,14 +1236,7 @@ kms_dek_registry_header(uint64 ref, uint8 **header, int *header_len)
 	const char *names[KMS_CTX_KEYS_MAX];
 	int			lens[KMS_CTX_KEYS_MAX];
 
-	registry_init();
-	if (reg_memo_stale)
-	{
-		memo_clear();
-		reg_memo_stale = false;
-	}
-	if (reg_memo != NULL)
-		m = hash_search(reg_memo, &ref, HASH_FIND, NULL);
+	m = memo_find(ref);
 	if (m != NULL)
 		r = &m->row;
 	else

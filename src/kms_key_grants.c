@@ -31,6 +31,7 @@
  *-------------------------------------------------------------------------
  */
 #include "kms_key_grants.h"
+#include "kms_local_catalog.h"
 #include "kms_errors.h"
 #include "kms_provider.h"
 #include "kms_provider_local.h"
@@ -298,24 +299,7 @@ cond_admits(Cond *cond, const KmsContext *ctx)
 static Oid
 grant_relid(void)
 {
-	Oid			ext = get_extension_oid("kms_pg", true);
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	Oid			nsp = InvalidOid;
-
-	if (!OidIsValid(ext))
-		return InvalidOid;
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return OidIsValid(nsp) ? get_relname_relid(GRANT_TABLE, nsp) : InvalidOid;
+	return kms_extension_table(GRANT_TABLE);
 }
 
 static int

@@ -102,6 +102,12 @@ kms_catalog_schema(void)
 	return get_namespace_name(get_rel_namespace(catalog_relid_or_error(KEY_TABLE)));
 }
 
+Oid
+kms_extension_table(const char *name)
+{
+	return catalog_relid(name);
+}
+
 bool
 kms_catalog_present(void)
 {

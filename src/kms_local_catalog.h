@@ -36,6 +36,12 @@ typedef struct KmsLocalKey
 extern bool kms_catalog_present(void);
 
 /*
+ * The extension's table name, in the extension's schema; InvalidOid when
+ * kms_pg (or that table) is not in this database.
+ */
+extern Oid	kms_extension_table(const char *name);
+
+/*
  * Load one key by id or alias/name, with every version's material
  * unwrapped (in wipe-on-reset memory) when with_material; NULL when the
  * catalog has no such key.
